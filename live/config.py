@@ -1,0 +1,311 @@
+"""The one settings schema.
+
+The CLI flags, the TOML config file and the control panel's JSON messages are
+all read through the dataclasses below, so a default or a limit is written in
+exactly one place. Each field's ``metadata`` carries its help text and bounds;
+``validate`` enforces them and ``add_cli_arguments`` turns them into flags.
+
+Update rule: a settings object is never mutated in place. ``merged(patch)``
+returns a new validated object, so a running pipeline swaps settings
+atomically between two frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class SettingsError(ValueError):
+    """A setting has a bad value; the message names the setting and the fix."""
+
+
+def _f(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
+       flag: str | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "lo": lo, "hi": hi, "flag": flag})
+
+
+HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    name: Literal["auto", "selfie", "sam2"] = _f(
+        "auto", "segmenter: selfie (embedded, CPU), sam2 (streaming SAM 2), auto (sam2 when a "
+        "checkpoint and a GPU are present, else selfie)", flag="--engine")
+    selfie_model: Literal["auto", "square", "landscape"] = _f(
+        "auto", "selfie model variant; auto picks by the frame's aspect ratio")
+    sam2_model: Literal["tiny", "small", "base_plus", "large"] = _f(
+        "tiny", "SAM 2.1 model size", flag="--model")
+    checkpoint: str | None = _f(
+        None, "path of a SAM 2 checkpoint (default: checkpoints/sam2.1_hiera_<model>.pt)",
+        flag="--checkpoint")
+    image_size: int | None = _f(
+        None, "SAM 2 input size, a multiple of 32 (default 1024 on a GPU, 512 on the CPU)",
+        lo=64, hi=2048)
+    device: Literal["auto", "cpu", "cuda", "mps"] = _f("auto", "torch device for SAM 2",
+                                                      flag="--device")
+    compile: bool = _f(False, "torch.compile the SAM 2 image encoder (CUDA)")
+    max_cond_frames: int = _f(
+        4, "conditioning (prompted) frames SAM 2 attends to; older ones are freed", lo=1, hi=64)
+    reanchor_frames: int = _f(
+        15, "re-prompt SAM 2 from the selfie mask after this many frames of strong "
+        "disagreement", lo=1, hi=10_000)
+    reanchor_iou: float = _f(
+        0.3, "IoU between SAM 2 and the selfie mask under which they disagree", lo=0.0, hi=1.0)
+    subjects: Literal["all", "main"] = _f(
+        "all", "keep every person, or only the main subject", flag="--subjects")
+
+
+@dataclass(frozen=True)
+class MatteSettings:
+    feather: int = _f(6, "edge feather radius in full-resolution pixels (guided filter); "
+                         "0 = plain bilinear upsampling", lo=0, hi=64, flag="--feather")
+    feather_eps: float = _f(1e-3, "guided filter regulariser: larger = softer edges",
+                            lo=1e-6, hi=1.0)
+    smoothing: Literal["adaptive", "ema", "off"] = _f(
+        "adaptive", "temporal smoothing: adaptive leans on history only where the new mask is "
+        "uncertain; ema is a plain moving average", flag="--smoothing")
+    ema: float = _f(0.5, "weight of the new mask in ema mode (1 = no smoothing)", lo=0.0, hi=1.0)
+
+
+@dataclass(frozen=True)
+class BackgroundSettings:
+    mode: Literal["blur", "color", "image", "video", "transparent"] = _f(
+        "blur", "what replaces the background")
+    blur: int = _f(21, "blur strength (kernel radius in pixels at 720p)", lo=1, hi=200)
+    color: str = _f("#00b140", "solid colour as #RRGGBB")
+    image: str | None = _f(None, "background image file")
+    video: str | None = _f(None, "background video file (loops)")
+    fit: Literal["cover", "contain"] = _f("cover", "how an image or video fills the frame")
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    spec: str = _f("webcam", "webcam, webcam:N, a device path, a video file, or synthetic",
+                   flag="--source")
+    width: int = _f(1280, "requested capture width", lo=16, hi=7680)
+    height: int = _f(720, "requested capture height", lo=16, hi=4320)
+    fps: float = _f(30.0, "requested capture rate", lo=1.0, hi=240.0)
+    loop: bool = _f(False, "loop a video file source", flag="--loop")
+    realtime: bool = _f(False, "pace a file source at its own frame rate and drop stale "
+                               "frames, as a camera would (default: process every frame)")
+
+
+@dataclass(frozen=True)
+class OutputSettings:
+    target: str = _f("vcam", "vcam, preview, or an output file (.mp4, .webm, .mov)",
+                     flag="--output")
+    vcam_device: str | None = _f(None, "virtual camera device, e.g. /dev/video10")
+    vcam_backend: str | None = _f(None, "pyvirtualcam backend (v4l2loopback, obs, unitycapture)")
+    fps: float | None = _f(None, "output frame rate (default: the source's)", lo=1.0, hi=240.0)
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = _f("127.0.0.1", "address to bind; anything but loopback needs --allow-remote")
+    port: int = _f(8787, "HTTP/websocket port (0 = any free port)", lo=0, hi=65535,
+                   flag="--port")
+    allow_remote: bool = _f(False, "allow binding to a non-loopback address", flag="--allow-remote")
+    token: str | None = _f(None, "access token (default: a new random one each start)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    matte: MatteSettings = field(default_factory=MatteSettings)
+    background: BackgroundSettings = field(default_factory=BackgroundSettings)
+    source: SourceSettings = field(default_factory=SourceSettings)
+    output: OutputSettings = field(default_factory=OutputSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def merged(self, patch: Mapping[str, Any]) -> "Settings":
+        """A new validated Settings with ``patch`` ({section: {name: value}}) applied."""
+        if not isinstance(patch, Mapping):
+            raise SettingsError("settings must be an object of sections, e.g. "
+                                '{"matte": {"feather": 4}}')
+        sections = {}
+        for sec_field in dataclasses.fields(self):
+            sections[sec_field.name] = getattr(self, sec_field.name)
+        for sec_name, values in patch.items():
+            if sec_name not in sections:
+                raise SettingsError(f"unknown settings section {sec_name!r}; "
+                                    f"expected one of {sorted(sections)}")
+            if not isinstance(values, Mapping):
+                raise SettingsError(f"settings section {sec_name!r} must be an object")
+            sections[sec_name] = _merge_section(sections[sec_name], sec_name, values)
+        new = Settings(**sections)
+        new.validate()
+        return new
+
+    def validate(self) -> None:
+        """Cross-field checks; per-field bounds are checked in ``merged``."""
+        bg = self.background
+        if bg.mode == "image" and not bg.image:
+            raise SettingsError("background.mode 'image' needs background.image (a file path)")
+        if bg.mode == "video" and not bg.video:
+            raise SettingsError("background.mode 'video' needs background.video (a file path)")
+        size = self.engine.image_size
+        if size is not None and size % 32:
+            raise SettingsError(f"engine.image_size must be a multiple of 32, got {size}")
+        if not self.server.allow_remote and self.server.host not in LOOPBACK_HOSTS:
+            raise SettingsError(f"server.host {self.server.host!r} is not loopback; pass "
+                                "--allow-remote to expose the service on the network")
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _merge_section(current: Any, sec_name: str, values: Mapping[str, Any]) -> Any:
+    hints = typing.get_type_hints(type(current))
+    known = {f.name: f for f in dataclasses.fields(current)}
+    changes = {}
+    for name, value in values.items():
+        if name not in known:
+            raise SettingsError(f"unknown setting {sec_name}.{name}; expected one of "
+                                f"{sorted(known)}")
+        changes[name] = _check_value(f"{sec_name}.{name}", hints[name], known[name].metadata, value)
+    return dataclasses.replace(current, **changes)
+
+
+def _check_value(path: str, hint: Any, meta: Mapping[str, Any], value: Any) -> Any:
+    optional = False
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        optional = True
+        hint = next(a for a in args if a is not type(None))
+    if value is None:
+        if optional:
+            return None
+        raise SettingsError(f"{path} cannot be empty")
+    if typing.get_origin(hint) is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise SettingsError(f"{path} must be one of {list(choices)}, got {value!r}")
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no",
+                                                         "on", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise SettingsError(f"{path} must be true or false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise SettingsError(f"{path} must be a number, got {value!r}")
+        try:
+            num = hint(value) if not isinstance(value, float) or hint is float else value
+        except ValueError:
+            raise SettingsError(f"{path} must be a number, got {value!r}") from None
+        if hint is int and (isinstance(num, float) and not float(num).is_integer()):
+            raise SettingsError(f"{path} must be a whole number, got {value!r}")
+        num = hint(num)
+        if num != num or num in (float("inf"), float("-inf")):
+            raise SettingsError(f"{path} must be a finite number, got {value!r}")
+        lo, hi = meta.get("lo"), meta.get("hi")
+        if (lo is not None and num < lo) or (hi is not None and num > hi):
+            raise SettingsError(f"{path} must be between {lo} and {hi}, got {num}")
+        return num
+    if hint is str:
+        if not isinstance(value, str):
+            raise SettingsError(f"{path} must be a string, got {value!r}")
+        if len(value) > 4096:
+            raise SettingsError(f"{path} is too long")
+        if path == "background.color" and not HEX_COLOR.match(value):
+            raise SettingsError(f"{path} must look like #RRGGBB, got {value!r}")
+        return value
+    raise TypeError(f"unsupported settings type {hint} for {path}")  # a bug in this module
+
+
+def parse_background(spec: str) -> dict[str, Any]:
+    """The ``--background`` shorthand: blur | blur:N | #RRGGBB | transparent | IMAGE | VIDEO."""
+    if spec == "blur":
+        return {"mode": "blur"}
+    if spec.startswith("blur:"):
+        return {"mode": "blur", "blur": spec[5:]}
+    if spec == "transparent":
+        return {"mode": "transparent"}
+    if HEX_COLOR.match(spec):
+        return {"mode": "color", "color": spec}
+    suffix = Path(spec).suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return {"mode": "video", "video": spec}
+    if suffix in IMAGE_SUFFIXES:
+        return {"mode": "image", "image": spec}
+    raise SettingsError(f"--background {spec!r}: expected blur, blur:N, #RRGGBB, transparent, "
+                        f"an image ({', '.join(IMAGE_SUFFIXES)}) or a video "
+                        f"({', '.join(VIDEO_SUFFIXES)})")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v")
+
+
+def load_toml(path: str | Path, base: Settings | None = None) -> Settings:
+    """Settings from a TOML file whose tables are the sections ([engine], [matte], ...)."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as exc:
+        raise SettingsError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+    return (base or Settings()).merged(data)
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting: ``--section-name`` plus the short alias in its metadata.
+
+    Every flag defaults to None ("not given") so the dataclass default, or the
+    config file's value, is the only default there is.
+    """
+    for sec_field in dataclasses.fields(Settings):
+        group = parser.add_argument_group(sec_field.name)
+        section_type = sec_field.default_factory  # type: ignore[misc]
+        hints = typing.get_type_hints(section_type)
+        for f in dataclasses.fields(section_type):
+            names = [f"--{sec_field.name}-{f.name}".replace("_", "-")]
+            if f.metadata.get("flag"):
+                names.insert(0, f.metadata["flag"])
+            hint = hints[f.name]
+            kwargs: dict[str, Any] = {"dest": f"set__{sec_field.name}__{f.name}",
+                                      "default": None, "help": f"{f.metadata['help']} "
+                                      f"(default: {f.default})"}
+            if hint is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+                if choices:
+                    kwargs["choices"] = choices
+                kwargs["metavar"] = None if choices else f.name.upper()
+            group.add_argument(*names, **kwargs)
+    parser.add_argument("--background", dest="background_spec", default=None,
+                        help="shorthand: blur, blur:N, #RRGGBB, transparent, IMAGE or VIDEO")
+    parser.add_argument("--config", default=None, help="TOML config file (sections as tables)")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    """Defaults, then the config file, then the flags given on the command line."""
+    settings = load_toml(args.config) if getattr(args, "config", None) else Settings()
+    patch: dict[str, dict[str, Any]] = {}
+    for key, value in vars(args).items():
+        if key.startswith("set__") and value is not None:
+            _, section, name = key.split("__")
+            patch.setdefault(section, {})[name] = value
+    if getattr(args, "background_spec", None):
+        patch.setdefault("background", {}).update(parse_background(args.background_spec))
+    return settings.merged(patch)

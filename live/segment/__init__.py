@@ -1,0 +1,82 @@
+"""Segmenters: a frame in, a soft person matte out.
+
+Every engine (the embedded selfie model, streaming SAM 2) implements the small
+``Segmenter`` protocol, so the pipeline, the matte stage and the control panel
+never care which one runs. Alphas come back at the model's own resolution; the
+matte stage upsamples them guided by the full-resolution frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from live.config import EngineSettings, SettingsError
+
+
+class PromptError(ValueError):
+    """A prompt the engine cannot take (outside the frame, unknown object, no prompts)."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A user's hint about which object to follow, in full-frame pixel coordinates.
+
+    ``points`` are (x, y, label) with label 1 = foreground, 0 = background.
+    ``box`` is (x0, y0, x1, y1). ``mask`` is a HxW bool/float array at frame size.
+    """
+
+    obj_id: int = 1
+    points: tuple[tuple[float, float, int], ...] = ()
+    box: tuple[float, float, float, float] | None = None
+    mask: np.ndarray | None = field(default=None, compare=False)
+    clear_old_points: bool = True
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    name: str
+
+    def step(self, frame_bgr: np.ndarray) -> np.ndarray:
+        """Alpha in [0, 1], float32, HxW at the model's resolution, for this frame."""
+
+    def reset(self) -> None:
+        """Forget all temporal state (tracked objects, memories)."""
+
+    def add_prompt(self, prompt: Prompt) -> None:
+        """Apply a prompt to the next frame; raises PromptError where unsupported."""
+
+    def stats(self) -> dict[str, Any]:
+        """Engine-specific live figures for the status line (e.g. memory bank bytes)."""
+
+
+def resolve_engine_name(settings: EngineSettings) -> str:
+    """``auto`` means SAM 2 only when it can run well: a checkpoint and a GPU."""
+    if settings.name != "auto":
+        return settings.name
+    from live.checkpoints import sam2_checkpoint_path
+
+    try:
+        import torch
+
+        has_gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
+    except Exception:  # torch missing or broken: the embedded engine still works
+        has_gpu = False
+    has_ckpt = sam2_checkpoint_path(settings).is_file()
+    return "sam2" if (has_gpu and has_ckpt) else "selfie"
+
+
+def create_segmenter(settings: EngineSettings) -> Segmenter:
+    """The engine named by the settings, ready to ``step``."""
+    name = resolve_engine_name(settings)
+    if name == "selfie":
+        from live.segment.selfie import SelfieSegmenter
+
+        return SelfieSegmenter(settings)
+    if name == "sam2":
+        from live.segment.auto_prompt import AutoPromptedSAM2
+
+        return AutoPromptedSAM2(settings)
+    raise SettingsError(f"unknown engine {name!r}")
