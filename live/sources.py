@@ -1,0 +1,274 @@
+"""Where frames come from: a webcam, a video file, a synthetic pattern, a WebRTC track.
+
+Every source has one coroutine, ``read() -> Frame`` (``EndOfStream`` when it
+has no more), ``close()``, and a ``live`` flag: a live source produces frames
+on its own clock, so the pipeline drops stale ones; a file that is not paced
+is processed frame by frame with nothing dropped.
+
+Blocking reads (OpenCV, PyAV) run in a thread of their own so the event loop
+never waits on a device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+
+from live.config import SettingsError, SourceSettings
+from live.frames import EndOfStream, Frame
+
+log = logging.getLogger("live.sources")
+
+
+class Source(Protocol):
+    live: bool
+    fps: float
+
+    async def read(self) -> Frame: ...
+
+    async def close(self) -> None: ...
+
+
+class SourceError(RuntimeError):
+    """A source cannot be opened at all; the message says what to check."""
+
+
+class _Threaded:
+    """One private reader thread: device calls stay off the event loop and in order."""
+
+    def __init__(self, name: str):
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"live-src-{name}")
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _shutdown(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------- webcam
+
+class WebcamSource(_Threaded):
+    """An OpenCV camera that survives being unplugged: it reports and re-opens with backoff."""
+
+    live = True
+    BACKOFF = (0.5, 1.0, 2.0, 4.0, 5.0)
+
+    def __init__(self, device: int | str, width: int, height: int, fps: float):
+        super().__init__("webcam")
+        self.device, self.width, self.height, self.fps = device, width, height, fps
+        self.cap: cv2.VideoCapture | None = None
+        self.index = 0
+        self.failures = 0
+        self.status = "not opened"
+        self._closed = False
+
+    def _open(self) -> cv2.VideoCapture:
+        cap = cv2.VideoCapture(self.device)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"cannot open webcam {self.device!r}: is it connected, and not "
+                              "used by another program? (`live doctor` lists cameras)")
+        cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
+        cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
+        cap.set(cv2.CAP_PROP_FPS, self.fps)
+        cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the newest frame, not a backlog
+        self.fps = cap.get(cv2.CAP_PROP_FPS) or self.fps
+        return cap
+
+    def _grab(self) -> np.ndarray | None:
+        if self.cap is None:
+            self.cap = self._open()
+        ok, image = self.cap.read()
+        if not ok or image is None:
+            self.cap.release()
+            self.cap = None
+            return None
+        return image
+
+    async def read(self) -> Frame:
+        while not self._closed:
+            try:
+                image = await self._call(self._grab)
+            except SourceError as exc:
+                image, self.status = None, str(exc)
+            if image is not None:
+                self.failures, self.status = 0, "ok"
+                self.index += 1
+                return Frame(image, self.index - 1, time.monotonic())
+            delay = self.BACKOFF[min(self.failures, len(self.BACKOFF) - 1)]
+            self.failures += 1
+            if self.status == "ok" or self.failures == 1:
+                self.status = f"webcam {self.device!r} lost; re-opening"
+            log.warning("%s (retry in %.1fs)", self.status, delay)
+            await asyncio.sleep(delay)
+        raise EndOfStream
+
+    async def close(self) -> None:
+        self._closed = True
+        if self.cap is not None:
+            cap, self.cap = self.cap, None
+            await self._call(cap.release)
+        self._shutdown()
+
+
+# ---------------------------------------------------------------- video file
+
+class FileSource(_Threaded):
+    """A video file decoded with PyAV; optionally looped and paced like a camera."""
+
+    def __init__(self, path: str | Path, loop: bool = False, realtime: bool = False):
+        super().__init__("file")
+        import av
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise SourceError(f"video file {self.path} not found")
+        try:
+            self.container = av.open(str(self.path))
+            self.stream = self.container.streams.video[0]
+        except (av.error.FFmpegError, IndexError) as exc:
+            raise SourceError(f"cannot read video {self.path}: {exc}") from None
+        self.stream.thread_type = "AUTO"
+        self.fps = float(self.stream.average_rate or 30)
+        self.loop, self.live = loop, realtime
+        self._frames = self.container.decode(self.stream)
+        self.index = 0
+        self._offset = 0.0  # pts added per completed loop so time keeps increasing
+        self._last_pts = 0.0
+        self._start: float | None = None
+
+    def _next(self) -> tuple[np.ndarray, float] | None:
+        import av
+
+        for _attempt in range(2):
+            try:
+                vf = next(self._frames)
+                pts = float(vf.pts * vf.time_base) if vf.pts is not None else self.index / self.fps
+                return vf.to_ndarray(format="bgr24"), pts
+            except StopIteration:
+                if not self.loop:
+                    return None
+                self._offset = self._last_pts + 1.0 / self.fps
+                self.container.seek(0)
+                self._frames = self.container.decode(self.stream)
+            except av.error.FFmpegError as exc:
+                raise SourceError(f"decoding {self.path} failed: {exc}") from None
+        return None
+
+    async def read(self) -> Frame:
+        got = await self._call(self._next)
+        if got is None:
+            raise EndOfStream
+        image, pts = got
+        pts += self._offset
+        self._last_pts = pts
+        if self.live:  # wait for the frame's moment, as a camera would deliver it
+            now = time.monotonic()
+            if self._start is None:
+                self._start = now - pts
+            await asyncio.sleep(max(0.0, self._start + pts - now))
+        self.index += 1
+        return Frame(image, self.index - 1, pts)
+
+    async def close(self) -> None:
+        await self._call(self.container.close)
+        self._shutdown()
+
+
+# ---------------------------------------------------------------- synthetic
+
+class SyntheticSource:
+    """A moving figure on a textured background: a camera for machines without one."""
+
+    live = True
+
+    def __init__(self, width: int = 1280, height: int = 720, fps: float = 30.0,
+                 frames: int | None = None):
+        self.width, self.height, self.fps, self.frames = width, height, fps, frames
+        self.index = 0
+        yy, xx = np.mgrid[0:height, 0:width]
+        self._background = np.stack([(xx * 255 // max(1, width - 1)),
+                                     (yy * 255 // max(1, height - 1)),
+                                     ((xx // 40 + yy // 40) % 2) * 80 + 60], -1).astype(np.uint8)
+        self._start: float | None = None
+
+    def render(self, index: int) -> np.ndarray:
+        image = self._background.copy()
+        w, h = self.width, self.height
+        cx = int(w / 2 + w / 6 * np.sin(index / 30.0))
+        cv2.ellipse(image, (cx, int(h * 0.95)), (w // 6, h // 3), 0, 180, 360, (60, 80, 200), -1)
+        cv2.circle(image, (cx, int(h * 0.42)), h // 7, (140, 170, 220), -1)
+        return image
+
+    async def read(self) -> Frame:
+        if self.frames is not None and self.index >= self.frames:
+            raise EndOfStream
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        await asyncio.sleep(max(0.0, self._start + self.index / self.fps - now))
+        frame = Frame(self.render(self.index), self.index, self.index / self.fps)
+        self.index += 1
+        return frame
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+
+# ---------------------------------------------------------------- WebRTC track
+
+class TrackSource:
+    """An incoming aiortc video track, read frame by frame as BGR."""
+
+    live = True
+    fps = 30.0
+
+    def __init__(self, track: Any):
+        self.track = track
+        self.index = 0
+
+    async def read(self) -> Frame:
+        from aiortc.mediastreams import MediaStreamError
+
+        try:
+            vf = await self.track.recv()
+        except MediaStreamError:
+            raise EndOfStream from None
+        time_base = vf.time_base or Fraction(1, 90_000)
+        pts = float(vf.pts * time_base) if vf.pts is not None else time.monotonic()
+        image = vf.to_ndarray(format="bgr24")
+        self.index += 1
+        return Frame(image, self.index - 1, pts, meta={"pts": vf.pts, "time_base": time_base})
+
+    async def close(self) -> None:
+        self.track.stop()
+
+
+# ---------------------------------------------------------------- factory
+
+def open_source(settings: SourceSettings) -> Source:
+    """``webcam``, ``webcam:N``, ``/dev/videoN``, ``synthetic``, or a video file path."""
+    spec = settings.spec
+    if spec == "synthetic":
+        return SyntheticSource(settings.width, settings.height, settings.fps)
+    if spec == "webcam" or spec.startswith("webcam:"):
+        index = spec.partition(":")[2] or "0"
+        if not index.isdigit():
+            raise SettingsError(f"source {spec!r}: expected webcam:N with N a camera number")
+        return WebcamSource(int(index), settings.width, settings.height, settings.fps)
+    if spec.startswith("/dev/video"):
+        return WebcamSource(spec, settings.width, settings.height, settings.fps)
+    path = Path(spec)
+    if path.is_file():
+        return FileSource(path, loop=settings.loop, realtime=settings.realtime)
+    raise SourceError(f"source {spec!r} is neither a camera (webcam, webcam:N, /dev/videoN), "
+                      "'synthetic', nor an existing video file")
