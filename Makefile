@@ -1,0 +1,48 @@
+# Everything bootstraps its own virtual environment: a fresh machine needs only
+# python3 (3.10+) and make.  `make run` and `make test` are all a user types.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# torch first, pinned, so pip does not pull a different build in through sam2.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# SAM 2's optional CUDA extension only fills holes in masks; skip the build by default.
+export SAM2_BUILD_CUDA ?= 0
+
+.PHONY: setup run test bench browser models clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+models: setup
+	$(VENV)/bin/live fetch selfie
+
+# The main job: the WebRTC page + control panel (works with no driver and no
+# webcam attached to this machine: the browser's camera is the source).
+run: models
+	$(VENV)/bin/live serve
+
+# Headless Chromium for the browser tests (Debian/Ubuntu; skipped elsewhere).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -q && apt-get install -y -q chromium) >/dev/null; \
+	  else echo "chromium not found: browser tests will be skipped (apt install chromium)"; fi; }
+
+test: models browser
+	$(PY) -m pytest -q -ra
+
+bench: models
+	$(PY) -m bench.pipeline
+	$(PY) -m bench.quality
+	$(PY) -m bench.webrtc
+	$(PY) -m bench.stream
+
+clean:
+	rm -rf $(VENV) bench/out .pytest_cache

@@ -1,0 +1,203 @@
+"""``live`` command line: a thin adapter from flags to settings to a pipeline.
+
+    live run     camera/file/synthetic → virtual camera, preview or file
+    live serve   the WebRTC page and control panel
+    live fetch   download model files
+    live doctor  what is present, what is missing, and the fix for each
+    live config  print the effective settings as TOML
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from typing import Any
+
+from live.config import Settings, SettingsError, add_cli_arguments, settings_from_args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="live", description="Real-time virtual background.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="process a camera or file into a virtual camera, "
+                         "a preview window or a file")
+    add_cli_arguments(run)
+    run.add_argument("--frames", type=int, default=None, help="stop after N frames")
+    run.add_argument("--quiet", action="store_true", help="no status line")
+    run.add_argument("--no-control", action="store_true",
+                     help="do not open the control panel websocket")
+
+    serve = sub.add_parser("serve", help="serve the WebRTC page and control panel")
+    add_cli_arguments(serve)
+
+    fetch = sub.add_parser("fetch", help="download model files into checkpoints/")
+    fetch.add_argument("what", choices=["selfie", "sam2"])
+    fetch.add_argument("--model", default="tiny", choices=["tiny", "small", "base_plus", "large"])
+
+    sub.add_parser("doctor", help="check cameras, virtual camera, GPU and model files")
+
+    config = sub.add_parser("config", help="print the effective settings as TOML")
+    add_cli_arguments(config)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from live.checkpoints import ModelMissingError
+
+    try:
+        if args.command == "fetch":
+            return _fetch(args)
+        if args.command == "doctor":
+            from live.doctor import run_doctor
+
+            return run_doctor()
+        settings = settings_from_args(args)
+        if args.command == "config":
+            print(to_toml(settings))
+            return 0
+        if args.command == "serve":
+            from live.server import serve
+
+            serve(settings)
+            return 0
+        return asyncio.run(run_pipeline(settings, max_frames=args.frames, quiet=args.quiet,
+                                        control=not args.no_control))
+    except (SettingsError, ModelMissingError) as exc:
+        print(f"live: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except RuntimeError as exc:  # SourceError, SinkError, BackgroundError...: say it plainly
+        print(f"live: {exc}", file=sys.stderr)
+        return 1
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from live.checkpoints import fetch_sam2, fetch_selfie
+
+    if args.what == "selfie":
+        fetch_selfie()
+    else:
+        print(fetch_sam2(args.model))
+    return 0
+
+
+async def run_pipeline(settings: Settings, max_frames: int | None = None, quiet: bool = False,
+                       control: bool = True) -> int:
+    """``live run``: one pipeline, its status line, Ctrl-C to stop with files finalised."""
+    from live.pipeline import FrameProcessor, Pipeline
+    from live.sinks import create_sink
+    from live.sources import open_source
+
+    source = open_source(settings.source)
+    processor = FrameProcessor(settings)
+    try:
+        sink = create_sink(settings.output, source.fps,
+                           transparent=settings.background.mode == "transparent")
+    except Exception:
+        await source.close()
+        raise
+    if max_frames is not None:
+        source = _Limited(source, max_frames)
+    pipeline = Pipeline(source, [sink], processor, name="run")
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, pipeline.stop)
+        except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
+            pass
+    control_server = await _start_control(settings, processor, pipeline) if control else None
+    status = None if quiet else asyncio.create_task(_status_line(pipeline))
+    try:
+        await pipeline.run()
+    finally:
+        if status:
+            status.cancel()
+            print(file=sys.stderr)
+        if control_server is not None:
+            await control_server.stop()
+    if pipeline.errors:
+        print("live: " + "\nlive: ".join(pipeline.errors), file=sys.stderr)
+    return 1 if pipeline.frames_out == 0 and pipeline.errors else 0
+
+
+async def _start_control(settings: Settings, processor: Any, pipeline: Any) -> Any:
+    """Expose the control websocket for this pipeline, when the server module is available."""
+    try:
+        from live.server import ControlServer
+    except ImportError:
+        return None
+    server = ControlServer(settings, sessions={"run": (processor, pipeline)})
+    try:
+        await server.start()
+    except OSError as exc:
+        print(f"live: control panel not started ({exc}); continuing without it", file=sys.stderr)
+        return None
+    print(f"live: control panel at {server.url}", file=sys.stderr)
+    return server
+
+
+class _Limited:
+    """Ends a source after N frames (``--frames``)."""
+
+    def __init__(self, source: Any, frames: int):
+        self._source, self._left = source, frames
+        self.live, self.fps = source.live, source.fps
+
+    async def read(self) -> Any:
+        from live.frames import EndOfStream
+
+        if self._left <= 0:
+            raise EndOfStream
+        self._left -= 1
+        return await self._source.read()
+
+    async def close(self) -> None:
+        await self._source.close()
+
+
+def format_status(m: dict[str, Any]) -> str:
+    st = m["stage_ms"]
+    stages = " ".join(f"{k} {st[k]['p50']:.1f}" for k in ("segment", "matte", "composite")
+                      if k in st)
+    age = f" | latency {m['mask_age_ms']:.0f} ms" if m["mask_age_ms"] is not None else ""
+    return (f"{m['fps']:5.1f} fps | {stages} ms | frames {m['frames']} dropped "
+            f"{m['dropped']}{age}")
+
+
+async def _status_line(pipeline: Any) -> None:
+    while True:
+        await asyncio.sleep(1.0)
+        print("\r" + format_status(pipeline.metrics()).ljust(90), end="", file=sys.stderr,
+              flush=True)
+
+
+def to_toml(settings: Settings) -> str:
+    lines = []
+    for section, values in settings.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if value is None:
+                lines.append(f"# {key} =")
+            elif isinstance(value, bool):
+                lines.append(f"{key} = {str(value).lower()}")
+            elif isinstance(value, str):
+                lines.append(f"{key} = {json.dumps(value)}")
+            else:
+                lines.append(f"{key} = {value}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

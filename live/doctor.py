@@ -1,0 +1,79 @@
+"""``live doctor``: one line per thing live needs, with the fix when it is missing."""
+
+from __future__ import annotations
+
+import glob
+import platform
+from pathlib import Path
+
+from live.checkpoints import SAM2_MODELS, SELFIE_FILES, checkpoint_dir, is_valid
+
+
+def _check(ok: bool, what: str, fix: str = "") -> bool:
+    print(f"  [{'ok' if ok else '--'}] {what}" + ("" if ok or not fix else f"\n       fix: {fix}"))
+    return ok
+
+
+def webcams() -> list[str]:
+    """Capture devices on Linux; elsewhere, the first OpenCV indices that open."""
+    if platform.system() == "Linux":
+        found = []
+        for dev in sorted(glob.glob("/dev/video*")):
+            name_file = Path("/sys/class/video4linux") / Path(dev).name / "name"
+            name = name_file.read_text().strip() if name_file.exists() else "?"
+            found.append(f"{dev} ({name})")
+        return found
+    import cv2
+
+    found = []
+    for index in range(4):
+        cap = cv2.VideoCapture(index)
+        if cap.isOpened():
+            found.append(f"webcam:{index}")
+        cap.release()
+    return found
+
+
+def loopback_devices() -> list[str]:
+    """v4l2loopback devices are the ones whose driver is v4l2 loopback."""
+    devices = []
+    for sys_dir in sorted(glob.glob("/sys/devices/virtual/video4linux/video*")):
+        name = (Path(sys_dir) / "name").read_text().strip()
+        devices.append(f"/dev/{Path(sys_dir).name} ({name})")
+    return devices
+
+
+def run_doctor() -> int:
+    print("cameras")
+    cams = webcams()
+    loop = loopback_devices()
+    real = [c for c in cams if not any(c.startswith(d.split()[0]) for d in loop)]
+    _check(bool(real), f"webcam: {', '.join(real) or 'none found'}",
+           "plug in a camera, or try `live run --source synthetic` / a video file")
+    print("virtual camera")
+    if platform.system() == "Linux":
+        _check(bool(loop), f"v4l2loopback: {', '.join(loop) or 'no device'}",
+               "sudo apt install v4l2loopback-dkms && sudo modprobe v4l2loopback devices=1 "
+               "video_nr=10 card_label='live' exclusive_caps=1")
+    else:
+        _check(True, "use the OBS Virtual Camera (install OBS Studio, start its virtual camera "
+               "once) — live picks it through pyvirtualcam's 'obs' backend")
+    print("accelerator")
+    try:
+        import torch
+
+        gpu = torch.cuda.is_available()
+        mps = torch.backends.mps.is_available()
+        _check(gpu or mps, f"torch {torch.__version__}: "
+               + (torch.cuda.get_device_name(0) if gpu else "MPS" if mps else "CPU only"),
+               "SAM 2 needs a GPU to run live; the embedded selfie engine runs on the CPU")
+    except Exception as exc:
+        _check(False, f"torch not importable ({exc})", "make setup")
+    print(f"models in {checkpoint_dir()}")
+    for variant, spec in SELFIE_FILES.items():
+        _check(is_valid(checkpoint_dir() / spec.name, spec), f"selfie {variant}: {spec.name}",
+               "live fetch selfie (also fetched automatically on first use)")
+    for model, (spec, _cfg) in SAM2_MODELS.items():
+        _check((checkpoint_dir() / spec.name).is_file(), f"SAM 2.1 {model}: {spec.name}",
+               f"live fetch sam2 --model {model}")
+    return 0
