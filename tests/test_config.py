@@ -1,0 +1,102 @@
+"""The one settings schema: defaults, validation, TOML, CLI flags."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import pytest
+
+from live.cli import to_toml
+from live.config import (Settings, SettingsError, add_cli_arguments, load_toml,
+                         parse_background, settings_from_args)
+
+
+def parse(*argv: str) -> Settings:
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    return settings_from_args(parser.parse_args(list(argv)))
+
+
+def test_defaults_are_valid() -> None:
+    settings = Settings()
+    settings.validate()
+    assert settings.merged({}) == settings
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"matte": {"feather": -1}}, "matte.feather must be between"),
+    ({"matte": {"feather": "wide"}}, "must be a number"),
+    ({"matte": {"feather": 2.5}}, "whole number"),
+    ({"matte": {"feather": True}}, "must be a number"),
+    ({"matte": {"nope": 1}}, "unknown setting matte.nope"),
+    ({"nope": {}}, "unknown settings section"),
+    ({"matte": 3}, "must be an object"),
+    ({"background": {"color": "green"}}, "#RRGGBB"),
+    ({"background": {"mode": "plaid"}}, "must be one of"),
+    ({"background": {"mode": "image"}}, "needs background.image"),
+    ({"engine": {"image_size": 500}}, "multiple of 32"),
+    ({"server": {"host": "0.0.0.0"}}, "--allow-remote"),
+    ({"source": {"fps": float("nan")}}, "finite"),
+])
+def test_bad_values_name_the_setting(patch: dict, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings().merged(patch)
+
+
+def test_merge_returns_a_new_object_and_coerces_strings() -> None:
+    base = Settings()
+    new = base.merged({"matte": {"feather": "3"}, "source": {"loop": "yes"}})
+    assert new.matte.feather == 3 and new.source.loop is True
+    assert base.matte.feather != 3 or base is not new
+    assert new.server.allow_remote is False
+    assert Settings().merged({"server": {"host": "0.0.0.0", "allow_remote": True}}).server.host \
+        == "0.0.0.0"
+
+
+def test_background_shorthand() -> None:
+    assert parse_background("#112233") == {"mode": "color", "color": "#112233"}
+    assert parse_background("beach.jpg") == {"mode": "image", "image": "beach.jpg"}
+    assert parse_background("waves.mp4")["mode"] == "video"
+    assert parse_background("blur:40") == {"mode": "blur", "blur": "40"}
+    with pytest.raises(SettingsError, match="expected blur"):
+        parse_background("beach.txt")
+
+
+def test_cli_flags_override_config_file_which_overrides_defaults(tmp_path) -> None:
+    cfg = tmp_path / "live.toml"
+    cfg.write_text('[matte]\nfeather = 9\n[background]\nmode = "color"\ncolor = "#ff0000"\n')
+    settings = parse("--config", str(cfg), "--feather", "2", "--source", "synthetic")
+    assert settings.matte.feather == 2                 # flag beats file
+    assert settings.background.color == "#ff0000"      # file beats default
+    assert settings.source.spec == "synthetic"
+    assert settings.engine == Settings().engine        # untouched section keeps defaults
+    assert parse("--background", "#00ff00").background.mode == "color"
+    assert parse("--no-source-loop").source.loop is False
+
+
+def test_bad_config_file_is_a_clear_error(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[matte\nfeather = 1")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_toml(bad)
+    with pytest.raises(SettingsError, match="cannot read config file"):
+        load_toml(tmp_path / "missing.toml")
+
+
+def test_every_field_has_help_and_a_flag() -> None:
+    parser = argparse.ArgumentParser()
+    add_cli_arguments(parser)
+    flags = {a.dest for a in parser._actions}
+    for section in dataclasses.fields(Settings):
+        for f in dataclasses.fields(section.default_factory()):
+            assert f.metadata.get("help"), f"{section.name}.{f.name} has no help"
+            assert f"set__{section.name}__{f.name}" in flags
+
+
+def test_dumped_toml_loads_back_to_the_same_settings(tmp_path) -> None:
+    settings = Settings().merged({"background": {"mode": "color", "color": "#123456"},
+                                  "matte": {"smoothing": "ema"}})
+    path = tmp_path / "dump.toml"
+    path.write_text(to_toml(settings))
+    assert load_toml(path) == settings
