@@ -36,7 +36,7 @@ from live.subjects import SubjectSelector
 
 log = logging.getLogger("live.pipeline")
 
-STAGES = ("read", "segment", "matte", "composite", "sink")
+STAGES = ("read", "segment", "matte", "composite", "sink", "total")
 T = TypeVar("T")
 
 
@@ -198,11 +198,13 @@ class Pipeline:
     """Reads a source, processes on a worker thread, writes to sinks, keeps metrics."""
 
     def __init__(self, source: Any, sinks: Sequence[Any], processor: FrameProcessor,
-                 *, lossless: bool | None = None, name: str = "pipeline"):
+                 *, lossless: bool | None = None, name: str = "pipeline",
+                 owns_processor: bool = True):
         self.source = source
         self.sinks = list(sinks)
         self.processor = processor
         self.name = name
+        self.owns_processor = owns_processor
         self.lossless = (not getattr(source, "live", True)) if lossless is None else lossless
         self.times = StageTimes()
         self.frames_out = 0
@@ -232,7 +234,8 @@ class Pipeline:
                 except Exception as exc:  # a close must not hide the others
                     self._error(f"closing: {exc}")
             self._executor.shutdown(wait=True, cancel_futures=True)
-            self.processor.close()
+            if self.owns_processor:
+                self.processor.close()
             self.running = False
 
     def stop(self) -> None:
@@ -275,6 +278,7 @@ class Pipeline:
             for stage, ms in result.timings.items():
                 self.times.add(stage, ms)
             t0 = time.perf_counter()
+            processing_ms = sum(result.timings.values())
             for sink in list(self.sinks):
                 try:
                     await sink.write(result.image, frame)
@@ -286,7 +290,9 @@ class Pipeline:
                 self._error("no output left; stopping")
                 return
             now = time.monotonic()
-            self.times.add("sink", (time.perf_counter() - t0) * 1e3)
+            sink_ms = (time.perf_counter() - t0) * 1e3
+            self.times.add("sink", sink_ms)
+            self.times.add("total", processing_ms + sink_ms)
             self._latency.append((now - frame.captured) * 1e3)
             self._out_stamps.append(now)
             self.frames_out += 1
