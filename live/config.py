@@ -75,10 +75,22 @@ class MatteSettings:
                          "0 = plain bilinear upsampling", lo=0, hi=64, flag="--feather")
     feather_eps: float = _f(1e-3, "guided filter regulariser: larger = softer edges",
                             lo=1e-6, hi=1.0)
+    guide_size: int = _f(320, "long side, in pixels, of the grid where the guided filter's "
+                              "coefficients are computed (larger = finer edges, slower)",
+                         lo=32, hi=2048)
     smoothing: Literal["adaptive", "ema", "off"] = _f(
         "adaptive", "temporal smoothing: adaptive leans on history only where the new mask is "
-        "uncertain; ema is a plain moving average", flag="--smoothing")
+        "uncertain or changes little; ema is a plain moving average", flag="--smoothing")
     ema: float = _f(0.5, "weight of the new mask in ema mode (1 = no smoothing)", lo=0.0, hi=1.0)
+    adaptive_min_weight: float = _f(
+        0.25, "adaptive mode: weight of the new mask where it agrees with history "
+        "(lower = steadier, more lag on slow edges)", lo=0.01, hi=1.0)
+    adaptive_change_lo: float = _f(
+        0.05, "adaptive mode: a per-pixel change below this is treated as noise (full "
+        "smoothing)", lo=0.0, hi=1.0)
+    adaptive_change_hi: float = _f(
+        0.35, "adaptive mode: a per-pixel change above this is treated as motion and taken "
+        "at once (no smoothing)", lo=0.0, hi=1.0)
 
 
 @dataclass(frozen=True)
