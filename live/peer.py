@@ -1,0 +1,104 @@
+"""One WebRTC peer: its video through a pipeline and back, its audio straight back.
+
+Kept apart from ``server.py`` so the control server imports aiortc only when a
+browser actually offers video.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaBlackhole
+
+from live.config import Settings
+from live.control import ProtocolError
+from live.pipeline import FrameProcessor, Pipeline
+from live.sinks import VideoOutputTrack
+from live.sources import TrackSource
+
+if TYPE_CHECKING:
+    from live.server import ControlServer, Session
+
+log = logging.getLogger("live.peer")
+
+
+async def open_peer_session(server: ControlServer, settings: Settings,
+                            offer_sdp: str) -> tuple[Session, str]:
+    """Answer ``offer_sdp`` and start its pipeline; returns the session and the answer SDP.
+
+    The answer is sent only once our candidates are gathered (aiortc does that
+    inside ``setLocalDescription``). No STUN server: aiortc's default is
+    Google's, which a local service must not contact, and loopback or LAN
+    peers find each other through host candidates.
+    """
+    from live.server import Session
+
+    processor = await asyncio.to_thread(FrameProcessor, settings)  # may load a model
+    processor.passthrough = server.passthrough
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    session = Session(processor, kind="webrtc")
+    session.pc = pc
+    session.output = VideoOutputTrack()
+    tracks: dict[str, list[Any]] = {"video": [], "audio": []}
+
+    @pc.on("track")
+    def on_track(track: Any) -> None:
+        tracks.setdefault(track.kind, []).append(track)
+        if track.kind == "video" and session.pipeline is None:
+            session.pipeline = Pipeline(TrackSource(track), [session.output], processor,
+                                        name=f"peer-{session.id}")
+            pc.addTrack(session.output)
+        elif track.kind == "audio" and len(tracks["audio"]) == 1:
+            pc.addTrack(track)  # relayed back untouched
+
+    @pc.on("connectionstatechange")
+    async def on_state() -> None:
+        log.info("session %s: connection %s", session.id, pc.connectionState)
+        if pc.connectionState in ("failed", "closed"):
+            await server.close_session(session)
+
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        if len(tracks["video"]) != 1:
+            raise ProtocolError(f"the offer must carry exactly one video track (the camera), "
+                                f"it has {len(tracks['video'])}")
+        if len(tracks["audio"]) > 1:
+            raise ProtocolError("the offer may carry at most one audio track")
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+    except BaseException:
+        await pc.close()
+        processor.close()
+        raise
+    _drain_unsent_audio(session, pc)
+    session.task = asyncio.create_task(_run(server, session), name=f"session-{session.id}")
+    return session, pc.localDescription.sdp
+
+
+def _drain_unsent_audio(session: Session, pc: RTCPeerConnection) -> None:
+    """Audio we cannot send back (a send-only offer) must still be consumed:
+    aiortc buffers received frames without bound until someone reads them."""
+    for transceiver in pc.getTransceivers():
+        if transceiver.kind == "audio" and transceiver.currentDirection == "recvonly":
+            hole = MediaBlackhole()
+            hole.addTrack(transceiver.receiver.track)
+            session.extra_tasks.append(asyncio.create_task(_blackhole(hole)))
+
+
+async def _blackhole(hole: MediaBlackhole) -> None:
+    await hole.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await hole.stop()
+
+
+async def _run(server: ControlServer, session: Session) -> None:
+    assert session.pipeline is not None
+    try:
+        await session.pipeline.run()
+    finally:
+        await server.close_session(session)

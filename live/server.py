@@ -1,0 +1,462 @@
+"""``live serve``: the web page, its control websocket, and one pipeline per WebRTC peer.
+
+One asyncio server (the ``websockets`` library) on one port does everything:
+
+* ``GET /`` and the other files of ``web_client/`` (static, confined to that folder);
+* ``GET /ws?token=...``: the control websocket. The JSON protocol is in
+  ``live/control.py`` and docs/protocol.md; WebRTC signalling is one message on
+  it (``offer`` → an ``ok`` reply carrying the answer; no trickle ICE: both
+  sides gather their candidates before sending, which on a LAN or loopback
+  takes milliseconds).
+
+Each WebRTC peer gets a ``Session``: its incoming video track → ``TrackSource``
+→ ``Pipeline`` (its own worker thread) → ``VideoOutputTrack`` sent back to the
+same peer; incoming audio is sent straight back. A session ends when its peer
+connection fails or closes, when its track ends, or when the websocket that
+created it goes away; everything it held (tracks, thread, model) goes with it.
+
+``live run`` attaches its virtual-camera pipeline with ``ControlServer(settings,
+sessions={"run": (processor, pipeline)})`` (or a list of ``Session``), so the
+same page steers it.
+
+Security: loopback only unless ``server.allow_remote``; a random token (printed
+in the URL, as Jupyter does) guards the websocket; a browser's Origin must be
+the page's own; message sizes and rates are bounded per connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import email.utils
+import logging
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from websockets.asyncio.server import Server, ServerConnection, serve as ws_serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from live import control
+from live.config import LOOPBACK_HOSTS, Settings
+from live.control import ProtocolError
+from live.pipeline import FrameProcessor, Pipeline
+
+log = logging.getLogger("live.server")
+
+WEB_ROOT = Path(__file__).resolve().parent.parent / "web_client"
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+}
+# The page may talk only to this server; the token in its URL must not leak
+# to anyone else through a Referer.
+PAGE_HEADERS = [
+    ("Content-Security-Policy", "default-src 'self'; img-src 'self' data: blob:; "
+                                "media-src 'self' blob: mediastream:; connect-src 'self'; "
+                                "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Cache-Control", "no-store"),
+]
+
+
+class Session:
+    """A pipeline the control panel can steer.
+
+    Either a WebRTC peer's (created and owned here) or one attached from outside
+    (``live run``'s virtual camera: its owner runs and stops it; we only steer).
+    """
+
+    def __init__(self, processor: FrameProcessor, pipeline: Pipeline | None = None, *,
+                 kind: str = "attached", session_id: str | None = None):
+        self.id = session_id or secrets.token_hex(4)
+        self.kind = kind
+        self.processor = processor
+        self.pipeline = pipeline
+        self.created = time.time()
+        # WebRTC peers only:
+        self.pc: Any = None
+        self.output: Any = None
+        self.owner: Client | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.extra_tasks: list[asyncio.Task[Any]] = []
+        self.closed = False
+        self.lock = asyncio.Lock()  # settings changes to one session land one at a time
+
+    def describe(self, client: Client | None = None) -> dict[str, Any]:
+        return {"session": self.id, "kind": self.kind, "own": client is not None and
+                self.owner is client, "settings": client_settings(self.processor.settings)}
+
+    def stats(self) -> dict[str, Any]:
+        metrics = self.pipeline.metrics() if self.pipeline is not None else {}
+        return {"session": self.id, "kind": self.kind, **metrics}
+
+
+class Client:
+    """One control websocket: its settings until it has a session, its session, its rate."""
+
+    def __init__(self, ws: ServerConnection, settings: Settings, rate: float, burst: float):
+        self.ws = ws
+        self.settings = settings
+        self.session: Session | None = None
+        self.limiter = control.RateLimiter(rate, burst)
+
+
+def client_settings(settings: Settings) -> dict[str, Any]:
+    """The sections a client sees and may change (never ``server``: it holds the token)."""
+    full = settings.to_dict()
+    return {name: full[name] for name in control.CLIENT_SECTIONS}
+
+
+class ControlServer:
+    """The HTTP + websocket server; see the module docstring.
+
+    ``passthrough=True`` makes every peer's pipeline return frames untouched
+    (same code path otherwise): the latency baseline for ``bench.webrtc``.
+    """
+
+    def __init__(self, settings: Settings,
+                 sessions: Iterable[Session] | Mapping[str, tuple[FrameProcessor, Pipeline]] = (),
+                 *,
+                 web_root: Path = WEB_ROOT, passthrough: bool = False,
+                 rate: float = 50.0, burst: float = 100.0, stats_interval: float = 1.0,
+                 max_peers: int = 8, max_clients: int = 32):
+        self.settings = settings
+        self.token = settings.server.token or secrets.token_urlsafe(24)
+        self.web_root = web_root.resolve()
+        self.passthrough = passthrough
+        self.rate, self.burst = rate, burst
+        self.stats_interval = stats_interval
+        self.max_peers, self.max_clients = max_peers, max_clients
+        self.sessions: dict[str, Session] = {}
+        self.clients: set[Client] = set()
+        self.received: collections.Counter[str] = collections.Counter()  # by message type
+        self.port: int | None = None
+        self._server: Server | None = None
+        self._upload_dir: Path | None = None
+        self._uploads: collections.deque[Path] = collections.deque()
+        if isinstance(sessions, Mapping):  # {"run": (processor, pipeline)} from `live run`
+            sessions = [Session(proc, pipe, kind=name, session_id=name)
+                        for name, (proc, pipe) in sessions.items()]
+        for session in sessions:
+            self.attach(session)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def attach(self, session: Session) -> Session:
+        """Expose an existing pipeline (e.g. the virtual camera's) to the control panel."""
+        self.sessions[session.id] = session
+        return session
+
+    async def start(self) -> None:
+        """Bind and start serving; returns at once (the server runs on the current loop)."""
+        server = self.settings.server
+        self._upload_dir = Path(tempfile.mkdtemp(prefix="live-uploads-"))
+        self._server = await ws_serve(
+            self._handle_connection, server.host, server.port,
+            process_request=self._process_request, max_size=control.MAX_MESSAGE_BYTES,
+            max_queue=4, compression=None, ping_interval=20, ping_timeout=20)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        host = self.settings.server.host
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/?token={self.token}"
+
+    async def stop(self) -> None:
+        """Close every peer session and connection; attached sessions are left to their owner."""
+        for session in list(self.sessions.values()):
+            if session.kind == "webrtc":
+                await self.close_session(session)
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        if self._upload_dir is not None:
+            shutil.rmtree(self._upload_dir, ignore_errors=True)
+            self._upload_dir = None
+
+    async def close_session(self, session: Session) -> None:
+        """Stop a peer's pipeline, tracks and connection; safe to call more than once."""
+        if session.closed:
+            return
+        session.closed = True
+        self.sessions.pop(session.id, None)
+        if session.owner is not None and session.owner.session is session:
+            session.owner.session = None
+        if session.pipeline is not None:
+            session.pipeline.stop()
+        if session.output is not None:
+            session.output.stop()
+        if session.pc is not None:
+            await session.pc.close()
+        for task in session.extra_tasks:
+            task.cancel()
+        await asyncio.gather(*session.extra_tasks, return_exceptions=True)
+        task = session.task
+        if task is not None and task is not asyncio.current_task():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout=10)
+            except (asyncio.TimeoutError, Exception):
+                log.warning("session %s: pipeline did not stop in time", session.id)
+        if session.pipeline is None or session.task is None:
+            session.processor.close()  # Pipeline.run closes it otherwise
+        log.info("session %s closed", session.id)
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        path, _, query = request.path.partition("?")
+        if path != "/ws":
+            return self._static(path)
+        if not self._origin_allowed(request):
+            return conn.respond(403, "Forbidden: this page's origin may not use the control "
+                                     "socket\n")
+        token = parse_qs(query).get("token", [""])[0]
+        if not secrets.compare_digest(token.encode(), self.token.encode()):
+            return conn.respond(401, "Unauthorized: missing or wrong token; open the URL that "
+                                     "`live serve` printed (it ends with ?token=...)\n")
+        if len(self.clients) >= self.max_clients:
+            return conn.respond(503, "Too many control connections\n")
+        return None
+
+    def _origin_allowed(self, request: Request) -> bool:
+        """No Origin = not a browser (the token suffices); a browser must be same-origin.
+
+        Same-origin alone would let a DNS-rebinding page through (its Origin and
+        Host would both say evil.example), so on loopback the host must also be
+        a loopback name.
+        """
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return True
+        if origin != f"http://{request.headers.get('Host', '')}":
+            return False
+        return self.settings.server.allow_remote or urlsplit(origin).hostname in LOOPBACK_HOSTS
+
+    def _static(self, path: str) -> Response:
+        rel = unquote(path).lstrip("/") or "index.html"
+        target = (self.web_root / rel).resolve()
+        if "\x00" in rel or ".." in rel.split("/") or not target.is_relative_to(self.web_root) \
+                or not target.is_file() or target.suffix not in CONTENT_TYPES:
+            return _response(404, b"Not found\n", "text/plain; charset=utf-8")
+        return _response(200, target.read_bytes(), CONTENT_TYPES[target.suffix])
+
+    # ------------------------------------------------------------------ websocket
+
+    async def _handle_connection(self, ws: ServerConnection) -> None:
+        client = Client(ws, self.settings, self.rate, self.burst)
+        self.clients.add(client)
+        pusher = asyncio.create_task(self._push_stats(client))
+        try:
+            async for raw in ws:
+                reply = await self._reply(client, raw)
+                await ws.send(control.dumps(reply))
+        except ConnectionClosed:
+            pass  # a vanished client, or a message over the size limit (close code 1009)
+        finally:
+            pusher.cancel()
+            await asyncio.gather(pusher, return_exceptions=True)
+            self.clients.discard(client)
+            if client.session is not None:
+                await self.close_session(client.session)
+
+    async def _reply(self, client: Client, raw: str | bytes) -> dict[str, Any]:
+        """The reply to one message; every failure becomes an error reply, never a crash."""
+        if not client.limiter.allow():
+            return control.error(None, f"too many messages (limit {self.rate:g} per second); "
+                                       "this one was dropped")
+        msg_id = None
+        try:
+            msg_id, msg = control.parse_message(raw)
+            self.received[msg["type"]] += 1
+            handler = getattr(self, "_on_" + msg["type"].replace(".", "_"))
+            return control.ok(msg_id, **await handler(client, msg))
+        except ProtocolError as exc:
+            return control.error(exc.msg_id if msg_id is None else msg_id, str(exc))
+        except (ValueError, RuntimeError, OSError) as exc:  # SettingsError, PromptError, ...
+            log.info("request refused: %s", exc)
+            return control.error(msg_id, str(exc) or type(exc).__name__)
+        except Exception as exc:  # a bug: report it, keep serving
+            log.exception("request failed")
+            return control.error(msg_id, f"internal error ({type(exc).__name__}): {exc}")
+
+    async def _push_stats(self, client: Client) -> None:
+        while True:
+            await asyncio.sleep(self.stats_interval)
+            sessions = [s for s in self.sessions.values() if s.pipeline is not None]
+            if not sessions:
+                continue
+            stats = [dict(s.stats(), own=s.owner is client) for s in sessions]
+            try:
+                await client.ws.send(control.dumps({"type": "stats", "sessions": stats}))
+            except ConnectionClosed:
+                return
+
+    def _target(self, client: Client, msg: dict[str, Any], *, required: bool) -> Session | None:
+        """The session a message means: the one it names, else the client's own."""
+        sid = control.optional_session(msg)
+        if sid is not None:
+            session = self.sessions.get(sid)
+            if session is None:
+                raise ProtocolError(f"no session {sid!r}; sessions.list names the running ones")
+            return session
+        if client.session is None and required:
+            raise ProtocolError(f"{msg['type']}: no video session yet; start the camera "
+                                "(offer) or name a session from sessions.list")
+        return client.session
+
+    # ------------------------------------------------------------------ messages
+
+    async def _on_hello(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
+        from live import __version__
+
+        return {"server": "live", "version": __version__,
+                "session": client.session.id if client.session else None,
+                "settings": client_settings(self._settings_of(client, None)),
+                "sessions": [s.describe(client) for s in self.sessions.values()],
+                "passthrough": self.passthrough,
+                "limits": {"control_bytes": control.MAX_CONTROL_BYTES,
+                           "upload_bytes": control.MAX_UPLOAD_BYTES,
+                           "image_pixels": control.MAX_IMAGE_PIXELS,
+                           "messages_per_second": self.rate},
+                "message_types": list(control.MESSAGE_TYPES)}
+
+    def _settings_of(self, client: Client, session: Session | None) -> Settings:
+        return session.processor.settings if session is not None else client.settings
+
+    async def _on_settings_get(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self._target(client, msg, required=False)
+        return {"session": session.id if session else None,
+                "settings": client_settings(self._settings_of(client, session))}
+
+    async def _on_settings_set(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self._target(client, msg, required=False)
+        return await self._apply(client, session, control.settings_patch(msg))
+
+    async def _apply(self, client: Client, session: Session | None,
+                     patch: dict[str, Any]) -> dict[str, Any]:
+        """Validate through the one schema, then swap between two frames.
+
+        A new engine or background image is built off the event loop (loading a
+        model takes seconds) and before anything is swapped, so a refusal leaves
+        the session exactly as it was.
+        """
+        if session is None:
+            client.settings = client.settings.merged(patch)
+            return {"session": None, "settings": client_settings(client.settings)}
+        async with session.lock:
+            new = session.processor.settings.merged(patch)
+            await asyncio.to_thread(session.processor.update_settings, new)
+        if session.owner is client:
+            client.settings = new
+        return {"session": session.id, "settings": client_settings(new)}
+
+    async def _on_prompt(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
+        prompt = control.prompt_from(msg)
+        session = self._target(client, msg, required=True)
+        assert session is not None
+        session.processor.add_prompt(prompt)  # PromptError (e.g. selfie engine) → error reply
+        return {"session": session.id, "obj_id": prompt.obj_id, "points": len(prompt.points)}
+
+    async def _on_reset(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self._target(client, msg, required=True)
+        assert session is not None
+        session.processor.reset()
+        return {"session": session.id}
+
+    async def _on_background_upload(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self._target(client, msg, required=False)
+        blob, suffix = await asyncio.to_thread(control.decode_image_upload, msg)
+        assert self._upload_dir is not None
+        path = self._upload_dir / f"{secrets.token_hex(8)}{suffix}"
+        path.write_bytes(blob)
+        try:
+            reply = await self._apply(client, session,
+                                      {"background": {"mode": "image", "image": str(path)}})
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        self._uploads.append(path)
+        self._forget_old_uploads()
+        return reply
+
+    def _forget_old_uploads(self, keep: int = 16) -> None:
+        """Delete the oldest uploads that no session or client still uses."""
+        in_use = {s.processor.settings.background.image for s in self.sessions.values()}
+        in_use |= {c.settings.background.image for c in self.clients}
+        for path in list(self._uploads)[: max(0, len(self._uploads) - keep)]:
+            if str(path) not in in_use:
+                self._uploads.remove(path)
+                path.unlink(missing_ok=True)
+
+    async def _on_offer(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
+        from live.peer import open_peer_session  # aiortc loads only when a peer comes
+
+        sdp = control.offer_sdp(msg)
+        if client.session is not None:  # a new offer replaces this client's old session
+            await self.close_session(client.session)
+        peers = sum(1 for s in self.sessions.values() if s.kind == "webrtc")
+        if peers >= self.max_peers:
+            raise ProtocolError(f"too many video sessions ({peers}); close one first")
+        session, answer = await open_peer_session(self, client.settings, sdp)
+        session.owner = client
+        client.session = session
+        self.sessions[session.id] = session
+        return {"session": session.id, "answer": {"type": "answer", "sdp": answer}}
+
+    async def _on_stats(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
+        session = self._target(client, msg, required=True)
+        assert session is not None
+        return {"stats": dict(session.stats(), own=session.owner is client)}
+
+    async def _on_sessions_list(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
+        return {"sessions": [s.describe(client) for s in self.sessions.values()]}
+
+
+def _response(status: int, body: bytes, content_type: str) -> Response:
+    headers = Headers([("Date", email.utils.formatdate(usegmt=True)), ("Connection", "close"),
+                       ("Content-Length", str(len(body))), ("Content-Type", content_type),
+                       *PAGE_HEADERS])
+    reason = {200: "OK", 404: "Not Found"}[status]
+    return Response(status, reason, headers, body)
+
+
+# ---------------------------------------------------------------------- entry point
+
+
+def serve(settings: Settings) -> None:
+    """``live serve``: run until Ctrl-C, then close every session cleanly."""
+
+    async def main() -> None:
+        server = ControlServer(settings)
+        await server.start()
+        if settings.server.host not in LOOPBACK_HOSTS:
+            print(f"live: WARNING: listening on {settings.server.host}, reachable from the "
+                  "network; anyone with the token can use your camera session", flush=True)
+        print(f"live: serving on {server.url}\nlive: open that URL in a browser "
+              "(Ctrl-C stops)", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await server.stop()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        print("live: stopped", flush=True)

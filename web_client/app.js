@@ -1,0 +1,375 @@
+// live — control panel and camera page.
+//
+// One websocket (/ws?token=...) carries everything: settings, clicks, the
+// WebRTC offer/answer, and the stats the server pushes. Every request has an
+// id and gets exactly one reply: {type: "ok", id, ...} or {type: "error", id, error}.
+// The protocol is documented in docs/protocol.md.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const token = new URLSearchParams(location.search).get("token") || "";
+
+// State the tests (and a curious developer in the console) can look at.
+const state = {
+  ws: null,
+  nextId: 1,
+  pending: new Map(),   // id -> resolve
+  pc: null,
+  camera: null,         // MediaStream from getUserMedia
+  ownSession: null,     // id of this page's WebRTC session
+  selected: "",         // session the panel steers ("" = this page's own)
+  settings: null,       // settings of the steered session, as last confirmed
+  lastReply: null,
+  lastStats: null,
+};
+window.liveClient = state;
+
+// ------------------------------------------------------------------ websocket
+
+function connectSocket() {
+  const proto = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${proto}://${location.host}/ws?token=${encodeURIComponent(token)}`);
+  state.ws = ws;
+  ws.onopen = async () => {
+    setStatus("connected", "connected");
+    const hello = await request("hello");
+    if (hello.type === "ok") {
+      showSettings(hello.settings);
+      fillSessions(hello.sessions);
+    }
+  };
+  ws.onmessage = (event) => onMessage(JSON.parse(event.data));
+  ws.onclose = (event) => {
+    const why = event.code === 1006 && !token
+      ? "not connected: open the URL printed by `live serve` (it carries ?token=...)"
+      : `disconnected (${event.code}${event.reason ? ": " + event.reason : ""}); reload to retry`;
+    setStatus("error", why);
+    for (const resolve of state.pending.values()) resolve({ type: "error", error: "disconnected" });
+    state.pending.clear();
+  };
+}
+
+function onMessage(msg) {
+  if (msg.type === "stats") {
+    showStats(msg.sessions);
+    return;
+  }
+  const resolve = state.pending.get(msg.id);
+  if (resolve) {
+    state.pending.delete(msg.id);
+    resolve(msg);
+  } else if (msg.type === "error") {
+    showMessage(msg.error, true);   // e.g. "too many messages"
+  }
+}
+
+// Send one request; resolves with its reply (ok or error), never rejects.
+function request(type, fields = {}) {
+  const ws = state.ws;
+  if (!ws || ws.readyState !== WebSocket.OPEN) {
+    return Promise.resolve({ type: "error", error: "not connected to the server" });
+  }
+  const id = state.nextId++;
+  const msg = { type, id, ...fields };
+  if (state.selected && !("session" in msg) && type !== "offer" && type !== "hello") {
+    msg.session = state.selected;
+  }
+  return new Promise((resolve) => {
+    state.pending.set(id, (reply) => {
+      state.lastReply = reply;
+      resolve(reply);
+    });
+    ws.send(JSON.stringify(msg));
+  });
+}
+
+// ------------------------------------------------------------------ camera + WebRTC
+
+async function listCameras() {
+  const select = $("camera-select");
+  const current = select.value;
+  const devices = await navigator.mediaDevices.enumerateDevices();
+  select.replaceChildren(new Option("default camera", ""));
+  devices.filter((d) => d.kind === "videoinput").forEach((d, i) => {
+    select.add(new Option(d.label || `camera ${i + 1}`, d.deviceId));
+  });
+  select.value = current;
+}
+
+async function startCamera() {
+  $("connect").disabled = true;
+  try {
+    const deviceId = $("camera-select").value;
+    state.camera = await navigator.mediaDevices.getUserMedia({
+      video: {
+        deviceId: deviceId ? { exact: deviceId } : undefined,
+        width: { ideal: 1280 },
+        height: { ideal: 720 },
+      },
+      audio: $("with-audio").checked,
+    });
+    $("preview").srcObject = state.camera;
+    listCameras().catch(() => {});  // labels appear once permission is granted
+
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    state.pc = pc;
+    state.camera.getTracks().forEach((t) => pc.addTrack(t, state.camera));
+    pc.ontrack = (event) => {
+      if (event.track.kind === "video") {
+        $("processed").srcObject = new MediaStream([event.track]);
+        $("placeholder").hidden = true;
+      }
+    };
+    pc.onconnectionstatechange = () => {
+      if (pc.connectionState === "failed") showMessage("video connection failed", true);
+    };
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGatheringDone(pc);
+    const reply = await request("offer", { sdp: pc.localDescription.sdp });
+    if (reply.type !== "ok") throw new Error(reply.error);
+    state.ownSession = reply.session;
+    await pc.setRemoteDescription(reply.answer);
+    $("disconnect").disabled = false;
+    showMessage("camera connected");
+    refreshSessions();
+  } catch (err) {
+    showMessage(`could not start: ${err.message || err}`, true);
+    stopCamera();
+  }
+}
+
+// No trickle ICE: the offer goes out with its candidates (host ones are instant).
+function iceGatheringDone(pc, timeoutMs = 3000) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      if (pc.iceGatheringState === "complete") finish();
+    };
+    const finish = () => {
+      pc.removeEventListener("icegatheringstatechange", done);
+      resolve();
+    };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(finish, timeoutMs);
+  });
+}
+
+function stopCamera() {
+  if (state.pc) state.pc.close();
+  if (state.camera) state.camera.getTracks().forEach((t) => t.stop());
+  state.pc = null;
+  state.camera = null;
+  state.ownSession = null;
+  $("processed").srcObject = null;
+  $("preview").srcObject = null;
+  $("placeholder").hidden = false;
+  $("connect").disabled = false;
+  $("disconnect").disabled = true;
+  setTimeout(refreshSessions, 500);
+}
+
+// ------------------------------------------------------------------ settings
+
+// Controls with data-setting="section.name" send {section: {name: value}}.
+function settingControls() {
+  return document.querySelectorAll("[data-setting]");
+}
+
+function controlValue(el) {
+  if (el.type === "range") return Number(el.value);
+  return el.value;
+}
+
+function showSettings(settings) {
+  if (!settings) return;
+  state.settings = settings;
+  for (const el of settingControls()) {
+    const [section, name] = el.dataset.setting.split(".");
+    const value = settings[section] && settings[section][name];
+    if (value !== undefined && value !== null && document.activeElement !== el) el.value = value;
+  }
+  for (const id of ["bg-blur", "matte-feather", "matte-ema"]) $(`${id}-value`).textContent = $(id).value;
+  if (settings.background.video) $("bg-video").value = settings.background.video;
+}
+
+async function setSetting(section, name, value) {
+  const reply = await request("settings.set", { settings: { [section]: { [name]: value } } });
+  if (reply.type === "ok") {
+    showSettings(reply.settings);
+    showMessage(`${section}.${name} = ${value}`);
+  } else {
+    showMessage(reply.error, true);
+    showSettings(state.settings);   // put the control back to what actually runs
+  }
+  return reply;
+}
+
+// Sliders send while dragging, at most every 100 ms; the last value always goes out.
+function throttled(fn, ms = 100) {
+  let timer = null;
+  let lastArgs = null;
+  return (...args) => {
+    lastArgs = args;
+    if (timer) return;
+    timer = setTimeout(() => {
+      timer = null;
+      fn(...lastArgs);
+    }, ms);
+  };
+}
+
+function wireSettings() {
+  for (const el of settingControls()) {
+    const [section, name] = el.dataset.setting.split(".");
+    if (el.type === "range") {
+      const send = throttled((v) => setSetting(section, name, v));
+      el.addEventListener("input", () => {
+        $(`${el.id}-value`).textContent = el.value;
+        send(controlValue(el));
+      });
+    } else {
+      el.addEventListener(el.type === "color" ? "input" : "change", () => {
+        // Picking "image" or "video" mode is done by choosing the file below.
+        if (el.id === "bg-mode" && el.value === "image" && !state.settings.background.image) {
+          showMessage("choose an image file below");
+          return;
+        }
+        if (el.id === "bg-color") {
+          request("settings.set", { settings: { background: { mode: "color", color: el.value } } })
+            .then((r) => (r.type === "ok" ? showSettings(r.settings) : showMessage(r.error, true)));
+          return;
+        }
+        setSetting(section, name, controlValue(el));
+      });
+    }
+  }
+  $("bg-video-apply").addEventListener("click", async () => {
+    const path = $("bg-video").value.trim();
+    const reply = await request("settings.set", { settings: { background: { mode: "video", video: path } } });
+    if (reply.type === "ok") showSettings(reply.settings);
+    showMessage(reply.type === "ok" ? `background video: ${path}` : reply.error, reply.type !== "ok");
+  });
+  $("bg-image").addEventListener("change", uploadImage);
+}
+
+async function uploadImage() {
+  const file = $("bg-image").files[0];
+  if (!file) return;
+  showMessage(`uploading ${file.name}…`);
+  const data = await new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+  const reply = await request("background.upload", { data, name: file.name });
+  if (reply.type === "ok") {
+    showSettings(reply.settings);
+    showMessage(`background image: ${file.name}`);
+  } else {
+    showMessage(reply.error, true);
+  }
+}
+
+// ------------------------------------------------------------------ subject clicks
+
+// The video is letterboxed (object-fit: contain): map the click to frame pixels.
+function framePoint(video, event) {
+  const rect = video.getBoundingClientRect();
+  const vw = video.videoWidth;
+  const vh = video.videoHeight;
+  if (!vw || !vh) return null;
+  const scale = Math.min(rect.width / vw, rect.height / vh);
+  const x = (event.clientX - rect.left - (rect.width - vw * scale) / 2) / scale;
+  const y = (event.clientY - rect.top - (rect.height - vh * scale) / 2) / scale;
+  if (x < 0 || y < 0 || x >= vw || y >= vh) return null;
+  return [Math.round(x), Math.round(y)];
+}
+
+async function onVideoClick(event) {
+  const point = framePoint($("processed"), event);
+  if (!point) return;
+  const label = event.shiftKey ? 0 : 1;
+  const reply = await request("prompt", { obj_id: 1, points: [[point[0], point[1], label]] });
+  const what = label ? "subject" : "background";
+  $("prompt-status").textContent = reply.type === "ok"
+    ? `${what} point at (${point[0]}, ${point[1]}) sent`
+    : reply.error;
+  showMessage(reply.type === "ok" ? `clicked ${what}` : reply.error, reply.type !== "ok");
+}
+
+async function onReset() {
+  const reply = await request("reset");
+  $("prompt-status").textContent = reply.type === "ok" ? "tracking reset" : reply.error;
+}
+
+// ------------------------------------------------------------------ sessions + stats
+
+function fillSessions(sessions) {
+  const select = $("session-select");
+  const current = state.selected;
+  select.replaceChildren(new Option("this page's camera", ""));
+  for (const s of sessions || []) {
+    if (s.session === state.ownSession) continue;
+    select.add(new Option(`${s.kind} ${s.session}`, s.session));
+  }
+  select.value = [...select.options].some((o) => o.value === current) ? current : "";
+  state.selected = select.value;
+}
+
+async function refreshSessions() {
+  const reply = await request("sessions.list");
+  if (reply.type === "ok") fillSessions(reply.sessions);
+}
+
+async function onSessionChange() {
+  state.selected = $("session-select").value;
+  const reply = await request("settings.get");
+  if (reply.type === "ok") showSettings(reply.settings);
+}
+
+function showStats(sessions) {
+  const wanted = state.selected || state.ownSession;
+  const s = sessions.find((x) => x.session === wanted);
+  state.lastStats = s || null;
+  if (!s) return;
+  const ms = (stage) => (s.stage_ms && s.stage_ms[stage] ? s.stage_ms[stage].p50.toFixed(1) : "–");
+  const parts = [
+    `${s.fps.toFixed(1)} fps`,
+    `segment ${ms("segment")} ms`,
+    `matte ${ms("matte")} ms`,
+    `composite ${ms("composite")} ms`,
+    `dropped ${s.dropped}`,
+  ];
+  if (s.mask_age_ms != null) parts.push(`mask age ${s.mask_age_ms} ms`);
+  const bank = s.engine && s.engine.memory_bank_bytes;
+  if (bank != null) parts.push(`memory bank ${(bank / 1048576).toFixed(1)} MiB`);
+  $("stats").textContent = parts.join(" · ");
+}
+
+// ------------------------------------------------------------------ helpers
+
+function setStatus(stateName, text) {
+  const el = $("status");
+  el.dataset.state = stateName;
+  el.textContent = text;
+}
+
+function showMessage(text, isError = false) {
+  const el = $("message");
+  el.textContent = text;
+  el.classList.toggle("error", isError);
+}
+
+// ------------------------------------------------------------------ start
+
+wireSettings();
+$("connect").addEventListener("click", startCamera);
+$("disconnect").addEventListener("click", stopCamera);
+$("processed").addEventListener("click", onVideoClick);
+$("reset").addEventListener("click", onReset);
+$("session-select").addEventListener("change", onSessionChange);
+navigator.mediaDevices?.addEventListener?.("devicechange", () => listCameras().catch(() => {}));
+if (navigator.mediaDevices) listCameras().catch(() => {});
+else showMessage("this browser has no camera access (the page must be on localhost or https)", true);
+connectSocket();
