@@ -1,0 +1,387 @@
+"""Matte quality on DAVIS: does our matte beat the peers' recipes?
+
+``python -m bench.quality [--data DIR] [--engine selfie] [--out DIR]
+[--sequences a,b] [--max-frames N]``
+
+Every ``davis-*`` folder under the data directory (``frames/*.jpg`` plus a
+ground-truth ``masks/*.png`` for every frame) is run through one segmenter;
+the same low-resolution alphas then go through four post-processing recipes,
+so the comparison isolates the matte stage:
+
+- ``raw``: the engine's alpha, bilinearly upsampled;
+- ``ema50``: plain EMA with weight 0.5 on the new mask (Linux-Fake-Background-Webcam);
+- ``obs``: the OBS background-removal plugin's recipe (see ``ObsRecipe``);
+- ``live``: our ``Matte`` with default settings.
+
+Metrics, on the full-resolution alpha (see each function): IoU, DAVIS
+boundary F, flicker (change where the ground truth did not change) and lag
+(error where the ground truth did change). The last stdout line is one JSON
+object; PNG plots go to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import cv2
+import numpy as np
+
+from live.config import EngineSettings, MatteSettings
+from live.matte import Matte
+
+REPO = Path(__file__).resolve().parent.parent
+METHODS = ("raw", "ema50", "obs", "live")
+METRICS = ("iou", "boundary_f", "flicker", "lag")
+FLAT_BGR = (64, 177, 0)  # green-screen colour: a halo or a ghost shows against it
+
+
+# ---------------------------------------------------------------- metrics
+
+def iou(alpha: np.ndarray, gt: np.ndarray) -> float:
+    """IoU of ``alpha > 0.5`` and the boolean ground truth (1 when both are empty)."""
+    pred = alpha > 0.5
+    union = np.count_nonzero(pred | gt)
+    if union == 0:
+        return 1.0
+    return float(np.count_nonzero(pred & gt) / union)
+
+
+def boundary_map(mask: np.ndarray) -> np.ndarray:
+    """Pixels that differ from their right, lower or lower-right neighbour (DAVIS seg2bmap)."""
+    m = mask.astype(bool)
+    b = np.zeros_like(m)
+    b[:, :-1] |= m[:, :-1] != m[:, 1:]
+    b[:-1, :] |= m[:-1, :] != m[1:, :]
+    b[:-1, :-1] |= m[:-1, :-1] != m[1:, 1:]
+    return b
+
+
+def boundary_f(alpha: np.ndarray, gt: np.ndarray, tolerance: float = 0.008) -> float:
+    """DAVIS boundary F-measure: boundaries matched within ``tolerance`` x image diagonal."""
+    radius = int(np.ceil(tolerance * np.hypot(*gt.shape)))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    pred_b = boundary_map(alpha > 0.5)
+    gt_b = boundary_map(gt)
+    n_pred, n_gt = np.count_nonzero(pred_b), np.count_nonzero(gt_b)
+    if n_pred == 0 and n_gt == 0:
+        return 1.0
+    if n_pred == 0 or n_gt == 0:
+        return 0.0
+    pred_near_gt = cv2.dilate(gt_b.view(np.uint8), disk).astype(bool)
+    gt_near_pred = cv2.dilate(pred_b.view(np.uint8), disk).astype(bool)
+    precision = np.count_nonzero(pred_b & pred_near_gt) / n_pred
+    recall = np.count_nonzero(gt_b & gt_near_pred) / n_gt
+    if precision + recall == 0:
+        return 0.0
+    return float(2 * precision * recall / (precision + recall))
+
+
+def flicker(alpha: np.ndarray, prev_alpha: np.ndarray, gt: np.ndarray,
+            prev_gt: np.ndarray) -> float | None:
+    """100 x mean |alpha_t - alpha_t-1| where the ground truth stayed the same.
+
+    None when no pixel qualifies (the frame is left out of the mean).
+    """
+    same = gt == prev_gt
+    if not same.any():
+        return None
+    return float(100.0 * np.abs(alpha[same] - prev_alpha[same]).mean())
+
+
+def lag(alpha: np.ndarray, gt: np.ndarray, prev_gt: np.ndarray) -> float | None:
+    """100 x mean |alpha_t - gt_t| where the ground truth changed since t-1.
+
+    A matte that trails a moving edge (ghosting) scores high here. None when
+    nothing moved (the frame is left out of the mean).
+    """
+    changed = gt != prev_gt
+    if not changed.any():
+        return None
+    return float(100.0 * np.abs(alpha[changed] - gt[changed].astype(np.float32)).mean())
+
+
+def sequence_metrics(alphas: Iterable[np.ndarray], gts: list[np.ndarray]) -> dict[str, list]:
+    """Per-frame metric series for one method on one sequence (None = not defined)."""
+    series: dict[str, list] = {m: [] for m in METRICS}
+    prev_a = prev_g = None
+    for a, g in zip(alphas, gts):
+        series["iou"].append(iou(a, g))
+        series["boundary_f"].append(boundary_f(a, g))
+        if prev_a is None:
+            series["flicker"].append(None)
+            series["lag"].append(None)
+        else:
+            series["flicker"].append(flicker(a, prev_a, g, prev_g))
+            series["lag"].append(lag(a, g, prev_g))
+        prev_a, prev_g = a, g
+    return series
+
+
+def mean_defined(values: list) -> float:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+# ---------------------------------------------------------------- methods
+
+class Raw:
+    """The engine's alpha, bilinearly upsampled: the baseline every recipe starts from."""
+
+    def reset(self) -> None:
+        pass
+
+    def apply(self, alpha_low: np.ndarray, frame: np.ndarray) -> np.ndarray:
+        h, w = frame.shape[:2]
+        return np.clip(cv2.resize(alpha_low, (w, h), interpolation=cv2.INTER_LINEAR), 0, 1)
+
+
+class Ema50(Raw):
+    """Linux-Fake-Background-Webcam: ``mask = 0.5 * new + 0.5 * previous``, then upsample."""
+
+    def __init__(self) -> None:
+        self.prev: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self.prev = None
+
+    def apply(self, alpha_low: np.ndarray, frame: np.ndarray) -> np.ndarray:
+        self.prev = alpha_low if self.prev is None else 0.5 * alpha_low + 0.5 * self.prev
+        return super().apply(self.prev.astype(np.float32), frame)
+
+
+class ObsRecipe:
+    """The OBS background-removal plugin's CPU mask path, at its default settings.
+
+    Read from locaal-ai/obs-backgroundremoval ``src/background-filter.cpp``
+    (defaults: threshold 0.5, temporal_smooth_factor 0.85, contour_filter
+    0.05, smooth_contour 0.5, feather 0):
+
+    1. background mask = (alpha < threshold) as 0/255;
+    2. ``addWeighted(new, f, last, 1 - f)`` with f = max(0.85, threshold):
+       0.85 weight on the new mask; the blend is remembered for next frame;
+    3. contour filter: background regions smaller than 5 % of the image are
+       dropped (they become foreground). The plugin fills the *external*
+       contours of the background, which also erases any subject that does
+       not touch the frame border (e.g. a full-body dancer); we keep the
+       evident intent (hole filling) rather than that side effect, so the
+       comparison is not unfair to OBS on DAVIS;
+    4. ``stackBlur`` with k = 3 + 11 * 0.5 -> 9 at model resolution, bilinear
+       resize to the frame, re-threshold at 128 (a hard edge);
+    5. feather 0 (off by default).
+
+    The plugin's "skip frames whose PSNR to the previous is > 35 dB" shortcut
+    is left out: it is a speed trick that only ever repeats a mask.
+    """
+
+    def __init__(self, threshold: float = 0.5, smooth: float = 0.85, contour: float = 0.05,
+                 smooth_contour: float = 0.5) -> None:
+        self.threshold, self.smooth = threshold, smooth
+        self.contour, self.smooth_contour = contour, smooth_contour
+        self.last: np.ndarray | None = None
+
+    def reset(self) -> None:
+        self.last = None
+
+    def apply(self, alpha_low: np.ndarray, frame: np.ndarray) -> np.ndarray:
+        bg = np.where(alpha_low < self.threshold, 255, 0).astype(np.uint8)
+        if self.last is not None and self.last.shape == bg.shape:
+            f = max(self.smooth, self.threshold)
+            bg = cv2.addWeighted(bg, f, self.last, 1.0 - f, 0.0)
+        self.last = bg.copy()
+        if 0.0 < self.contour < 1.0:
+            n, labels, stats, _ = cv2.connectedComponentsWithStats((bg > 0).view(np.uint8), 8)
+            small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] <= bg.size * self.contour)
+            bg = np.where((bg > 0) & ~np.isin(labels, small), 255, 0).astype(np.uint8)
+        k = int(3 + 11 * self.smooth_contour)
+        k += 1 - k % 2
+        if self.smooth_contour > 0:
+            bg = cv2.stackBlur(bg, (k, k))
+        h, w = frame.shape[:2]
+        bg = cv2.resize(bg, (w, h), interpolation=cv2.INTER_LINEAR)
+        if self.smooth_contour > 0:
+            bg = np.where(bg > 128, 255, 0).astype(np.uint8)
+        return (1.0 - bg.astype(np.float32) / 255.0).astype(np.float32)
+
+
+def make_methods() -> dict[str, Callable[[], object]]:
+    return {"raw": Raw, "ema50": Ema50, "obs": ObsRecipe, "live": lambda: Matte(MatteSettings())}
+
+
+# ---------------------------------------------------------------- data
+
+def find_sequences(data: Path, only: list[str] | None) -> list[Path]:
+    seqs = sorted(p for p in data.glob("davis-*")
+                  if (p / "frames").is_dir() and (p / "masks").is_dir())
+    if only:
+        wanted = {s if s.startswith("davis-") else f"davis-{s}" for s in only}
+        missing = wanted - {p.name for p in seqs}
+        if missing:
+            raise SystemExit(f"sequences not found under {data}: {sorted(missing)}")
+        seqs = [p for p in seqs if p.name in wanted]
+    if not seqs:
+        raise SystemExit(f"no davis-*/ folders with frames/ and masks/ under {data} "
+                         "(set --data or LIVE_DATA_DIR)")
+    return seqs
+
+
+def load_sequence(seq: Path, max_frames: int | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    frames_p = sorted((seq / "frames").glob("*.jpg"))[:max_frames]
+    frames, gts = [], []
+    for fp in frames_p:
+        mp = seq / "masks" / (fp.stem + ".png")
+        frame, mask = cv2.imread(str(fp)), cv2.imread(str(mp), cv2.IMREAD_GRAYSCALE)
+        if frame is None or mask is None:
+            raise SystemExit(f"cannot read {fp} or its mask {mp}")
+        frames.append(frame)
+        gts.append(mask > 127)
+    return frames, gts
+
+
+# ---------------------------------------------------------------- timing
+
+def matte_ms_p50(data: Path, low_res: np.ndarray, runs: int = 60) -> float:
+    """Median ms of ``Matte.apply`` on a 1280x720 frame (the clip when present)."""
+    frame = None
+    clip = data / "clips" / "06_pingpong.mp4"
+    if clip.is_file():
+        cap = cv2.VideoCapture(str(clip))
+        ok, frame = cap.read()
+        cap.release()
+        frame = frame if ok else None
+    if frame is None:  # no clip: any DAVIS frame stretched to 720p has the same cost
+        frame = cv2.imread(str(next(data.glob("davis-*/frames/*.jpg"))))
+    frame = cv2.resize(frame, (1280, 720))
+    matte = Matte(MatteSettings())
+    times = []
+    for i in range(runs + 5):
+        alpha = np.roll(low_res, i % 3, axis=1)  # a mask that moves, as in a stream
+        t0 = time.perf_counter()
+        matte.apply(alpha, frame)
+        if i >= 5:
+            times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+# ---------------------------------------------------------------- plots
+
+def composite_flat(frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    a = alpha[..., None]
+    return (frame * a + np.array(FLAT_BGR, np.float32) * (1 - a)).astype(np.uint8)
+
+
+def crop_box(gt: np.ndarray, pad: float = 0.15) -> tuple[int, int, int, int]:
+    """A box around the subject (whole frame when the mask is empty)."""
+    ys, xs = np.nonzero(gt)
+    h, w = gt.shape
+    if len(xs) == 0:
+        return 0, 0, w, h
+    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
+    px, py = int((x1 - x0) * pad) + 8, int((y1 - y0) * pad) + 8
+    return max(0, x0 - px), max(0, y0 - py), min(w, x1 + px), min(h, y1 + py)
+
+
+def side_by_side(frame: np.ndarray, gt: np.ndarray, alphas: dict[str, np.ndarray],
+                 height: int = 240) -> np.ndarray:
+    """input | GT | each method over a flat colour, cropped around the subject."""
+    x0, y0, x1, y1 = crop_box(gt)
+    tiles = [("input", frame), ("GT", composite_flat(frame, gt.astype(np.float32)))]
+    tiles += [(name, composite_flat(frame, a)) for name, a in alphas.items()]
+    out = []
+    for name, img in tiles:
+        tile = img[y0:y1, x0:x1]
+        tw = max(1, round(tile.shape[1] * height / tile.shape[0]))
+        tile = cv2.resize(tile, (tw, height), interpolation=cv2.INTER_AREA)
+        cv2.putText(tile, name, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 3)
+        cv2.putText(tile, name, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 1)
+        out.append(tile)
+        out.append(np.full((height, 4, 3), 255, np.uint8))
+    return np.hstack(out[:-1])
+
+
+def plot_curves(out: Path, seq: str, series: dict[str, dict[str, list]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for method, s in series.items():
+        axes[0].plot(s["iou"], label=method)
+        axes[1].plot([np.nan if v is None else v for v in s["flicker"]], label=method)
+    axes[0].set_ylabel("IoU")
+    axes[1].set_ylabel("flicker (100 x mean |da|)")
+    axes[1].set_xlabel("frame")
+    axes[0].legend(loc="lower left")
+    axes[0].set_title(seq)
+    fig.tight_layout()
+    fig.savefig(out / f"{seq}_curves.png", dpi=80)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- main
+
+def evaluate_sequence(seq: Path, segmenter, max_frames: int | None, out: Path | None,
+                      n_examples: int = 3) -> tuple[dict, np.ndarray]:
+    frames, gts = load_sequence(seq, max_frames)
+    segmenter.reset()
+    lows = [segmenter.step(f) for f in frames]
+    methods = {name: make() for name, make in make_methods().items()}
+    example_at = set(np.linspace(len(frames) // 4, len(frames) - 1, n_examples).astype(int))
+    series, examples = {}, []
+    outputs: dict[str, list[np.ndarray]] = {}
+    for name, method in methods.items():
+        method.reset()
+        outputs[name] = [method.apply(low, f) for low, f in zip(lows, frames)]
+        series[name] = sequence_metrics(outputs[name], gts)
+    if out is not None:
+        plot_curves(out, seq.name, series)
+        for i in sorted(example_at):
+            examples.append(side_by_side(frames[i], gts[i], {n: o[i] for n, o in outputs.items()}))
+            cv2.imwrite(str(out / f"{seq.name}_{i:05d}_side_by_side.png"), examples[-1])
+    result = {name: {m: mean_defined(s[m]) for m in METRICS} for name, s in series.items()}
+    return result, lows[0]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split(
+        "\n\n")[0])
+    parser.add_argument("--data", type=Path,
+                        default=Path(os.environ.get("LIVE_DATA_DIR", REPO.parent / "shared" / "data")),
+                        help="folder holding davis-*/ (default $LIVE_DATA_DIR or ../shared/data)")
+    parser.add_argument("--engine", default="selfie", help="segmenter: selfie, sam2, ...")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "quality",
+                        help="folder for PNG plots")
+    parser.add_argument("--sequences", default=None,
+                        help="comma-separated subset, e.g. hike,lucia (default: all)")
+    parser.add_argument("--max-frames", type=int, default=None, help="frames per sequence")
+    args = parser.parse_args(argv)
+
+    from live.segment import create_segmenter
+
+    seqs = find_sequences(args.data, args.sequences.split(",") if args.sequences else None)
+    args.out.mkdir(parents=True, exist_ok=True)
+    segmenter = create_segmenter(EngineSettings(name=args.engine))
+    per_seq: dict[str, dict] = {}
+    low = None
+    for seq in seqs:
+        per_seq[seq.name], low = evaluate_sequence(seq, segmenter, args.max_frames, args.out)
+        row = "  ".join(f"{m} iou {r['iou']:.3f} bf {r['boundary_f']:.3f} "
+                        f"fl {r['flicker']:.3f} lag {r['lag']:.2f}"
+                        for m, r in per_seq[seq.name].items())
+        print(f"{seq.name}: {row}", file=sys.stderr)
+    mean = {method: {m: float(np.mean([per_seq[s][method][m] for s in per_seq]))
+                     for m in METRICS} for method in METHODS}
+    result = {"engine": args.engine, "sequences": per_seq, "mean": mean,
+              "matte_ms_p50": matte_ms_p50(args.data, low)}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

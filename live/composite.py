@@ -1,0 +1,326 @@
+"""The compositor: frame + full-resolution alpha → the picture the viewer sees.
+
+Background modes: ``blur`` (the frame's own background, blurred without the
+person bleeding into it), ``color``, ``image`` (cover/contain fit), ``video``
+(a looping file, decoded ahead on a thread) and ``transparent`` (BGRA).
+
+Every background file is opened and checked *before* it is swapped in, so a
+bad upload raises ``BackgroundError`` and the stream keeps its previous
+background. Per-frame work is a handful of OpenCV calls on uint8/float32
+arrays: anything that only depends on the frame size (a resized image, a
+solid colour plane) is built once and cached.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from live.config import BackgroundSettings
+
+MAX_IMAGE_PIXELS = 50_000_000  # the control panel uploads images: refuse decompression bombs
+MAX_VIDEO_PIXELS = 3840 * 2160
+VIDEO_READ_AHEAD = 4
+
+
+class BackgroundError(ValueError):
+    """A background image or video cannot be used; the message names the file and why."""
+
+
+def hex_to_bgr(color: str) -> tuple[int, int, int]:
+    """``#RRGGBB`` → (b, g, r); the settings schema has already checked the format."""
+    value = color.lstrip("#")
+    r, g, b = (int(value[i:i + 2], 16) for i in (0, 2, 4))
+    return b, g, r
+
+
+def fit_image(image: np.ndarray, width: int, height: int, fit: str,
+              fill: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """``image`` resized to width x height: ``cover`` crops the overflow, ``contain``
+    letterboxes with ``fill`` so nothing is cut off."""
+    ih, iw = image.shape[:2]
+    scale = (max if fit == "cover" else min)(width / iw, height / ih)
+    nw, nh = max(1, round(iw * scale)), max(1, round(ih * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (nw, nh), interpolation=interp)
+    if fit == "cover":
+        x0, y0 = (nw - width) // 2, (nh - height) // 2
+        return np.ascontiguousarray(resized[y0:y0 + height, x0:x0 + width])
+    out = np.empty((height, width, 3), np.uint8)
+    out[:] = fill
+    x0, y0 = (width - nw) // 2, (height - nh) // 2
+    out[y0:y0 + nh, x0:x0 + nw] = resized
+    return out
+
+
+def blend(frame: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """frame * alpha + background * (1 - alpha), per pixel, in one OpenCV pass."""
+    return cv2.blendLinear(frame, background, alpha, 1.0 - alpha)
+
+
+class Background(Protocol):
+    def render(self, frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        """The background for this frame, uint8 BGR at the frame's size."""
+
+    def close(self) -> None:
+        """Release files and threads."""
+
+
+class BlurBackground:
+    """The frame's own background, blurred, with the person cut out before blurring.
+
+    A plain blur smears the person into a halo around them. Here the blur is
+    normalised by the background weight: blur(frame * (1 - a)) / blur(1 - a),
+    so each background pixel averages background only. It runs on a small
+    copy (the blur hides the lost detail) and is upsampled once.
+    """
+
+    def __init__(self, strength: int):
+        self.strength = strength
+
+    def render(self, frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        h, w = frame.shape[:2]
+        radius = self.strength * h / 720.0  # the setting is in 720p pixels
+        down = float(np.clip(radius / 3.0, 1.0, 8.0))  # keep ~3+ px of blur radius when small
+        sw, sh = max(1, round(w / down)), max(1, round(h / down))
+        small = _downsample(frame, sw, sh).astype(np.float32)
+        weight = cv2.resize(alpha, (sw, sh), interpolation=cv2.INTER_AREA)
+        np.subtract(1.0, weight, out=weight)  # background weight
+        r = max(1, round(radius / down))
+        k = (2 * r + 1, 2 * r + 1)
+        num = cv2.stackBlur(small * weight[..., None], k)
+        den = cv2.stackBlur(weight, k)
+        # Deep inside the person no background is in reach (den ~ 0): fall back
+        # to the plain blur there; the person covers it anyway.
+        eps = 0.02
+        plain = cv2.stackBlur(small, k)
+        num += eps * plain
+        den += eps
+        bg_small = (num / den[..., None]).astype(np.uint8)
+        return cv2.resize(bg_small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+    def close(self) -> None:
+        pass
+
+
+def _downsample(frame: np.ndarray, sw: int, sh: int) -> np.ndarray:
+    """A cheap but alias-free shrink: halve bilinearly while far above, then area."""
+    img = frame
+    while img.shape[1] >= 4 * sw and img.shape[0] >= 4 * sh:
+        img = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2),
+                         interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA)
+
+
+class StillBackground:
+    """A fixed picture (a solid colour or an image), fitted once per frame size."""
+
+    def __init__(self, image: np.ndarray, fit: str, fill: tuple[int, int, int]):
+        self.image, self.fit, self.fill = image, fit, fill
+        self._cache: np.ndarray | None = None
+
+    def render(self, frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        h, w = frame.shape[:2]
+        if self._cache is None or self._cache.shape[:2] != (h, w):
+            self._cache = fit_image(self.image, w, h, self.fit, self.fill)
+        return self._cache
+
+    def close(self) -> None:
+        pass
+
+
+def solid(color: str) -> StillBackground:
+    return StillBackground(np.full((1, 1, 3), hex_to_bgr(color), np.uint8), "cover", (0, 0, 0))
+
+
+def load_image(path: str) -> np.ndarray:
+    """Decode an image file to BGR, refusing what is missing, corrupt or too large."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise BackgroundError(f"background image {path}: no such file")
+    try:
+        with Image.open(p) as img:  # reads the header only: the size is known before decoding
+            w, h = img.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise BackgroundError(f"background image {path}: {w}x{h} is {w * h / 1e6:.0f} "
+                                      f"megapixels, the limit is {MAX_IMAGE_PIXELS / 1e6:.0f}")
+            img = ImageOps.exif_transpose(img)  # phone photos stand the right way up
+            rgb = np.asarray(img.convert("RGB"))
+    except BackgroundError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise BackgroundError(f"background image {path}: cannot decode it ({exc})") from None
+    if rgb.size == 0:
+        raise BackgroundError(f"background image {path}: the image is empty")
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
+class VideoBackground:
+    """A looping video file, decoded on a thread a few frames ahead.
+
+    ``render`` takes the next decoded frame when one is ready and otherwise
+    shows the previous one again, so a slow decoder never stalls the stream.
+    The file is opened and its first frame decoded in the constructor: a bad
+    file fails there, before anything is swapped.
+    """
+
+    def __init__(self, path: str, fit: str, fill: tuple[int, int, int]):
+        self.path, self.fit, self.fill = path, fit, fill
+        self._container = _open_video(path)
+        self._decoded = self._container.decode(video=0)
+        first = self._decode_one()
+        if first is None:
+            self._container.close()
+            raise BackgroundError(f"background video {path}: no decodable frame")
+        self._size: tuple[int, int] | None = None  # (w, h) the frames are wanted at
+        self._last = first
+        self._frames: queue.Queue[np.ndarray] = queue.Queue(maxsize=VIDEO_READ_AHEAD)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="bg-video", daemon=True)
+        self._thread.start()
+
+    def _decode_one(self) -> np.ndarray | None:
+        import av
+
+        try:
+            return next(self._decoded).to_ndarray(format="bgr24")
+        except StopIteration:
+            return None
+        except (av.FFmpegError, ValueError) as exc:
+            raise BackgroundError(f"background video {self.path}: cannot decode it ({exc})") \
+                from None
+
+    def _run(self) -> None:
+        """Decode, fit to the wanted size, queue; rewind at the end of the file."""
+        import av
+
+        failures = 0
+        while not self._stop.is_set():
+            try:
+                image = self._decode_one()
+            except BackgroundError:
+                image = None
+                failures += 1
+            if image is None:  # end of file (or a broken tail): loop
+                if failures > 3:
+                    return  # keeps showing the last good frame
+                try:
+                    self._container.seek(0)
+                except av.FFmpegError:
+                    return
+                self._decoded = self._container.decode(video=0)
+                continue
+            failures = 0
+            size = self._size
+            if size is not None:
+                image = fit_image(image, size[0], size[1], self.fit, self.fill)
+            while not self._stop.is_set():
+                try:
+                    self._frames.put(image, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+
+    def render(self, frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+        h, w = frame.shape[:2]
+        self._size = (w, h)
+        try:
+            self._last = self._frames.get_nowait()
+        except queue.Empty:
+            pass  # decoder behind: show the previous frame again
+        if self._last.shape[:2] != (h, w):  # frames decoded before the size was known
+            self._last = fit_image(self._last, w, h, self.fit, self.fill)
+        return self._last
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self._container.close()
+
+
+def _open_video(path: str):
+    import av
+
+    p = Path(path)
+    if not p.is_file():
+        raise BackgroundError(f"background video {path}: no such file")
+    try:
+        container = av.open(str(p))
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        raise BackgroundError(f"background video {path}: cannot open it ({exc})") from None
+    if not container.streams.video:
+        container.close()
+        raise BackgroundError(f"background video {path}: the file has no video stream")
+    stream = container.streams.video[0]
+    if stream.width * stream.height > MAX_VIDEO_PIXELS:
+        container.close()
+        raise BackgroundError(f"background video {path}: {stream.width}x{stream.height} is "
+                              "larger than 4K")
+    stream.thread_type = "AUTO"
+    return container
+
+
+class Compositor:
+    """Replaces the background of each frame; the mode can change while running."""
+
+    def __init__(self, settings: BackgroundSettings | None = None):
+        self.settings = settings or BackgroundSettings()
+        self._background = self._build(self.settings, None)
+
+    def update(self, settings: BackgroundSettings) -> None:
+        """Switch to ``settings``; raises BackgroundError and keeps the old one on bad input."""
+        new = self._build(settings, self._background)
+        old, self._background, self.settings = self._background, new, settings
+        if old is not new and old is not None:
+            old.close()
+
+    def _build(self, s: BackgroundSettings, current: Background | None) -> Background | None:
+        fill = hex_to_bgr(s.color)
+        if s.mode == "transparent":
+            return None
+        if s.mode == "blur":
+            return BlurBackground(s.blur)
+        if s.mode == "color":
+            return solid(s.color)
+        if s.mode == "image":
+            if not s.image:
+                raise BackgroundError("background mode 'image' needs an image file")
+            if isinstance(current, StillBackground) and self.settings.image == s.image \
+                    and self.settings.mode == "image":
+                return StillBackground(current.image, s.fit, fill)  # refit, no re-decode
+            return StillBackground(load_image(s.image), s.fit, fill)
+        if s.mode == "video":
+            if not s.video:
+                raise BackgroundError("background mode 'video' needs a video file")
+            if isinstance(current, VideoBackground) and current.path == s.video \
+                    and current.fit == s.fit and current.fill == fill:
+                return current  # same file: keep playing where it is
+            return VideoBackground(s.video, s.fit, fill)
+        raise BackgroundError(f"unknown background mode {s.mode!r}")
+
+    def apply(self, frame_bgr: np.ndarray, alpha_fullres: np.ndarray) -> np.ndarray:
+        """BGR uint8 HxWx3 (BGRA HxWx4 in transparent mode) with the background replaced."""
+        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
+            raise ValueError(f"frame must be uint8 HxWx3 BGR, got {frame_bgr.dtype} "
+                             f"{frame_bgr.shape}")
+        if alpha_fullres.shape != frame_bgr.shape[:2]:
+            raise ValueError(f"alpha {alpha_fullres.shape} does not match the frame "
+                             f"{frame_bgr.shape[:2]}")
+        alpha = np.asarray(alpha_fullres, dtype=np.float32)
+        background = self._background  # one read: an update swaps it atomically
+        if background is None:
+            out = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2BGRA)
+            out[:, :, 3] = cv2.convertScaleAbs(alpha, alpha=255.0)
+            return out
+        return blend(frame_bgr, background.render(frame_bgr, alpha), alpha)
+
+    def close(self) -> None:
+        if self._background is not None:
+            self._background.close()
