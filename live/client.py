@@ -33,6 +33,7 @@ class ControlClient:
         self.ws: ClientConnection | None = None
         self.pc: Any = None
         self.session: str | None = None
+        self.remote: dict[str, Any] = {}  # kind -> track coming back from the server
         self.stats: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self._ids = itertools.count(1)
         self._pending: dict[Any, asyncio.Future[dict[str, Any]]] = {}
@@ -98,6 +99,7 @@ class ControlClient:
 
         @pc.on("track")
         def on_track(remote: Any) -> None:
+            self.remote[remote.kind] = remote
             if remote.kind == "video" and not incoming.done():
                 incoming.set_result(remote)
 

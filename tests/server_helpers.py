@@ -1,0 +1,111 @@
+"""Shared pieces of the server tests: a camera-like track made of clip frames, a
+running server, and bounded waits. (Not a test module: pytest collects test_*.)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import av
+import cv2
+import numpy as np
+from aiortc.mediastreams import MediaStreamTrack
+
+from live.config import Settings
+from live.server import ControlServer
+
+TEST_SIZE = (640, 360)  # small enough for VP8 both ways on two shared cores
+
+
+def load_clip(path: Path, count: int, size: tuple[int, int] = TEST_SIZE,
+              start: int = 0) -> list[np.ndarray]:
+    """``count`` BGR frames of a real clip from frame ``start``, resized to ``size``."""
+    frames = []
+    with av.open(str(path)) as container:
+        for i, vf in enumerate(container.decode(video=0)):
+            if i < start:
+                continue
+            frames.append(cv2.resize(vf.to_ndarray(format="bgr24"), size,
+                                     interpolation=cv2.INTER_AREA))
+            if len(frames) == count:
+                break
+    return frames
+
+
+class ClipTrack(MediaStreamTrack):
+    """A webcam stand-in: clip frames (looped) as av.VideoFrames, paced at ``fps``."""
+
+    kind = "video"
+
+    def __init__(self, frames: list[np.ndarray], fps: float = 30.0):
+        super().__init__()
+        self.frames = frames
+        self.fps = fps
+        self.sent = 0
+        self._t0: float | None = None
+
+    async def recv(self) -> av.VideoFrame:
+        if self.readyState != "live":
+            from aiortc.mediastreams import MediaStreamError
+
+            raise MediaStreamError
+        if self._t0 is None:
+            self._t0 = time.monotonic()
+        await asyncio.sleep(max(0.0, self._t0 + self.sent / self.fps - time.monotonic()))
+        frame = av.VideoFrame.from_ndarray(self.frames[self.sent % len(self.frames)],
+                                           format="bgr24")
+        frame.pts = int(self.sent * 90_000 / self.fps)
+        frame.time_base = Fraction(1, 90_000)
+        self.sent += 1
+        return frame
+
+
+def test_settings(**sections: dict[str, Any]) -> Settings:
+    """The embedded engine, any free port, plus ``sections`` (e.g. background=...)."""
+    patch: dict[str, Any] = {"server": {"port": 0}, "engine": {"name": "selfie"}}
+    for name, values in sections.items():
+        patch.setdefault(name, {}).update(values)
+    return Settings().merged(patch)
+
+
+test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test, despite its name
+
+
+@contextlib.asynccontextmanager
+async def running_server(settings: Settings | None = None,
+                         **kwargs: Any) -> AsyncIterator[ControlServer]:
+    server = ControlServer(settings or test_settings(), **kwargs)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+async def wait_until(condition: Callable[[], bool], timeout: float = 10.0,
+                     what: str = "condition") -> None:
+    """Poll ``condition`` every 50 ms; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def pipeline_threads() -> list[str]:
+    """Names of live threads that belong to a peer session's pipeline or sink."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("live-peer-")]
+
+
+async def recv_frames(track: Any, count: int, timeout: float = 20.0) -> list[np.ndarray]:
+    """The next ``count`` frames of a received track as BGR arrays."""
+    out = []
+    for _ in range(count):
+        frame = await asyncio.wait_for(track.recv(), timeout)
+        out.append(frame.to_ndarray(format="bgr24"))
+    return out

@@ -1,0 +1,128 @@
+"""WebRTC loopback: a real aiortc peer sends clip frames to ``live serve`` and
+checks what comes back, then leaves and checks nothing of its session remains."""
+
+from __future__ import annotations
+
+import asyncio
+
+import cv2
+import numpy as np
+import pytest
+from aiortc.mediastreams import AudioStreamTrack
+
+from live.client import ControlClient
+from live.config import EngineSettings
+from live.segment.selfie import SelfieSegmenter
+from server_helpers import (ClipTrack, load_clip, pipeline_threads, recv_frames, running_server,
+                            test_settings, wait_until)
+
+
+def reference_regions(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sure background, sure subject) by the selfie engine's own mask, shrunk by 6 px
+    so the feathered edge and codec ringing fall outside both."""
+    h, w = frame.shape[:2]
+    alpha = cv2.resize(SelfieSegmenter(EngineSettings(name="selfie")).step(frame), (w, h))
+    kernel = np.ones((13, 13), np.uint8)
+    background = cv2.erode((alpha < 0.1).astype(np.uint8), kernel).astype(bool)
+    subject = cv2.erode((alpha > 0.9).astype(np.uint8), kernel).astype(bool)
+    return background, subject
+
+
+def near(image: np.ndarray, bgr: tuple[int, int, int], tol: int = 40) -> np.ndarray:
+    return (np.abs(image.astype(np.int16) - np.array(bgr, np.int16)) <= tol).all(axis=2)
+
+
+def test_background_replaced_then_session_released(clip_path):
+    # One real frame held still, so every frame that comes back can be compared
+    # with the mask of exactly what was sent.
+    frames = load_clip(clip_path, 1, start=60)
+    background, subject = reference_regions(frames[0])
+    assert background.mean() > 0.2 and subject.mean() > 0.015, "clip frame lacks a clear subject"
+
+    async def scenario() -> None:
+        settings = test_settings(background={"mode": "color", "color": "#00ff00"})
+        async with running_server(settings) as server:
+            client = ControlClient(server.url)
+            await client.connect()
+            track = await client.start_video(ClipTrack(frames), audio=AudioStreamTrack())
+            got = (await recv_frames(track, 40))[-1]
+            assert got.shape == frames[0].shape
+            green = near(got, (0, 255, 0))
+            assert green[background].mean() > 0.9, "background did not turn green"
+            assert green[subject].mean() < 0.05, "the subject was replaced too"
+            diff = np.abs(got.astype(np.int16) - frames[0].astype(np.int16)).mean(axis=2)
+            assert np.median(diff[subject]) < 20, "the subject's pixels did not come back"
+
+            # Audio offered → the same audio comes straight back.
+            audio = await asyncio.wait_for(client.remote["audio"].recv(), 10)
+            assert audio.sample_rate > 0
+
+            # A settings change reaches the running pipeline within a second or so.
+            reply = await client.request("settings.set",
+                                         settings={"background": {"color": "#ff0000"}})
+            assert reply["type"] == "ok", reply
+            assert reply["settings"]["background"]["color"] == "#ff0000"
+            for _ in range(60):
+                got = (await recv_frames(track, 1))[0]
+                if near(got, (0, 0, 255))[background].mean() > 0.9:
+                    break
+            else:
+                pytest.fail("background never turned red after settings.set")
+
+            session = server.sessions[client.session]
+            assert session.pipeline.running and pipeline_threads()
+            assert session.pipeline.metrics()["frames"] > 0
+
+            # The peer leaves (socket and connection): nothing of its session remains.
+            await client.close()
+            await wait_until(lambda: not server.sessions and not pipeline_threads()
+                             and not session.pipeline.running and not server.clients, 15,
+                             "session teardown")
+            assert session.closed
+            assert session.output.readyState == "ended"
+            assert session.pc.connectionState == "closed"
+
+    asyncio.run(scenario())
+
+
+def test_peer_connection_closing_ends_session_while_socket_stays(clip_path):
+    """A peer whose video connection goes away is cleaned up even if its control
+    socket stays open, and the socket can start a fresh session afterwards."""
+    frames = load_clip(clip_path, 10)
+
+    async def scenario() -> None:
+        async with running_server() as server:
+            async with ControlClient(server.url) as client:
+                track = await client.start_video(ClipTrack(frames))
+                await recv_frames(track, 5)
+                first = client.session
+                await client.stop_video()
+                await wait_until(lambda: first not in server.sessions and not pipeline_threads(),
+                                 40, "the server to notice the closed peer connection")
+                hello = await client.request("hello")
+                assert hello["type"] == "ok" and hello["session"] is None
+
+                track = await client.start_video(ClipTrack(frames))
+                await recv_frames(track, 5)
+                assert client.session != first and list(server.sessions) == [client.session]
+            await wait_until(lambda: not server.sessions and not pipeline_threads(), 15,
+                             "teardown after the socket closed")
+
+    asyncio.run(scenario())
+
+
+def test_second_offer_replaces_first_session(clip_path):
+    frames = load_clip(clip_path, 10)
+
+    async def scenario() -> None:
+        async with running_server() as server:
+            async with ControlClient(server.url) as client:
+                track = await client.start_video(ClipTrack(frames))
+                await recv_frames(track, 3)
+                first, old_pc = server.sessions[client.session], client.pc
+                track = await client.start_video(ClipTrack(frames))  # new offer, old pc open
+                assert first.closed and list(server.sessions) == [client.session]
+                await old_pc.close()
+                await recv_frames(track, 3)
+
+    asyncio.run(scenario())
