@@ -1,0 +1,106 @@
+"""The pipeline's promises: newest frame wins, drops are counted, settings swap between frames."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from live.config import Settings
+from live.frames import EndOfStream, Frame
+from live.pipeline import FrameProcessor, Mailbox, Pipeline
+from live.segment import Prompt, PromptError
+from live.sinks import NullSink
+from live.sources import SyntheticSource
+
+SELFIE = Settings().merged({"engine": {"name": "selfie"}})
+
+
+def test_mailbox_keeps_only_the_newest_and_counts_drops() -> None:
+    async def main() -> tuple[list[int], int]:
+        box: Mailbox[int] = Mailbox()
+        for i in range(5):
+            box.put(i)
+        first = await box.get()
+        box.put(5)
+        box.close()
+        second = await box.get()
+        with pytest.raises(EndOfStream):
+            await box.get()
+        return [first, second], box.dropped
+
+    got, dropped = asyncio.run(main())
+    assert got == [4, 5] and dropped == 4
+
+
+def test_lossless_mailbox_waits_instead_of_dropping() -> None:
+    async def main() -> list[int]:
+        box: Mailbox[int] = Mailbox()
+
+        async def produce() -> None:
+            for i in range(20):
+                await box.put_when_empty(i)
+            box.close()
+
+        task = asyncio.create_task(produce())
+        got = []
+        try:
+            while True:
+                got.append(await box.get())
+                await asyncio.sleep(0)
+        except EndOfStream:
+            await task
+        assert box.dropped == 0
+        return got
+
+    assert asyncio.run(main()) == list(range(20))
+
+
+class SlowSink(NullSink):
+    """A consumer slower than the camera, as a busy virtual camera would be."""
+
+    async def write(self, image: np.ndarray, frame: Frame) -> None:
+        await asyncio.sleep(0.05)
+        await super().write(image, frame)
+
+
+def test_a_slow_stage_drops_stale_frames_instead_of_building_latency() -> None:
+    async def main() -> Pipeline:
+        source = SyntheticSource(320, 240, fps=200, frames=200)
+        pipe = Pipeline(source, [SlowSink()], FrameProcessor(SELFIE))
+        await pipe.run()
+        return pipe
+
+    pipe = asyncio.run(main())
+    assert pipe.dropped > 50                      # the camera outran the sink
+    assert pipe.frames_out + pipe.dropped <= 200
+    m = pipe.metrics()
+    # latency stays near one sink period, not the length of a backlog
+    assert m["mask_age_ms"] < 500
+    assert set(m["stage_ms"]) >= {"read", "segment", "matte", "composite", "sink"}
+    assert not pipe.errors
+    assert not any(t.name.startswith("live-pipeline") for t in threading.enumerate())
+
+
+def test_settings_and_prompts_apply_between_frames() -> None:
+    processor = FrameProcessor(SELFIE.merged({"background": {"mode": "color",
+                                                            "color": "#ff0000"}}))
+    image = SyntheticSource(320, 240).render(0)
+    red = processor.process(Frame(image, 0, 0.0)).image
+    processor.update_settings(processor.settings.merged({"background": {"color": "#0000ff"}}))
+    blue = processor.process(Frame(image, 1, 0.1)).image
+    corner = (slice(0, 10), slice(0, 10))       # background: the figure is in the middle
+    assert red[corner].mean(axis=(0, 1))[2] > 200 and blue[corner].mean(axis=(0, 1))[0] > 200
+    with pytest.raises(PromptError, match="sam2"):
+        processor.add_prompt(Prompt(points=((10, 10, 1),)))
+    processor.reset()
+    assert processor.process(Frame(image, 2, 0.2)).image.shape == image.shape
+
+
+def test_transparent_background_gives_bgra() -> None:
+    processor = FrameProcessor(SELFIE.merged({"background": {"mode": "transparent"}}))
+    out = processor.process(Frame(SyntheticSource(320, 240).render(0), 0, 0.0))
+    assert out.image.shape == (240, 320, 4)
+    assert np.allclose(out.image[..., 3] / 255.0, out.alpha, atol=1 / 255 + 1e-6)
