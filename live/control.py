@@ -66,7 +66,8 @@ def parse_message(raw: str | bytes) -> tuple[Any, dict[str, Any]]:
     try:
         msg = json.loads(raw, parse_constant=_no_constants)
     except (ValueError, RecursionError) as exc:
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "too deeply nested"
+        reason = (exc.msg if isinstance(exc, json.JSONDecodeError)
+                  else "too deeply nested" if isinstance(exc, RecursionError) else str(exc))
         raise ProtocolError(f"malformed JSON: {reason}") from None
     if not isinstance(msg, dict):
         raise ProtocolError('a message must be a JSON object like {"type": "hello", "id": 1}')

@@ -61,7 +61,11 @@ async def open_peer_session(server: ControlServer, settings: Settings,
             await server.close_session(session)
 
     try:
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        except Exception as exc:  # aiortc's SDP parser raises all sorts on garbage
+            raise ProtocolError(f"the offer SDP could not be used: {type(exc).__name__}: "
+                                f"{exc}") from None
         if len(tracks["video"]) != 1:
             raise ProtocolError(f"the offer must carry exactly one video track (the camera), "
                                 f"it has {len(tracks['video'])}")

@@ -146,6 +146,7 @@ class ControlServer:
         self._server: Server | None = None
         self._upload_dir: Path | None = None
         self._uploads: collections.deque[Path] = collections.deque()
+        self._peer_tasks: set[asyncio.Task[None]] = set()
         if isinstance(sessions, Mapping):  # {"run": (processor, pipeline)} from `live run`
             sessions = [Session(proc, pipe, kind=name, session_id=name)
                         for name, (proc, pipe) in sessions.items()]
@@ -184,9 +185,12 @@ class ControlServer:
             if session.kind == "webrtc":
                 await self.close_session(session)
         if self._server is not None:
-            self._server.close()
+            self._server.close()  # ends every control connection, hence their sessions
             await self._server.wait_closed()
-            self._server = None
+        pending = [t for t in self._peer_tasks if not t.done()]
+        if pending:  # sessions closing on their own (peer gone) finish first
+            await asyncio.wait(pending, timeout=10)
+        self._server = None
         if self._upload_dir is not None:
             shutil.rmtree(self._upload_dir, ignore_errors=True)
             self._upload_dir = None
@@ -250,12 +254,18 @@ class ControlServer:
         return self.settings.server.allow_remote or urlsplit(origin).hostname in LOOPBACK_HOSTS
 
     def _static(self, path: str) -> Response:
+        not_found = _response(404, b"Not found\n", "text/plain; charset=utf-8")
         rel = unquote(path).lstrip("/") or "index.html"
-        target = (self.web_root / rel).resolve()
-        if "\x00" in rel or ".." in rel.split("/") or not target.is_relative_to(self.web_root) \
-                or not target.is_file() or target.suffix not in CONTENT_TYPES:
-            return _response(404, b"Not found\n", "text/plain; charset=utf-8")
-        return _response(200, target.read_bytes(), CONTENT_TYPES[target.suffix])
+        if "\x00" in rel or ".." in rel.replace("\\", "/").split("/"):
+            return not_found
+        try:
+            target = (self.web_root / rel).resolve()
+            if not target.is_relative_to(self.web_root) or not target.is_file() \
+                    or target.suffix not in CONTENT_TYPES:
+                return not_found
+            return _response(200, target.read_bytes(), CONTENT_TYPES[target.suffix])
+        except (OSError, ValueError):
+            return not_found
 
     # ------------------------------------------------------------------ websocket
 
@@ -417,6 +427,9 @@ class ControlServer:
         session, answer = await open_peer_session(self, client.settings, sdp)
         session.owner = client
         client.session = session
+        if session.task is not None:
+            self._peer_tasks.add(session.task)
+            session.task.add_done_callback(self._peer_tasks.discard)
         self.sessions[session.id] = session
         return {"session": session.id, "answer": {"type": "answer", "sdp": answer}}
 

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
+from live.client import ControlClient
 from live.config import Settings
 from live.server import ControlServer
 
@@ -109,3 +110,75 @@ async def recv_frames(track: Any, count: int, timeout: float = 20.0) -> list[np.
         frame = await asyncio.wait_for(track.recv(), timeout)
         out.append(frame.to_ndarray(format="bgr24"))
     return out
+
+
+class ServerThread:
+    """A ControlServer on its own event loop in a thread, so that synchronous code
+    (hypothesis, blocking websocket clients, Playwright) can talk to it."""
+
+    def __init__(self, settings: Settings | None = None, **kwargs: Any):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="test-server-loop",
+                                       daemon=True)
+        self.thread.start()
+        self.server = ControlServer(settings or test_settings(), **kwargs)
+        self.call(self.server.start())
+
+    def call(self, coro: Any, timeout: float = 60.0) -> Any:
+        """Run ``coro`` on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.call(self.server.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+    def __enter__(self) -> "ServerThread":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class StreamingPeer:
+    """A ControlClient that streams clip frames and counts what comes back, on a
+    ServerThread's loop (a second peer, whose video must keep flowing)."""
+
+    def __init__(self, st: ServerThread, frames: list[np.ndarray]):
+        self.st = st
+        self.received = 0
+        self.client = ControlClient(st.server.url)
+
+        async def start() -> None:
+            await self.client.connect()
+            track = await self.client.start_video(ClipTrack(frames))
+            self._task = asyncio.ensure_future(self._pump(track))
+
+        st.call(start())
+
+    async def _pump(self, track: Any) -> None:
+        while True:
+            await track.recv()
+            self.received += 1
+
+    @property
+    def session(self) -> str:
+        assert self.client.session is not None
+        return self.client.session
+
+    def wait_frames(self, count: int, timeout: float = 20.0) -> None:
+        """Block until ``count`` more frames came back (proof the session still runs)."""
+        target = self.received + count
+        deadline = time.monotonic() + timeout
+        while self.received < target:
+            if time.monotonic() > deadline or self._task.done():
+                raise AssertionError(f"video stalled: {self.received} frames, wanted {target}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self._task.cancel()
+            await self.client.close()
+
+        self.st.call(stop())
