@@ -59,7 +59,8 @@ class EngineSettings:
                                                       flag="--device")
     compile: bool = _f(False, "torch.compile the SAM 2 image encoder (CUDA)")
     max_cond_frames: int = _f(
-        4, "conditioning (prompted) frames SAM 2 attends to; older ones are freed", lo=1, hi=64)
+        4, "conditioning (prompted) frames SAM 2 attends to; older ones are freed (at least 2, "
+        "as SAM 2's frame selection requires)", lo=2, hi=64)
     reanchor_frames: int = _f(
         15, "re-prompt SAM 2 from the selfie mask after this many frames of strong "
         "disagreement", lo=1, hi=10_000)
