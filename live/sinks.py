@@ -31,15 +31,21 @@ import functools
 import logging
 import os
 import platform
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+# OpenCV before PyAV: PyAV's wheel bundles its own libxcb, and when it is loaded first
+# OpenCV's Qt windows bind to it and cv2.imshow spins forever (PyAV issue #978).
+import cv2  # isort: skip
 import av
 import numpy as np
-from av.video.reformatter import Colorspace, Interpolation
+import pyvirtualcam
 from aiortc.mediastreams import VIDEO_TIME_BASE, MediaStreamError, MediaStreamTrack
+from av.video.reformatter import Colorspace, Interpolation
+from pyvirtualcam.camera import BACKENDS
 
 from live.config import OutputSettings, SettingsError
 from live.frames import Frame
@@ -68,8 +74,6 @@ def flatten_alpha(image: np.ndarray) -> np.ndarray:
     would put back on screen. (cv2 arithmetic: ~10x faster than numpy here.)
     """
     if image.ndim == 3 and image.shape[2] == 4:
-        import cv2
-
         alpha = cv2.cvtColor(cv2.extractChannel(image, 3), cv2.COLOR_GRAY2BGR)
         return cv2.multiply(cv2.cvtColor(image, cv2.COLOR_BGRA2BGR), alpha, scale=1 / 255)
     return image
@@ -243,15 +247,11 @@ class VirtualCameraSink:
 
     def __init__(self, device: str | None = None, backend: str | None = None,
                  fps: float = 30.0, *, pace: bool = False) -> None:
-        import pyvirtualcam
-        from pyvirtualcam.camera import BACKENDS
-
         if not fps or not np.isfinite(fps) or fps <= 0:
             raise SinkError(f"virtual camera fps must be a positive number, got {fps!r}")
-        if backend is not None and backend not in BACKENDS:
+        if backend is not None and backend not in BACKENDS:  # pyvirtualcam would KeyError
             raise SinkError(f"no virtual camera backend {backend!r} on this system (available: "
                             f"{sorted(BACKENDS) or 'none'}); {_vcam_hint()}")
-        self._pyvirtualcam = pyvirtualcam
         self.device = device
         self.backend = backend
         self.fps = float(fps)
@@ -290,9 +290,8 @@ class VirtualCameraSink:
                 log.warning("frame size changed to %dx%d; resizing to the virtual camera's "
                             "%dx%d", w, h, *self.size)
                 self._resizing = True
-            import cv2
             image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
-        if self.pixel_format is self._pyvirtualcam.PixelFormat.RGB:
+        if self.pixel_format is pyvirtualcam.PixelFormat.RGB:
             image = image[..., ::-1]
         try:
             self._camera.send(image)
@@ -304,11 +303,10 @@ class VirtualCameraSink:
             self._camera.sleep_until_next_frame()
 
     def _open(self, width: int, height: int) -> Any:
-        pvc = self._pyvirtualcam
         errors = []
-        for fmt in (pvc.PixelFormat.BGR, pvc.PixelFormat.RGB):
+        for fmt in (pyvirtualcam.PixelFormat.BGR, pyvirtualcam.PixelFormat.RGB):
             try:
-                camera = pvc.Camera(width, height, self.fps, fmt=fmt, device=self.device,
+                camera = pyvirtualcam.Camera(width, height, self.fps, fmt=fmt, device=self.device,
                                     backend=self.backend)
             except Exception as exc:  # pyvirtualcam joins every backend's reason into one
                 errors.append(str(exc).strip() or type(exc).__name__)
@@ -460,8 +458,6 @@ class RecorderSink:
         return ticks
 
     def _encode(self, image: np.ndarray, ticks: int) -> None:  # worker thread
-        import cv2
-
         if self.codec.alpha:
             if image.shape[2] == 3:
                 image = cv2.cvtColor(image, cv2.COLOR_BGR2BGRA)
@@ -526,20 +522,19 @@ class RecorderSink:
         if self._closed:
             return
         self._closed = True
-        error: BaseException | None = None
-        while self._pending:
-            try:
-                await self._pending.popleft()
-            except Exception as exc:
-                error = error or exc
-        try:
-            await self._worker.run(self._finish)
-        except Exception as exc:
-            error = error or SinkError(f"finalising {self.path} failed: {exc}")
-        finally:
-            self._worker.shutdown()
-        if error is not None:
-            raise error
+        # Queued behind every pending encode on the one worker thread, and shielded: if
+        # this close is cancelled (a second Ctrl-C) the thread still finishes the file
+        # before the interpreter exits.
+        finish = self._worker.submit(self._finish)
+        results = await asyncio.shield(asyncio.gather(*self._pending, finish,
+                                                      return_exceptions=True))
+        self._pending.clear()
+        self._worker.shutdown()
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if isinstance(results[-1], BaseException) and not isinstance(results[-1], SinkError):
+            raise SinkError(f"finalising {self.path} failed: {results[-1]}") from results[-1]
+        if errors:
+            raise errors[0]
 
 
 # --------------------------------------------------------------------------- preview
@@ -556,12 +551,17 @@ def _checkerboard(height: int, width: int, square: int = 16) -> np.ndarray:
 
 def over_checkerboard(image: np.ndarray) -> np.ndarray:
     """BGRA → BGR over a grey checkerboard, the usual picture of "transparent"."""
-    import cv2
-
     alpha = cv2.cvtColor(cv2.extractChannel(image, 3), cv2.COLOR_GRAY2BGR)
     front = cv2.multiply(cv2.cvtColor(image, cv2.COLOR_BGRA2BGR), alpha, scale=1 / 255)
     back = cv2.multiply(_checkerboard(*image.shape[:2]), 255 - alpha, scale=1 / 255)
     return cv2.add(front, back)
+
+
+def _imported_before(first: str, second: str) -> bool:
+    """Whether module ``first`` was imported before ``second`` (sys.modules keeps import order)."""
+    names = list(sys.modules)
+    return first in sys.modules and (second not in sys.modules
+                                      or names.index(first) < names.index(second))
 
 
 class PreviewSink:
@@ -570,7 +570,9 @@ class PreviewSink:
     'q' or Esc (or closing the window) sets ``closed_by_user``; the pipeline
     polls it and stops. All window calls run on the sink's one worker thread:
     HighGUI wants a window used from a single thread. Frames arriving while
-    the previous one is being drawn are dropped (``dropped``).
+    the previous one is being drawn are dropped (``dropped``). On macOS,
+    Cocoa only draws windows from the main thread, so there the ~1 ms of
+    drawing runs inline on the event loop instead.
     """
 
     def __init__(self, title: str = "live") -> None:
@@ -579,11 +581,15 @@ class PreviewSink:
             raise SinkError("no display for the preview window (DISPLAY and WAYLAND_DISPLAY "
                             "are unset: headless or over ssh?); output to vcam or a file "
                             "instead, or run it inside a desktop session")
+        if platform.system() == "Linux" and _imported_before("av", "cv2"):
+            raise SinkError("PyAV was imported before OpenCV in this process, which makes "
+                            "cv2.imshow hang (their bundled X libraries clash, PyAV issue "
+                            "#978); import cv2 (or live.sinks) before anything imports av")
         self.title = title
         self.closed_by_user = False
         self.frames = 0
         self.dropped = 0
-        self._board: np.ndarray | None = None
+        self._inline = platform.system() == "Darwin"
         self._worker = _Worker("live-preview")
         self._busy: asyncio.Future[Any] | None = None
         self._opened = False
@@ -598,11 +604,12 @@ class PreviewSink:
                 self.dropped += 1
                 return
             self._busy.result()
-        self._busy = self._worker.submit(self._show, image)
+        if self._inline:
+            self._show(image)
+        else:
+            self._busy = self._worker.submit(self._show, image)
 
     def _show(self, image: np.ndarray) -> None:  # worker thread
-        import cv2
-
         if image.shape[2] == 4:
             image = over_checkerboard(image)
         try:
@@ -619,8 +626,6 @@ class PreviewSink:
             self.closed_by_user = True
 
     def _destroy(self) -> None:  # worker thread
-        import cv2
-
         try:
             cv2.destroyWindow(self.title)
             cv2.waitKey(1)
@@ -634,7 +639,10 @@ class PreviewSink:
         if self._busy is not None:
             await asyncio.gather(self._busy, return_exceptions=True)
         if self._opened:
-            await self._worker.run(self._destroy)
+            if self._inline:
+                self._destroy()
+            else:
+                await self._worker.run(self._destroy)
         self._worker.shutdown()
 
 

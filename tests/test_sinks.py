@@ -454,6 +454,102 @@ def test_recorder_without_frames_leaves_no_file(tmp_path):
 # --------------------------------------------------------------------------- PreviewSink
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+# A real window on a virtual X server, and real key presses through XTest.
+PREVIEW_SCRIPT = """
+import asyncio, ctypes, json, sys
+import numpy as np
+from live.sinks import PreviewSink  # first: it loads OpenCV before PyAV
+from live.frames import Frame
+
+def press(keysym):
+    x11, xtst = ctypes.CDLL("libX11.so.6"), ctypes.CDLL("libXtst.so.6")
+    x11.XOpenDisplay.restype = ctypes.c_void_p
+    x11.XStringToKeysym.restype = ctypes.c_ulong
+    dpy = ctypes.c_void_p(x11.XOpenDisplay(None))
+    code = x11.XKeysymToKeycode(dpy, ctypes.c_ulong(x11.XStringToKeysym(keysym.encode())))
+    xtst.XTestFakeMotionEvent(dpy, -1, 40, 40, 0)  # keys go to the window under the pointer
+    xtst.XTestFakeKeyEvent(dpy, code, 1, 0)
+    xtst.XTestFakeKeyEvent(dpy, code, 0, 0)
+    x11.XFlush(dpy)
+    x11.XCloseDisplay(dpy)
+
+async def main():
+    sink = PreviewSink("live-test")
+    written = 0
+    for i in range(150):
+        img = np.zeros((240, 320, 4 if i % 2 else 3), np.uint8)
+        img[..., -1] = i
+        await sink.write(img, Frame(img, i, i / 30))
+        written += 1
+        await asyncio.sleep(0.01)
+        if i == 10:
+            press(sys.argv[1])
+        if sink.closed_by_user:
+            break
+    await sink.close()
+    await sink.close()
+    print(json.dumps({"written": written, "frames": sink.frames, "dropped": sink.dropped,
+                      "closed_by_user": sink.closed_by_user}))
+
+asyncio.run(main())
+"""
+
+
+def run_python(script: str, *args: str, env: dict | None = None, timeout: float = 60):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    return subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture
+def xvfb_display():
+    """A private virtual X server (Xvfb); skips where there is none."""
+    import ctypes.util
+    import shutil
+    import subprocess
+
+    if platform.system() != "Linux" or not shutil.which("Xvfb") \
+            or not ctypes.util.find_library("Xtst"):
+        pytest.skip("needs Xvfb and libXtst (Debian: apt install xvfb) for a real preview window")
+    server = subprocess.Popen(["Xvfb", "-displayfd", "1", "-nolisten", "tcp", "-screen", "0",
+                               "800x600x24"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                              text=True)
+    try:
+        yield ":" + server.stdout.readline().strip()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+@pytest.mark.parametrize("key, closes", [("q", True), ("Escape", True), ("x", False)])
+def test_preview_window_shows_frames_and_q_or_esc_close_it(xvfb_display, key, closes):
+    import json
+
+    result = run_python(PREVIEW_SCRIPT, key, env={"DISPLAY": xvfb_display})
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["closed_by_user"] is closes
+    assert report["written"] == (report["frames"] + report["dropped"])
+    assert report["frames"] >= 5
+    assert report["written"] < 150 if closes else report["written"] == 150
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="the clash is between X libraries")
+def test_preview_refuses_to_start_when_pyav_was_loaded_first():
+    """Rather than hang in cv2.imshow at 100% CPU (PyAV #978), say what to change."""
+    script = ("import av\nfrom live.sinks import PreviewSink, SinkError\n"
+              "try:\n    PreviewSink()\nexcept SinkError as exc:\n    print(exc)\n")
+    result = run_python(script, env={"DISPLAY": ":99"})
+    assert "import cv2 (or live.sinks) before anything imports av" in result.stdout, \
+        result.stderr[-2000:]
+
+
 @pytest.mark.skipif(platform.system() != "Linux", reason="the display check is Linux's")
 def test_preview_without_a_display_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("DISPLAY", raising=False)
@@ -493,3 +589,48 @@ def test_create_sink_bad_targets_are_settings_errors(tmp_path):
         create_sink(OutputSettings(target="out.gif"), 30, False)
     with pytest.raises(SettingsError, match=r"\.webm.*\.mov"):
         create_sink(OutputSettings(target=str(tmp_path / "a.mp4")), 30, True)
+
+
+CTRL_C_SCRIPT = """
+import asyncio, sys
+import numpy as np
+from live.frames import Frame
+from live.sinks import RecorderSink
+
+async def main():
+    sink = RecorderSink(sys.argv[1], fps=30)
+    try:
+        i = 0
+        while True:
+            img = np.full((120, 160, 3), i % 256, np.uint8)
+            await sink.write(img, Frame(img, i, i / 30))
+            i += 1
+            if i == 10:
+                print("recording", flush=True)
+            await asyncio.sleep(0.005)
+    finally:
+        await sink.close()  # what the pipeline does in its finally
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.skipif(platform.system() == "Windows", reason="SIGINT to a child is POSIX")
+def test_recorder_file_plays_after_ctrl_c(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    out = tmp_path / "interrupted.mp4"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT, str(out)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "recording", proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    (codec, _, w, h), frames = decode(out)  # a missing moov atom would fail to open
+    assert (codec, w, h) == ("h264", 160, 120) and len(frames) >= 10
