@@ -444,13 +444,18 @@ class RecorderSink:
 
     def _ticks(self, pts: float) -> int:
         """Seconds → strictly increasing ticks of the codec's time base."""
-        if self._first_pts is None:
-            self._first_pts = pts
-        t = pts - self._first_pts + self._offset
-        if not t > self._last_t:  # a source that restarted (or repeated) its clock
-            step = self._last_t + 1.0 / self.fps - t
-            self._offset += step
-            t += step
+        period = 1.0 / self.fps
+        if not np.isfinite(pts):  # no timestamp: one frame period after the last one
+            t = self._last_t + period if self._first_pts is not None else 0.0
+            self._first_pts = 0.0 if self._first_pts is None else self._first_pts
+        else:
+            if self._first_pts is None:
+                self._first_pts = pts
+            t = pts - self._first_pts + self._offset
+            if not t > self._last_t:  # a source that restarted (or repeated) its clock
+                step = self._last_t + period - t
+                self._offset += step
+                t += step
         self._last_t = t
         ticks = int(round(t / self.codec.time_base))
         ticks = max(ticks, self._last_ticks + 1)

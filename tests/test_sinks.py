@@ -107,6 +107,29 @@ def test_track_carries_the_incoming_webrtc_clock():
     assert out.pts == 123456 and out.time_base == fractions.Fraction(1, 90000)
 
 
+def test_track_frames_go_through_aiortcs_vp8_encoder_on_the_incoming_clock():
+    from aiortc.codecs import get_encoder
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    async def main():
+        track = VideoOutputTrack()
+        tb = fractions.Fraction(1, 1000)  # an incoming clock other than 90 kHz
+        out = []
+        for i in range(3):
+            img = random_image(120, 160, seed=i)
+            await track.write(img, frame_of(img, i, pts=5000 + 40 * i, time_base=tb))
+            out.append(await track.recv())
+        return out
+
+    encoder = get_encoder(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000))
+    stamps = []
+    for frame in run(main()):
+        payloads, timestamp = encoder.encode(frame)
+        assert payloads and all(payloads)
+        stamps.append(timestamp)
+    assert stamps == [450000, 453600, 457200]  # 5.000 s, 5.040 s, 5.080 s at 90 kHz
+
+
 def test_track_bgra_becomes_bgr_over_black():
     async def main():
         track = VideoOutputTrack()
@@ -392,7 +415,8 @@ def test_recorder_mp4_round_trip_of_a_real_clip(clip_path, tmp_path):
 
 
 def test_recorder_crops_odd_sizes_and_never_repeats_a_pts(tmp_path):
-    times = [0.0, 1 / 30, 1 / 30, 0.01, 0.1, 0.1 + 1e-7, 0.2]  # repeats and a jump back
+    times = [0.0, 1 / 30, 1 / 30, 0.01, 0.1, 0.1 + 1e-7, float("nan"), 0.2]  # repeats, a jump
+    # back, a frame without a timestamp
     frames = [(random_image(361, 641, seed=i), t) for i, t in enumerate(times)]
     out = tmp_path / "odd.mp4"
     write_all(RecorderSink(out, fps=30), frames)
