@@ -1,5 +1,6 @@
 """Sinks against the real libraries: pyvirtualcam (with a backend this file
-registers), PyAV encoders and decoders, aiortc's MediaStreamError."""
+registers), PyAV encoders and decoders, aiortc's track and VP8 encoder, and an
+OpenCV window on a private Xvfb server (skipped where Xvfb is not installed)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import time
 from pathlib import Path
 
 import av
-from av.video.reformatter import Colorspace, Interpolation
 import numpy as np
 import pytest
 import pyvirtualcam
 from aiortc.mediastreams import MediaStreamError
+from av.video.reformatter import Colorspace, Interpolation
 from pyvirtualcam.camera import BACKENDS
 from pyvirtualcam.util import decode_fourcc
 
