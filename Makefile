@@ -28,12 +28,13 @@ models: setup
 run: models
 	$(VENV)/bin/live serve
 
-# Headless Chromium for the browser tests (Debian/Ubuntu; skipped elsewhere).
+# Headless Chromium for the browser tests and Xvfb for the preview-window tests
+# (Debian/Ubuntu as root; elsewhere those tests skip and say why).
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@{ command -v chromium && command -v Xvfb; } >/dev/null 2>&1 || { \
 	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-	    (apt-get update -q && apt-get install -y -q chromium) >/dev/null; \
-	  else echo "chromium not found: browser tests will be skipped (apt install chromium)"; fi; }
+	    (apt-get update -q && apt-get install -y -q chromium xvfb) >/dev/null; \
+	  else echo "chromium/Xvfb not found: browser and preview tests will be skipped"; fi; }
 
 test: models browser
 	$(PY) -m pytest -q -ra

@@ -102,7 +102,8 @@ async def run_pipeline(settings: Settings, max_frames: int | None = None, quiet:
     processor = FrameProcessor(settings)
     try:
         sink = create_sink(settings.output, source.fps,
-                           transparent=settings.background.mode == "transparent")
+                           transparent=settings.background.mode == "transparent",
+                           pace=not source.live)  # a file played into a camera: real time
     except Exception:
         await source.close()
         raise
@@ -117,12 +118,12 @@ async def run_pipeline(settings: Settings, max_frames: int | None = None, quiet:
         except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
             pass
     control_server = await _start_control(settings, processor, pipeline) if control else None
-    status = None if quiet else asyncio.create_task(_status_line(pipeline))
+    status = asyncio.create_task(_status_line(pipeline, sink, quiet))
     try:
         await pipeline.run()
     finally:
-        if status:
-            status.cancel()
+        status.cancel()
+        if not quiet:
             print(file=sys.stderr)
         if control_server is not None:
             await control_server.stop()
@@ -175,9 +176,14 @@ def format_status(m: dict[str, Any]) -> str:
             f"{m['dropped']}{age}")
 
 
-async def _status_line(pipeline: Any) -> None:
+async def _status_line(pipeline: Any, sink: Any, quiet: bool) -> None:
+    """Once a second: the status line, and a stop when the preview window was closed."""
     while True:
         await asyncio.sleep(1.0)
+        if getattr(sink, "closed_by_user", False):
+            pipeline.stop()
+        if quiet:
+            continue
         print("\r" + format_status(pipeline.metrics()).ljust(90), end="", file=sys.stderr,
               flush=True)
 
