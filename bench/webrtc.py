@@ -204,6 +204,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_stage_ms_p50": {k: v["p50"] for k, v in server.get("stage_ms", {}).items()},
         "server_dropped": server.get("dropped"),
         "cpu_count": os.cpu_count(),
+        "load_avg_1m_at_start": args.load_at_start,
     }
 
 
@@ -246,6 +247,7 @@ def main() -> None:
         sys.exit(f"clip not found: {args.clip} (set LIVE_DATA_DIR or pass --clip)")
     if args.frames >= 1 << BITS:
         sys.exit(f"--frames must be below {1 << BITS}")
+    args.load_at_start = round(os.getloadavg()[0], 2)  # other work on the machine skews figures
     print(json.dumps(asyncio.run(run(args))))
 
 

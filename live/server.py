@@ -338,7 +338,7 @@ class ControlServer:
 
         return {"server": "live", "version": __version__,
                 "session": client.session.id if client.session else None,
-                "settings": client_settings(self._settings_of(client, None)),
+                "settings": client_settings(self._settings_of(client, client.session)),
                 "sessions": [s.describe(client) for s in self.sessions.values()],
                 "passthrough": self.passthrough,
                 "limits": {"control_bytes": control.MAX_CONTROL_BYTES,

@@ -9,6 +9,8 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
+import numpy as np
 import pytest
 
 from server_helpers import ServerThread, load_clip, pipeline_threads, test_settings
@@ -121,6 +123,13 @@ def test_page_replaces_background_sends_clicks_and_follows_the_panel(browser_pat
             assert time.monotonic() - t0 < 5
             session = next(iter(server.sessions.values()))
             assert session.processor.settings.background.color == "#ff0000"
+            # An image chosen in the panel is uploaded and becomes the background.
+            blue = tmp_path / "blue.png"
+            cv2.imwrite(str(blue), np.full((180, 320, 3), (255, 0, 0), np.uint8))
+            page.set_input_files("#bg-image", str(blue))
+            wait_for(lambda: (frac((0, 0, 255)) or 0) > 0.4, 10, "the uploaded blue background")
+            assert session.processor.settings.background.mode == "image"
+
             stats = wait_for(lambda: page.text_content("#stats"), 5, "the pushed stats line")
             assert "fps" in stats and "segment" in stats, stats
 
