@@ -404,3 +404,25 @@ def test_an_attached_pipeline_is_steered_and_left_to_its_owner():
         await asyncio.wait_for(task, 10)
 
     asyncio.run(scenario())
+
+
+def test_serve_prints_its_url_serves_the_page_and_stops_on_ctrl_c():
+    import signal
+    import subprocess
+    import sys
+    from urllib.parse import urlsplit
+
+    code = ("from live.config import Settings; from live.server import serve; "
+            "serve(Settings().merged({'server': {'port': 0}, 'engine': {'name': 'selfie'}}))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert "http://127.0.0.1:" in line and "?token=" in line, line
+        url = urlsplit(line.split()[-1])
+        assert len(url.query.removeprefix("token=")) >= 32  # secrets.token_urlsafe(24)
+        assert http_get(url.port, "/")[0] == 200
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and "stopped" in out

@@ -126,3 +126,44 @@ def test_second_offer_replaces_first_session(clip_path):
                 await recv_frames(track, 3)
 
     asyncio.run(scenario())
+
+
+VANISHING_PEER = """
+import asyncio, sys
+from aiortc.mediastreams import VideoStreamTrack
+from live.client import ControlClient
+
+async def main():
+    client = ControlClient(sys.argv[1])
+    await client.connect()
+    track = await client.start_video(VideoStreamTrack())
+    for _ in range(3):
+        await track.recv()
+    print("streaming", client.session, flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+def test_a_peer_that_vanishes_is_cleaned_up():
+    """A browser that crashes says goodbye to nobody: kill -9 the peer's process."""
+    import sys
+
+    async def scenario() -> None:
+        async with running_server() as server:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", VANISHING_PEER, server.url,
+                stdout=asyncio.subprocess.PIPE)
+            try:
+                line = await asyncio.wait_for(proc.stdout.readline(), 60)
+                assert line.startswith(b"streaming"), line
+                session = line.split()[1].decode()
+                assert session in server.sessions and pipeline_threads()
+            finally:
+                proc.kill()
+                await proc.wait()
+            await wait_until(lambda: not server.sessions and not pipeline_threads()
+                             and not server.clients, 45, "the vanished peer's cleanup")
+
+    asyncio.run(scenario())
