@@ -132,6 +132,12 @@ def test_every_message_type_round_trips(st_server, frames):
             assert recolour["type"] == "ok" and recolour["session"] == peer.session
             assert server.sessions[peer.session].processor.settings.background.color == "#00ff00"
 
+            # A change that cannot be applied is refused and changes nothing.
+            missing = ask(ws, {"type": "settings.set", "id": 11, **target, "settings": {
+                "engine": {"name": "sam2", "checkpoint": "/nonexistent/sam2.pt"}}})
+            assert missing["type"] == "error" and "/nonexistent/sam2.pt" in missing["error"]
+            assert server.sessions[peer.session].processor.settings.engine.name == "selfie"
+
             # Stats are also pushed, unasked, about once a second.
             pushed = None
             for _ in range(10):
