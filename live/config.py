@@ -84,14 +84,18 @@ class MatteSettings:
         "uncertain or changes little; ema is a plain moving average", flag="--smoothing")
     ema: float = _f(0.5, "weight of the new mask in ema mode (1 = no smoothing)", lo=0.0, hi=1.0)
     adaptive_min_weight: float = _f(
-        0.25, "adaptive mode: weight of the new mask where it agrees with history "
+        0.15, "adaptive mode: weight of the new mask where it agrees with history "
         "(lower = steadier, more lag on slow edges)", lo=0.01, hi=1.0)
     adaptive_change_lo: float = _f(
         0.05, "adaptive mode: a per-pixel change below this is treated as noise (full "
         "smoothing)", lo=0.0, hi=1.0)
     adaptive_change_hi: float = _f(
-        0.35, "adaptive mode: a per-pixel change above this is treated as motion and taken "
+        0.5, "adaptive mode: a per-pixel change above this is treated as motion and taken "
         "at once (no smoothing)", lo=0.0, hi=1.0)
+    adaptive_motion: float = _f(
+        0.2, "adaptive mode: change of the picture itself (0-1 of full grey scale) at which a "
+        "mask change counts fully as motion; smaller picture changes scale it down, so mask "
+        "noise on a still scene is smoothed away (0 = ignore the picture)", lo=0.0, hi=1.0)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,99 @@
+"""bench.quality: the metrics on masks with known answers, and a short real run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from bench.quality import METHODS, METRICS, ObsRecipe, boundary_f, flicker, iou, lag, main
+
+
+def square(h: int = 100, w: int = 100, y0: int = 20, x0: int = 20, size: int = 40) -> np.ndarray:
+    m = np.zeros((h, w), bool)
+    m[y0:y0 + size, x0:x0 + size] = True
+    return m
+
+
+def test_iou_known_overlap() -> None:
+    a = square(x0=20).astype(np.float32)
+    b = square(x0=40)  # 40x40 squares shifted by 20: overlap 800, union 2400
+    assert iou(a, b) == pytest.approx(800 / 2400)
+    assert iou(np.zeros((10, 10), np.float32), np.zeros((10, 10), bool)) == 1.0
+    assert iou(b.astype(np.float32) * 0.4, b) == 0.0  # 0.4 is below the 0.5 threshold
+
+
+def test_boundary_f_tolerance() -> None:
+    gt = square()
+    diag_tol = int(np.ceil(0.008 * np.hypot(100, 100)))  # 2 px on a 100x100 image
+    assert boundary_f(gt.astype(np.float32), gt) == 1.0
+    near = square(x0=20 + diag_tol)  # within tolerance everywhere
+    assert boundary_f(near.astype(np.float32), gt) == 1.0
+    far = square(y0=70, x0=70, size=20)  # boundaries never within 2 px of each other
+    assert boundary_f(far.astype(np.float32), gt) == 0.0
+    assert boundary_f(np.zeros((100, 100), np.float32), gt) == 0.0
+    assert boundary_f(np.zeros((100, 100), np.float32), np.zeros((100, 100), bool)) == 1.0
+
+
+def test_boundary_f_half_matched() -> None:
+    gt = square(size=40)
+    # prediction = GT plus a far-away extra square: recall 1, precision ~ 1/2
+    pred = gt | square(y0=70, x0=70, size=20)
+    f = boundary_f(pred.astype(np.float32), gt)
+    assert 0.5 < f < 0.9
+
+
+def test_flicker_counts_only_unchanged_ground_truth() -> None:
+    gt0 = square()
+    gt1 = square(x0=30)  # GT moved: columns 20..29 and 60..69 changed
+    a0 = np.zeros((100, 100), np.float32)
+    a1 = np.zeros((100, 100), np.float32)
+    a1[0:10, :] = 0.5  # a change where GT did not change: 1000 px of 0.5
+    a1[30:40, 20:30] = 1.0  # a change where GT did change: ignored
+    same = np.count_nonzero(gt0 == gt1)
+    assert flicker(a1, a0, gt1, gt0) == pytest.approx(100 * 1000 * 0.5 / same)
+    assert flicker(a0, a0, gt0, gt0) == 0.0
+    assert flicker(a0, a1, gt0, ~gt0) is None
+
+
+def test_lag_measures_error_where_ground_truth_moved() -> None:
+    gt0, gt1 = square(), square(x0=30)
+    changed = gt0 != gt1
+    perfect = gt1.astype(np.float32)
+    ghost = gt0.astype(np.float32)  # still showing last frame's mask
+    assert lag(perfect, gt1, gt0) == 0.0
+    assert lag(ghost, gt1, gt0) == pytest.approx(100.0)
+    half = np.where(changed, 0.5, perfect).astype(np.float32)
+    assert lag(half, gt1, gt0) == pytest.approx(50.0)
+    assert lag(perfect, gt0, gt0) is None
+
+
+def test_obs_recipe_is_a_hard_mask_with_holes_filled() -> None:
+    alpha = np.zeros((72, 128), np.float32)
+    alpha[10:60, 30:90] = 0.9
+    alpha[30:33, 50:53] = 0.0  # a tiny hole in the subject
+    frame = np.zeros((144, 256, 3), np.uint8)
+    out = ObsRecipe().apply(alpha, frame)
+    assert out.shape == (144, 256) and set(np.unique(out)) <= {0.0, 1.0}
+    assert out[63, 103] == 1.0  # the hole is filled (a background region < 5 % of the image)
+    assert out[5, 5] == 0.0 and out[70, 120] == 1.0
+
+
+def test_benchmark_json_has_every_key(data_dir, tmp_path, capsys) -> None:
+    result = main(["--data", str(data_dir), "--sequences", "hike", "--max-frames", "4",
+                   "--out", str(tmp_path)])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last) == json.loads(json.dumps(result))
+    assert result["engine"] == "selfie"
+    assert set(result["sequences"]) == {"davis-hike"}
+    for table in (result["sequences"]["davis-hike"], result["mean"]):
+        assert set(table) == set(METHODS)
+        for method in METHODS:
+            assert set(table[method]) == set(METRICS)
+            assert all(np.isfinite(v) for v in table[method].values())
+    assert 0.3 < result["mean"]["live"]["iou"] <= 1.0
+    assert result["matte_ms_p50"] > 0
+    pngs = {p.name for p in tmp_path.glob("*.png")}
+    assert "davis-hike_curves.png" in pngs
+    assert any(name.endswith("side_by_side.png") for name in pngs)
