@@ -28,8 +28,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import cv2  # before av: the other order can make OpenCV spin (PyAV issue #978)
 import av
-import cv2
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -202,6 +202,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "passthrough_fps": round(results["passthrough"]["fps"], 1),
         "misread_frames": results["processed"]["misread"] + results["passthrough"]["misread"],
         "server_stage_ms_p50": {k: v["p50"] for k, v in server.get("stage_ms", {}).items()},
+        # arrival → output inside the server, as its pipeline measures it
+        "server_latency_ms_p50": server.get("mask_age_ms"),
+        "passthrough_server_latency_ms_p50": results["passthrough"]["server"].get("mask_age_ms"),
         "server_dropped": server.get("dropped"),
         "cpu_count": os.cpu_count(),
         "load_avg_1m_at_start": args.load_at_start,

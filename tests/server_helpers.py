@@ -11,8 +11,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
+import cv2  # before av: the other order can make OpenCV spin (PyAV issue #978)
 import av
-import cv2
 import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 

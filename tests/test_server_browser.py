@@ -8,8 +8,8 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import cv2  # before av (PyAV issue #978)
 import av
-import cv2
 import numpy as np
 import pytest
 
