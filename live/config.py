@@ -76,6 +76,10 @@ class MatteSettings:
                          "0 = plain bilinear upsampling", lo=0, hi=64, flag="--feather")
     feather_eps: float = _f(1e-3, "guided filter regulariser: larger = softer edges",
                             lo=1e-6, hi=1.0)
+    edge_contrast: float = _f(
+        3.0, "steepen the model's blurry edge around 0.5 before feathering, so the soft "
+        "border comes from the frame's own edges and the feather radius, not from the "
+        "model's low resolution (1 = keep the model's edge; higher = less halo)", lo=1.0, hi=20.0)
     guide_size: int = _f(320, "long side, in pixels, of the grid where the guided filter's "
                               "coefficients are computed (larger = finer edges, slower)",
                          lo=32, hi=2048)

@@ -1,6 +1,6 @@
 """The matte stage: a low-resolution person alpha in, a clean full-resolution alpha out.
 
-Two jobs, in this order:
+Three steps, in this order:
 
 1. Temporal smoothing, at the model's resolution (cheap). A plain EMA trails
    every moving edge (ghosting). The default *adaptive* mode is a per-pixel,
@@ -9,7 +9,10 @@ Two jobs, in this order:
    mask that wobbles by a few percent) history dominates. Segmentation noise
    on a still background is exactly a mask change without an image change, so
    flicker drops sharply while a moving edge is followed without a trail.
-2. Edge-aware upsampling with a fast guided filter (He & Sun 2015): the
+2. Edge contrast: the model's edge is blurry (it runs at 256x144); it is
+   steepened around 0.5 so that it does not leave a semi-transparent halo of
+   the old background around the person.
+3. Edge-aware upsampling with a fast guided filter (He & Sun 2015): the
    linear coefficients that map the frame's luminance to alpha are fitted on
    a small grid, then upsampled and applied to the full-resolution frame, so
    the edge follows the frame's real edges (hair, shoulders) instead of the
@@ -175,6 +178,9 @@ class Matte:
         if s.smoothing == "adaptive" and s.adaptive_motion > 0:
             temporal_guide = cv2.resize(guide, (aw, ah), interpolation=cv2.INTER_AREA)
         smoothed = self.temporal.apply(alpha, temporal_guide)
+        if s.edge_contrast != 1.0:  # (a - 0.5) * gain + 0.5, on a copy: history stays soft
+            smoothed = smoothed * s.edge_contrast + 0.5 * (1.0 - s.edge_contrast)
+            np.clip(smoothed, 0.0, 1.0, out=smoothed)
         if s.feather <= 0:
             out = cv2.resize(smoothed, (w, h), interpolation=cv2.INTER_LINEAR)
             np.clip(out, 0.0, 1.0, out=out)

@@ -1,0 +1,144 @@
+"""Matte: shapes and ranges, temporal smoothing without ghosting, edge-aware feathering."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from live.config import MatteSettings, Settings, SettingsError
+from live.matte import Matte
+
+H, W = 360, 640  # full resolution
+AH, AW = 72, 128  # model resolution (5x smaller)
+
+
+def textured_frame(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = np.linspace(40, 200, W, dtype=np.float32)[None, :, None]
+    frame = base + rng.normal(0, 12, (H, W, 3))
+    return np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def person_frame(x0: int) -> tuple[np.ndarray, np.ndarray]:
+    """A bright 'person' block on a dark textured background, and its low-res alpha."""
+    frame = (textured_frame() * 0.3).astype(np.uint8)
+    frame[60:320, x0:x0 + 160] = 220
+    alpha = np.zeros((AH, AW), np.float32)
+    alpha[12:64, x0 // 5:(x0 + 160) // 5] = 1.0
+    return frame, alpha
+
+
+def flicker(outs: list[np.ndarray]) -> float:
+    return float(np.mean([np.abs(b - a).mean() for a, b in zip(outs, outs[1:])]))
+
+
+@pytest.mark.parametrize("settings", [MatteSettings(), MatteSettings(feather=0),
+                                      MatteSettings(smoothing="ema"),
+                                      MatteSettings(smoothing="off", feather=20)])
+def test_shape_dtype_range(settings: MatteSettings) -> None:
+    rng = np.random.default_rng(1)
+    matte = Matte(settings)
+    for i in range(3):
+        out = matte.apply(rng.random((AH, AW), dtype=np.float32), textured_frame(i))
+        assert out.shape == (H, W) and out.dtype == np.float32
+        assert out.min() >= 0.0 and out.max() <= 1.0
+
+
+def test_each_call_returns_a_new_array() -> None:
+    matte = Matte()
+    frame, alpha = person_frame(200)
+    first = matte.apply(alpha, frame)
+    kept = first.copy()
+    matte.apply(np.zeros_like(alpha), frame)
+    assert np.array_equal(first, kept)  # the caller's previous alpha is never overwritten
+
+
+def test_smoothing_reduces_flicker_on_a_static_scene() -> None:
+    rng = np.random.default_rng(2)
+    frame, alpha = person_frame(200)
+    noisy = [np.clip(alpha + rng.normal(0, 0.12, alpha.shape), 0, 1).astype(np.float32)
+             for _ in range(30)]
+    results = {}
+    for mode in ("off", "ema", "adaptive"):
+        matte = Matte(MatteSettings(smoothing=mode))
+        results[mode] = flicker([matte.apply(a, frame) for a in noisy])
+    assert results["ema"] < 0.7 * results["off"]
+    assert results["adaptive"] < 0.5 * results["off"]
+    assert results["adaptive"] < results["ema"]
+
+
+def test_adaptive_follows_a_moving_subject_without_a_ghost() -> None:
+    outs = {}
+    for mode in ("ema", "adaptive"):
+        matte = Matte(MatteSettings(smoothing=mode))
+        for x0 in (100, 100, 100, 200):  # still, then a 100 px jump to the right
+            frame, alpha = person_frame(x0)
+            outs[mode] = matte.apply(alpha, frame)
+    row = 190
+    vacated, arrived = slice(110, 190), slice(270, 350)
+    assert outs["adaptive"][row, vacated].max() < 0.1  # no trail where the subject was
+    assert outs["adaptive"][row, arrived].min() > 0.9  # already where it is now
+    assert outs["ema"][row, vacated].mean() > 0.3  # the plain EMA leaves a ghost
+
+
+def test_feathering_snaps_to_the_frames_hard_edge() -> None:
+    frame = np.full((H, W, 3), 30, np.uint8)
+    frame[:, 320:] = 220  # a hard vertical edge at x = 320
+    x = (np.arange(AW, dtype=np.float32) + 0.5) * 5
+    alpha = np.clip((x - 320) / 40 + 0.5, 0, 1)[None, :].repeat(AH, 0)  # soft 40 px ramp
+    steps, crossings = {}, {}
+    for feather in (0, 8):
+        out = Matte(MatteSettings(feather=feather)).apply(alpha, frame)[H // 2]
+        steps[feather] = float(np.abs(np.diff(out)).max())
+        crossings[feather] = int(np.argmax(out > 0.5))
+    assert steps[0] < 0.1  # bilinear upsampling: a gentle ramp
+    assert steps[8] > 0.5  # guided: most of the transition in one pixel, on the frame's edge
+    assert abs(crossings[8] - 320) <= 1
+
+
+def test_feathering_keeps_a_soft_edge_where_the_frame_has_none() -> None:
+    frame = np.full((H, W, 3), 128, np.uint8)  # flat: nothing to snap to
+    alpha = np.zeros((AH, AW), np.float32)
+    alpha[:, 64:] = 1.0
+    out = Matte(MatteSettings(feather=8)).apply(alpha, frame)[H // 2]
+    assert np.count_nonzero((out > 0.05) & (out < 0.95)) >= 4
+
+
+def test_reset_forgets_history() -> None:
+    frame, alpha = person_frame(200)
+    matte = Matte()
+    for _ in range(5):
+        matte.apply(np.zeros_like(alpha), frame)
+    matte.reset()
+    assert np.array_equal(matte.apply(alpha, frame), Matte().apply(alpha, frame))
+
+
+def test_update_changes_parameters_and_keeps_history() -> None:
+    frame, alpha = person_frame(200)
+    matte = Matte(MatteSettings(smoothing="off"))
+    matte.apply(np.zeros_like(alpha), frame)
+    matte.update(MatteSettings(smoothing="ema", ema=0.5, feather=0))
+    out = matte.apply(alpha, frame)
+    assert out[190, 280] == pytest.approx(0.5)  # half of the new mask: history was kept
+    assert matte.settings.feather == 0
+
+
+def test_bad_input_is_refused() -> None:
+    matte = Matte()
+    frame, alpha = person_frame(200)
+    with pytest.raises(ValueError, match="2-D"):
+        matte.apply(alpha[..., None], frame)
+    with pytest.raises(ValueError, match="uint8"):
+        matte.apply(alpha, frame.astype(np.float32))
+
+
+def test_every_matte_setting_has_help_and_bounds() -> None:
+    for f in dataclasses.fields(MatteSettings):
+        assert f.metadata["help"]
+        if f.type in ("int", "float"):
+            assert f.metadata["lo"] is not None and f.metadata["hi"] is not None
+    with pytest.raises(SettingsError, match="adaptive_motion"):
+        Settings().merged({"matte": {"adaptive_motion": 2}})
+    assert Settings().merged({"matte": {"guide_size": 480}}).matte.guide_size == 480
