@@ -310,8 +310,6 @@ class ControlServer:
         while True:
             await asyncio.sleep(self.stats_interval)
             sessions = [s for s in self.sessions.values() if s.pipeline is not None]
-            if not sessions:
-                continue
             stats = [dict(s.stats(), own=s.owner is client) for s in sessions]
             try:
                 await client.ws.send(control.dumps({"type": "stats", "sessions": stats}))

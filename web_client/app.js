@@ -329,6 +329,10 @@ async function onSessionChange() {
 }
 
 function showStats(sessions) {
+  // Keep the session picker current as other pages and `live run` come and go.
+  const others = sessions.map((x) => x.session).filter((id) => id !== state.ownSession);
+  const listed = [...$("session-select").options].map((o) => o.value).filter(Boolean);
+  if (others.join() !== listed.join()) refreshSessions();
   const wanted = state.selected || state.ownSession;
   const s = sessions.find((x) => x.session === wanted);
   state.lastStats = s || null;
