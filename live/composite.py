@@ -190,6 +190,7 @@ class VideoBackground:
         self._size: tuple[int, int] | None = None  # (w, h) the frames are wanted at
         self._last = first
         self._frames: queue.Queue[np.ndarray] = queue.Queue(maxsize=VIDEO_READ_AHEAD)
+        self._frames.put(first)  # shown first: the check decoded it already
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="bg-video", daemon=True)
         self._thread.start()

@@ -1,0 +1,202 @@
+"""Compositor: every background mode, no bleed in blur, safe switching, looping video."""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from live.composite import BackgroundError, Compositor, fit_image, hex_to_bgr
+from live.config import BackgroundSettings
+
+H, W = 180, 320
+
+
+def scene() -> tuple[np.ndarray, np.ndarray]:
+    """A bright subject square on a dark textured background, and its alpha."""
+    rng = np.random.default_rng(0)
+    frame = rng.integers(0, 40, (H, W, 3), dtype=np.uint8)
+    frame[50:130, 120:200] = 250
+    alpha = np.zeros((H, W), np.float32)
+    alpha[50:130, 120:200] = 1.0
+    return frame, alpha
+
+
+def write_video(path: Path, colors: list[tuple[int, int, int]], size=(64, 48)) -> None:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=24)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        for bgr in colors:
+            img = np.full((size[1], size[0], 3), bgr, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def test_color_mode_replaces_background_and_keeps_subject() -> None:
+    frame, alpha = scene()
+    out = Compositor(BackgroundSettings(mode="color", color="#102030")).apply(frame, alpha)
+    assert out.shape == (H, W, 3) and out.dtype == np.uint8
+    assert tuple(out[10, 10]) == hex_to_bgr("#102030") == (0x30, 0x20, 0x10)
+    assert np.array_equal(out[60:120, 130:190], frame[60:120, 130:190])
+
+
+def test_half_alpha_blends_half_way() -> None:
+    frame = np.full((H, W, 3), 200, np.uint8)
+    alpha = np.full((H, W), 0.5, np.float32)
+    out = Compositor(BackgroundSettings(mode="color", color="#000000")).apply(frame, alpha)
+    assert np.all(np.abs(out.astype(int) - 100) <= 1)
+
+
+def test_blur_has_no_person_bleed() -> None:
+    frame, alpha = scene()
+    out = Compositor(BackgroundSettings(mode="blur", blur=25)).apply(frame, alpha)
+    ring = out[40:140, 100:220].astype(int)  # background just around the subject
+    ring_mask = np.ones(ring.shape[:2], bool)
+    ring_mask[10:90, 20:100] = False  # the subject itself
+    assert ring[ring_mask].max() < 60  # stays dark: no bright halo from the subject
+    naive = cv2.blur(frame, (51, 51))[40:140, 100:220].astype(int)
+    assert naive[ring_mask].max() > 120  # what a plain blur would have done
+    assert np.array_equal(out[60:120, 130:190], frame[60:120, 130:190])
+    assert out[0:30].std() < frame[0:30].std() / 2  # the background really is blurred
+
+
+def test_blur_when_the_subject_fills_the_frame() -> None:
+    frame, _ = scene()
+    out = Compositor(BackgroundSettings(mode="blur")).apply(frame, np.ones((H, W), np.float32))
+    assert np.array_equal(out, frame)
+
+
+def test_transparent_gives_bgra_with_the_matte_as_alpha() -> None:
+    frame, alpha = scene()
+    alpha[0:10] = 0.5
+    out = Compositor(BackgroundSettings(mode="transparent")).apply(frame, alpha)
+    assert out.shape == (H, W, 4) and out.dtype == np.uint8
+    assert np.array_equal(out[..., :3], frame)
+    assert np.array_equal(out[..., 3], np.round(alpha * 255).astype(np.uint8))
+
+
+def test_image_cover_and_contain(tmp_path: Path) -> None:
+    img = np.zeros((100, 400, 3), np.uint8)  # 4:1, wider than the 16:9 frame
+    img[:, :200] = (255, 0, 0)
+    img[:, 200:] = (0, 0, 255)
+    path = tmp_path / "bg.png"
+    cv2.imwrite(str(path), img)
+    frame, alpha = scene()
+    cover = Compositor(BackgroundSettings(mode="image", image=str(path))).apply(frame, alpha)
+    assert tuple(cover[5, 5]) == (255, 0, 0) and tuple(cover[5, W - 5]) == (0, 0, 255)
+    contain = Compositor(BackgroundSettings(mode="image", image=str(path), fit="contain",
+                                            color="#00ff00")).apply(frame, alpha)
+    assert tuple(contain[2, 5]) == (0, 255, 0)  # letterbox bar in the colour setting
+    assert tuple(contain[H // 2, 5]) == (255, 0, 0)
+
+
+def test_fit_image_sizes() -> None:
+    img = np.zeros((30, 40, 3), np.uint8)
+    for fit in ("cover", "contain"):
+        assert fit_image(img, 320, 180, fit).shape == (180, 320, 3)
+
+
+def test_switching_modes_while_running(tmp_path: Path) -> None:
+    frame, alpha = scene()
+    path = tmp_path / "bg.jpg"
+    cv2.imwrite(str(path), np.full((90, 160, 3), (0, 0, 200), np.uint8))
+    comp = Compositor(BackgroundSettings(mode="blur"))
+    seen = []
+    for s in (BackgroundSettings(mode="color", color="#ffffff"),
+              BackgroundSettings(mode="image", image=str(path)),
+              BackgroundSettings(mode="image", image=str(path), fit="contain"),
+              BackgroundSettings(mode="transparent"), BackgroundSettings(mode="blur")):
+        comp.update(s)
+        out = comp.apply(frame, alpha)
+        seen.append(out[5, 5].tolist())
+        assert comp.settings == s
+    assert seen[0] == [255, 255, 255]
+    assert abs(seen[1][2] - 200) <= 3 and seen[1][0] <= 3
+    assert len(seen[3]) == 4 and seen[3][3] == 0
+    comp.close()
+
+
+def png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose header claims width x height (decoding it would need gigabytes)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "huge", "empty"])
+def test_bad_image_raises_and_keeps_the_previous_background(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "upload.png"
+    if kind == "corrupt":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    elif kind == "huge":
+        png_header_only(path, 10_000, 6_000)  # 60 megapixels
+    elif kind == "empty":
+        path.write_bytes(b"")
+    frame, alpha = scene()
+    comp = Compositor(BackgroundSettings(mode="color", color="#0000ff"))
+    before = comp.apply(frame, alpha)
+    with pytest.raises(BackgroundError, match="upload.png") as err:
+        comp.update(BackgroundSettings(mode="image", image=str(path)))
+    assert isinstance(err.value, ValueError)
+    if kind == "huge":
+        assert "megapixels" in str(err.value)
+    assert comp.settings.mode == "color"
+    assert np.array_equal(comp.apply(frame, alpha), before)
+
+
+def test_bad_image_in_the_constructor(tmp_path: Path) -> None:
+    with pytest.raises(BackgroundError, match="no such file"):
+        Compositor(BackgroundSettings(mode="image", image=str(tmp_path / "nope.jpg")))
+
+
+def test_video_background_loops(tmp_path: Path) -> None:
+    colors = [(0, 0, 255), (0, 255, 0), (255, 0, 0), (255, 255, 255)]
+    path = tmp_path / "loop.mp4"
+    write_video(path, colors)
+    frame, alpha = scene()
+    comp = Compositor(BackgroundSettings(mode="video", video=str(path)))
+    shown: list[int] = []  # background colour per output frame, repeats collapsed
+    deadline = time.monotonic() + 20
+    while len(shown) < 9 and time.monotonic() < deadline:
+        time.sleep(0.01)  # a slow decoder repeats a frame; apply itself never waits
+        px = comp.apply(frame, alpha)[5, 5].astype(int)
+        index = int(np.argmin([np.abs(px - c).sum() for c in colors]))
+        if not shown or shown[-1] != index:
+            shown.append(index)
+    comp.close()
+    assert shown == [0, 1, 2, 3, 0, 1, 2, 3, 0]  # in order, and back to the start
+
+
+def test_video_switch_to_a_bad_file_keeps_playing(tmp_path: Path) -> None:
+    good = tmp_path / "good.mp4"
+    write_video(good, [(0, 0, 255)] * 3)
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"\x00" * 1000)
+    frame, alpha = scene()
+    comp = Compositor(BackgroundSettings(mode="video", video=str(good)))
+    with pytest.raises(BackgroundError, match="bad.mp4"):
+        comp.update(BackgroundSettings(mode="video", video=str(bad)))
+    with pytest.raises(BackgroundError, match="no such file"):
+        comp.update(BackgroundSettings(mode="video", video=str(tmp_path / "gone.mp4")))
+    assert tuple(comp.apply(frame, alpha)[5, 5]) == pytest.approx((0, 0, 255), abs=8)
+    comp.close()
+
+
+def test_frame_and_alpha_must_match() -> None:
+    frame, alpha = scene()
+    comp = Compositor()
+    with pytest.raises(ValueError, match="does not match"):
+        comp.apply(frame, alpha[:10])
+    with pytest.raises(ValueError, match="uint8"):
+        comp.apply(frame[..., 0], alpha)
