@@ -32,6 +32,7 @@ import email.utils
 import logging
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -169,6 +170,10 @@ class ControlServer:
             process_request=self._process_request, max_size=control.MAX_MESSAGE_BYTES,
             max_queue=4, compression=None, ping_interval=20, ping_timeout=20)
         self.port = self._server.sockets[0].getsockname()[1]
+        if server.host not in LOOPBACK_HOSTS:  # only possible with allow_remote (config checks)
+            print(f"live: WARNING: listening on {server.host}:{self.port}, reachable from the "
+                  "network; anyone with the token can see and steer the video sessions",
+                  file=sys.stderr, flush=True)
 
     @property
     def url(self) -> str:
@@ -457,9 +462,6 @@ def serve(settings: Settings) -> None:
     async def main() -> None:
         server = ControlServer(settings)
         await server.start()
-        if settings.server.host not in LOOPBACK_HOSTS:
-            print(f"live: WARNING: listening on {settings.server.host}, reachable from the "
-                  "network; anyone with the token can use your camera session", flush=True)
         print(f"live: serving on {server.url}\nlive: open that URL in a browser "
               "(Ctrl-C stops)", flush=True)
         try:
