@@ -13,7 +13,8 @@ import av
 import numpy as np
 import pytest
 
-from server_helpers import ServerThread, load_clip, pipeline_threads, test_settings
+from server_helpers import (ServerThread, StreamingPeer, load_clip, pipeline_threads,
+                            test_settings)
 
 pytestmark = pytest.mark.browser
 
@@ -132,6 +133,19 @@ def test_page_replaces_background_sends_clicks_and_follows_the_panel(browser_pat
 
             stats = wait_for(lambda: page.text_content("#stats"), 5, "the pushed stats line")
             assert "fps" in stats and "segment" in stats, stats
+
+            # Another session (here a Python peer) shows up in the picker and can be steered.
+            other = StreamingPeer(st, load_clip(clip_path, 5))
+            try:
+                page.wait_for_selector(f"#session-select option[value='{other.session}']",
+                                       state="attached", timeout=10_000)
+                page.select_option("#session-select", other.session)
+                page.select_option("#bg-mode", "transparent")
+                wait_for(lambda: server.sessions[other.session].processor.settings.background
+                         .mode == "transparent", 5, "the other session to follow the panel")
+                assert session.processor.settings.background.mode == "image"  # untouched
+            finally:
+                other.close()
 
             page.click("#disconnect")
             wait_for(lambda: not server.sessions and not pipeline_threads(), 20,
