@@ -15,8 +15,9 @@ so the comparison isolates the matte stage:
 
 Metrics, on the full-resolution alpha (see each function): IoU, DAVIS
 boundary F, flicker (change where the ground truth did not change) and lag
-(error where the ground truth did change). The last stdout line is one JSON
-object; PNG plots go to ``--out``.
+(error where the ground truth did change). Speed: median ms of the matte and
+of the compositor per background mode at 1280x720. The last stdout line is
+one JSON object; PNG plots go to ``--out``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -34,6 +36,7 @@ import numpy as np
 
 from live.config import EngineSettings, MatteSettings
 from live.matte import Matte
+from live.subjects import SubjectSelector
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("raw", "ema50", "obs", "live")
@@ -245,27 +248,72 @@ def load_sequence(seq: Path, max_frames: int | None) -> tuple[list[np.ndarray], 
 
 # ---------------------------------------------------------------- timing
 
-def matte_ms_p50(data: Path, low_res: np.ndarray, runs: int = 60) -> float:
-    """Median ms of ``Matte.apply`` on a 1280x720 frame (the clip when present)."""
-    frame = None
+def clip_frames(data: Path, n: int = 60) -> list[np.ndarray]:
+    """``n`` successive 1280x720 frames: the webcam-like clip when present, else DAVIS."""
+    frames = []
     clip = data / "clips" / "06_pingpong.mp4"
     if clip.is_file():
         cap = cv2.VideoCapture(str(clip))
-        ok, frame = cap.read()
+        while len(frames) < n:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            frames.append(frame)
         cap.release()
-        frame = frame if ok else None
-    if frame is None:  # no clip: any DAVIS frame stretched to 720p has the same cost
-        frame = cv2.imread(str(next(data.glob("davis-*/frames/*.jpg"))))
-    frame = cv2.resize(frame, (1280, 720))
-    matte = Matte(MatteSettings())
+    if not frames:  # no clip: DAVIS frames stretched to 720p cost the same
+        paths = sorted(data.glob("davis-*/frames/*.jpg"))[:n]
+        frames = [cv2.imread(str(p)) for p in paths]
+    return [cv2.resize(f, (1280, 720)) if f.shape[:2] != (720, 1280) else f for f in frames]
+
+
+def median_ms(fn: Callable[[int], object], n: int, warmup: int = 5) -> float:
     times = []
-    for i in range(runs + 5):
-        alpha = np.roll(low_res, i % 3, axis=1)  # a mask that moves, as in a stream
+    for i in range(n + warmup):
         t0 = time.perf_counter()
-        matte.apply(alpha, frame)
-        if i >= 5:
+        fn(i % n)
+        if i >= warmup:
             times.append((time.perf_counter() - t0) * 1e3)
     return float(np.median(times))
+
+
+def stage_timings(data: Path, segmenter, tmp: Path, n_frames: int = 60,
+                  rounds: int = 3) -> dict[str, object]:
+    """Median ms of Matte.apply and of Compositor.apply per background mode, at 1280x720.
+
+    Successive real frames and their real segmenter alphas, so the temporal
+    filter and the video decoder see a stream, not one frame over and over.
+    """
+    from live.composite import Compositor
+    from live.config import BackgroundSettings
+
+    frames = clip_frames(data, n_frames)
+    segmenter.reset()
+    lows = [segmenter.step(f) for f in frames]
+    matte = Matte(MatteSettings())
+    alphas = [matte.apply(low, f) for low, f in zip(lows, frames)]
+    n = len(frames)
+    image = tmp / "background.jpg"
+    cv2.imwrite(str(image), cv2.resize(frames[n // 2], (1920, 1080)))
+    modes = {"blur": BackgroundSettings(mode="blur"),
+             "color": BackgroundSettings(mode="color"),
+             "image": BackgroundSettings(mode="image", image=str(image)),
+             "transparent": BackgroundSettings(mode="transparent")}
+    video = data / "clips" / "05_default_juggle.mp4"
+    if video.is_file():
+        modes["video"] = BackgroundSettings(mode="video", video=str(video))
+    matte_runs, comp_runs = [], {m: [] for m in modes}
+    for _ in range(rounds):  # interleaved rounds: a burst of load on the machine hits all alike
+        matte.reset()
+        matte_runs.append(median_ms(lambda i: matte.apply(lows[i], frames[i]), n))
+        for mode, settings in modes.items():
+            comp = Compositor(settings)
+            comp_runs[mode].append(median_ms(lambda i: comp.apply(frames[i], alphas[i]), n))
+            comp.close()
+    composite = {m: round(float(np.median(v)), 3) for m, v in comp_runs.items()}
+    matte_ms = float(np.median(matte_runs))
+    return {"matte_ms_p50": round(matte_ms, 3), "composite_ms_p50": composite,
+            "matte_plus_composite_ms_p50": {m: round(matte_ms + v, 3)
+                                            for m, v in composite.items()}}
 
 
 # ---------------------------------------------------------------- plots
@@ -327,10 +375,11 @@ def plot_curves(out: Path, seq: str, series: dict[str, dict[str, list]]) -> None
 # ---------------------------------------------------------------- main
 
 def evaluate_sequence(seq: Path, segmenter, max_frames: int | None, out: Path | None,
-                      n_examples: int = 3) -> tuple[dict, np.ndarray]:
+                      subjects: str = "all", n_examples: int = 3) -> dict:
     frames, gts = load_sequence(seq, max_frames)
     segmenter.reset()
-    lows = [segmenter.step(f) for f in frames]
+    selector = SubjectSelector(subjects)  # the pipeline's step between segment and matte
+    lows = [selector.apply(segmenter.step(f)) for f in frames]
     methods = {name: make() for name, make in make_methods().items()}
     example_at = set(np.linspace(len(frames) // 4, len(frames) - 1, n_examples).astype(int))
     series, examples = {}, []
@@ -344,8 +393,7 @@ def evaluate_sequence(seq: Path, segmenter, max_frames: int | None, out: Path | 
         for i in sorted(example_at):
             examples.append(side_by_side(frames[i], gts[i], {n: o[i] for n, o in outputs.items()}))
             cv2.imwrite(str(out / f"{seq.name}_{i:05d}_side_by_side.png"), examples[-1])
-    result = {name: {m: mean_defined(s[m]) for m in METRICS} for name, s in series.items()}
-    return result, lows[0]
+    return {name: {m: mean_defined(s[m]) for m in METRICS} for name, s in series.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -360,6 +408,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sequences", default=None,
                         help="comma-separated subset, e.g. hike,lucia (default: all)")
     parser.add_argument("--max-frames", type=int, default=None, help="frames per sequence")
+    parser.add_argument("--subjects", choices=("all", "main"), default="all",
+                        help="keep every person the engine finds, or only the main subject "
+                        "(applied before every method alike)")
+    parser.add_argument("--timing-frames", type=int, default=60,
+                        help="1280x720 frames in each speed measurement")
     args = parser.parse_args(argv)
 
     from live.segment import create_segmenter
@@ -368,17 +421,19 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     segmenter = create_segmenter(EngineSettings(name=args.engine))
     per_seq: dict[str, dict] = {}
-    low = None
     for seq in seqs:
-        per_seq[seq.name], low = evaluate_sequence(seq, segmenter, args.max_frames, args.out)
+        per_seq[seq.name] = evaluate_sequence(seq, segmenter, args.max_frames, args.out,
+                                              args.subjects)
         row = "  ".join(f"{m} iou {r['iou']:.3f} bf {r['boundary_f']:.3f} "
                         f"fl {r['flicker']:.3f} lag {r['lag']:.2f}"
                         for m, r in per_seq[seq.name].items())
         print(f"{seq.name}: {row}", file=sys.stderr)
     mean = {method: {m: float(np.mean([per_seq[s][method][m] for s in per_seq]))
                      for m in METRICS} for method in METHODS}
-    result = {"engine": args.engine, "sequences": per_seq, "mean": mean,
-              "matte_ms_p50": matte_ms_p50(args.data, low)}
+    result = {"engine": args.engine, "subjects": args.subjects, "sequences": per_seq,
+              "mean": mean}
+    with tempfile.TemporaryDirectory() as tmp:
+        result.update(stage_timings(args.data, segmenter, Path(tmp), args.timing_frames))
     print(json.dumps(result))
     return result
 

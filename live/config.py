@@ -181,6 +181,10 @@ class Settings:
             raise SettingsError("background.mode 'image' needs background.image (a file path)")
         if bg.mode == "video" and not bg.video:
             raise SettingsError("background.mode 'video' needs background.video (a file path)")
+        if self.matte.adaptive_change_lo >= self.matte.adaptive_change_hi:
+            raise SettingsError("matte.adaptive_change_lo must be below matte.adaptive_change_hi, "
+                                f"got {self.matte.adaptive_change_lo} and "
+                                f"{self.matte.adaptive_change_hi}")
         size = self.engine.image_size
         if size is not None and size % 32:
             raise SettingsError(f"engine.image_size must be a multiple of 32, got {size}")

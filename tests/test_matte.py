@@ -142,3 +142,5 @@ def test_every_matte_setting_has_help_and_bounds() -> None:
     with pytest.raises(SettingsError, match="adaptive_motion"):
         Settings().merged({"matte": {"adaptive_motion": 2}})
     assert Settings().merged({"matte": {"guide_size": 480}}).matte.guide_size == 480
+    with pytest.raises(SettingsError, match="adaptive_change_lo must be below"):
+        Settings().merged({"matte": {"adaptive_change_lo": 0.6, "adaptive_change_hi": 0.5}})

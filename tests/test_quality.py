@@ -82,7 +82,7 @@ def test_obs_recipe_is_a_hard_mask_with_holes_filled() -> None:
 
 def test_benchmark_json_has_every_key(data_dir, tmp_path, capsys) -> None:
     result = main(["--data", str(data_dir), "--sequences", "hike", "--max-frames", "4",
-                   "--out", str(tmp_path)])
+                   "--out", str(tmp_path), "--timing-frames", "8"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last) == json.loads(json.dumps(result))
     assert result["engine"] == "selfie"
@@ -94,6 +94,8 @@ def test_benchmark_json_has_every_key(data_dir, tmp_path, capsys) -> None:
             assert all(np.isfinite(v) for v in table[method].values())
     assert 0.3 < result["mean"]["live"]["iou"] <= 1.0
     assert result["matte_ms_p50"] > 0
+    assert {"blur", "color", "image", "transparent"} <= set(result["composite_ms_p50"])
+    assert all(v > 0 for v in result["matte_plus_composite_ms_p50"].values())
     pngs = {p.name for p in tmp_path.glob("*.png")}
     assert "davis-hike_curves.png" in pngs
     assert any(name.endswith("side_by_side.png") for name in pngs)
