@@ -71,8 +71,55 @@ def blend(frame: np.ndarray, background: np.ndarray, alpha: np.ndarray) -> np.nd
     return cv2.add(fg, cv2.multiply(background, a3, scale=1.0 / 255.0))
 
 
+def halve(image: np.ndarray, times: int = 1) -> np.ndarray:
+    """``image`` shrunk by 2**times, each step an exact 2x2 mean (fast, alias-free).
+
+    A mean of non-negative values is non-zero wherever any input was, so a
+    halved alpha still shows every pixel the person touches.
+    """
+    for _ in range(times):
+        image = cv2.resize(image, (max(1, image.shape[1] // 2), max(1, image.shape[0] // 2)),
+                           interpolation=cv2.INTER_LINEAR)
+    return image
+
+
+class AlphaLevels:
+    """The alpha and its successive halvings, each computed once and only when asked."""
+
+    def __init__(self, alpha: np.ndarray):
+        self._levels = [alpha]
+
+    def level(self, k: int) -> np.ndarray:
+        while len(self._levels) <= k:
+            self._levels.append(halve(self._levels[-1]))
+        return self._levels[k]
+
+
+BOX_LEVEL = 3  # the person's bounding box is found on the alpha shrunk 8x
+
+
+def person_box(levels: AlphaLevels) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) around every pixel with alpha > 0, or None when there is none.
+
+    Outside this box the output is the background as is, so the per-pixel
+    blend only runs inside it (a fraction of the frame in webcam framing).
+    """
+    full, small = levels.level(0), levels.level(BOX_LEVEL)
+    rows = np.flatnonzero(small.max(axis=1) > 0)
+    if len(rows) == 0:
+        return None
+    cols = np.flatnonzero(small.max(axis=0) > 0)
+    h, w = full.shape
+    sy, sx = h / small.shape[0], w / small.shape[1]
+    x0, x1 = max(0, int((cols[0] - 1) * sx)), min(w, int(np.ceil((cols[-1] + 2) * sx)))
+    y0, y1 = max(0, int((rows[0] - 1) * sy)), min(h, int(np.ceil((rows[-1] + 2) * sy)))
+    return x0, y0, x1, y1
+
+
 class Background(Protocol):
-    def render(self, frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    fresh: bool  # render returns a new array each call (the compositor may write into it)
+
+    def render(self, frame: np.ndarray, alpha: AlphaLevels) -> np.ndarray:
         """The background for this frame, uint8 BGR at the frame's size."""
 
     def close(self) -> None:
@@ -84,30 +131,30 @@ class BlurBackground:
 
     A plain blur smears the person into a halo around them. Here the blur is
     normalised by the background weight: blur(frame * (1 - a)) / blur(1 - a),
-    so each background pixel averages background only. It runs on a small
-    copy (the blur hides the lost detail) and is upsampled once.
+    so each background pixel averages background only. It runs on a copy
+    shrunk by a power of two (the blur hides the lost detail; the alpha is
+    shrunk the same way, shared with the person box) and is upsampled once.
     """
+
+    fresh = True
 
     def __init__(self, strength: int):
         self.strength = strength
 
-    def render(self, frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    def render(self, frame: np.ndarray, alpha: AlphaLevels) -> np.ndarray:
         h, w = frame.shape[:2]
         radius = self.strength * h / 720.0  # the setting is in 720p pixels
-        down = float(np.clip(radius / 3.0, 1.0, 8.0))  # keep ~3+ px of blur radius when small
-        sw, sh = max(1, round(w / down)), max(1, round(h / down))
-        small = _downsample(frame, sw, sh).astype(np.float32)
-        weight = _downsample(alpha, sw, sh)
-        np.subtract(1.0, weight, out=weight)  # background weight
-        r = max(1, round(radius / down))
-        k = (2 * r + 1, 2 * r + 1)
-        num = cv2.stackBlur(small * weight[..., None], k)
-        den = cv2.stackBlur(weight, k)
+        k = int(np.clip(round(np.log2(max(radius, 1.0) / 3.0)), 1, 4))  # keep ~3 px of radius
+        small = halve(frame, k).astype(np.float32)
+        weight = 1.0 - alpha.level(k)  # background weight
+        r = max(1, round(radius * small.shape[1] / w))
+        ksize = (2 * r + 1, 2 * r + 1)
+        num = cv2.stackBlur(small * weight[..., None], ksize)
+        den = cv2.stackBlur(weight, ksize)
         # Deep inside the person no background is in reach (den ~ 0): fall back
         # to the plain blur there; the person covers it anyway.
         eps = 0.02
-        plain = cv2.stackBlur(small, k)
-        num += eps * plain
+        num += eps * cv2.stackBlur(small, ksize)
         den += eps
         bg_small = (num / den[..., None]).astype(np.uint8)
         return cv2.resize(bg_small, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -116,23 +163,16 @@ class BlurBackground:
         pass
 
 
-def _downsample(frame: np.ndarray, sw: int, sh: int) -> np.ndarray:
-    """A cheap but alias-free shrink: halve bilinearly while far above, then area."""
-    img = frame
-    while img.shape[1] >= 4 * sw and img.shape[0] >= 4 * sh:
-        img = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2),
-                         interpolation=cv2.INTER_LINEAR)
-    return cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA)
-
-
 class StillBackground:
     """A fixed picture (a solid colour or an image), fitted once per frame size."""
+
+    fresh = False
 
     def __init__(self, image: np.ndarray, fit: str, fill: tuple[int, int, int]):
         self.image, self.fit, self.fill = image, fit, fill
         self._cache: np.ndarray | None = None
 
-    def render(self, frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    def render(self, frame: np.ndarray, alpha: AlphaLevels) -> np.ndarray:
         h, w = frame.shape[:2]
         if self._cache is None or self._cache.shape[:2] != (h, w):
             self._cache = fit_image(self.image, w, h, self.fit, self.fill)
@@ -178,6 +218,8 @@ class VideoBackground:
     The file is opened and its first frame decoded in the constructor: a bad
     file fails there, before anything is swapped.
     """
+
+    fresh = False
 
     def __init__(self, path: str, fit: str, fill: tuple[int, int, int]):
         self.path, self.fit, self.fill = path, fit, fill
@@ -237,7 +279,7 @@ class VideoBackground:
                 except queue.Full:
                     continue
 
-    def render(self, frame: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    def render(self, frame: np.ndarray, alpha: AlphaLevels) -> np.ndarray:
         h, w = frame.shape[:2]
         self._size = (w, h)
         try:
@@ -328,7 +370,17 @@ class Compositor:
             out = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2BGRA)
             out[:, :, 3] = cv2.convertScaleAbs(alpha, alpha=255.0)
             return out
-        return blend(frame_bgr, background.render(frame_bgr, alpha), alpha)
+        levels = AlphaLevels(alpha)
+        bg = background.render(frame_bgr, levels)
+        box = person_box(levels)
+        if box == (0, 0, alpha.shape[1], alpha.shape[0]):
+            return blend(frame_bgr, bg, alpha)
+        out = bg if background.fresh else bg.copy()
+        if box is not None:
+            x0, y0, x1, y1 = box
+            out[y0:y1, x0:x1] = blend(frame_bgr[y0:y1, x0:x1], bg[y0:y1, x0:x1],
+                                      alpha[y0:y1, x0:x1])
+        return out
 
     def close(self) -> None:
         if self._background is not None:

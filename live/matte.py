@@ -79,10 +79,50 @@ def guided_upsample(alpha: np.ndarray, gray: np.ndarray, guide: np.ndarray, radi
     b = mean_p - a * mean_i
     a = cv2.blur(a, ksize) * (1.0 / 255.0)  # fold the guide's /255 in: q = a * gray + b
     b = cv2.blur(b, ksize)
-    q = cv2.multiply(cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR), gray,
-                     dtype=cv2.CV_32F)
-    cv2.add(q, cv2.resize(b, (w, h), interpolation=cv2.INTER_LINEAR), dst=q)
-    np.clip(q, 0.0, 1.0, out=q)
+    return apply_coefficients(a, b, gray)
+
+
+ZERO = 1e-4  # coefficients below this (in alpha units) count as "no person here"
+
+
+def apply_coefficients(a: np.ndarray, b: np.ndarray, gray: np.ndarray) -> np.ndarray:
+    """q = a * gray + b at full resolution, with a and b bilinearly upsampled.
+
+    Only the box around the person is computed: far from the person a and b
+    are 0, so q is 0 there. In webcam framing that box is a fraction of the
+    frame, and this full-resolution step is most of the matte's cost. The
+    box is upsampled with ``warpAffine`` so its pixels equal a whole-frame
+    ``resize``; when the box is most of the frame a plain resize is faster.
+    """
+    gh, gw = a.shape
+    h, w = gray.shape
+    active = (np.abs(a) * 255.0 > ZERO) | (np.abs(b) > ZERO)
+    rows, cols = np.flatnonzero(active.any(axis=1)), np.flatnonzero(active.any(axis=0))
+    q = np.zeros((h, w), np.float32)
+    if len(rows) == 0:
+        return q
+    sx, sy = w / gw, h / gh
+    # full-res pixels whose bilinear support touches an active grid cell, plus 1 px
+    x0 = max(0, int(np.floor((cols[0] - 0.5) * sx - 0.5)) - 1)
+    x1 = min(w, int(np.ceil((cols[-1] + 1.5) * sx - 0.5)) + 2)
+    y0 = max(0, int(np.floor((rows[0] - 0.5) * sy - 0.5)) - 1)
+    y1 = min(h, int(np.ceil((rows[-1] + 1.5) * sy - 0.5)) + 2)
+    if (x1 - x0) * (y1 - y0) > 0.7 * w * h:
+        x0, y0, x1, y1 = 0, 0, w, h
+        a_up = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
+        b_up = cv2.resize(b, (w, h), interpolation=cv2.INTER_LINEAR)
+    else:
+        m = np.array([[1 / sx, 0, (x0 + 0.5) / sx - 0.5], [0, 1 / sy, (y0 + 0.5) / sy - 0.5]])
+        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+        size = (x1 - x0, y1 - y0)
+        a_up = cv2.warpAffine(a, m, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
+        b_up = cv2.warpAffine(b, m, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    box = cv2.multiply(a_up, gray[y0:y1, x0:x1], dtype=cv2.CV_32F)
+    cv2.add(box, b_up, dst=box)
+    np.clip(box, 0.0, 1.0, out=box)
+    if box.shape == q.shape:
+        return box
+    q[y0:y1, x0:x1] = box
     return q
 
 

@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from live.composite import BackgroundError, Compositor, fit_image, hex_to_bgr
+from live.composite import (AlphaLevels, BackgroundError, BlurBackground, Compositor, blend,
+                            fit_image, hex_to_bgr)
 from live.config import BackgroundSettings
 
 H, W = 180, 320
@@ -200,3 +201,18 @@ def test_frame_and_alpha_must_match() -> None:
         comp.apply(frame, alpha[:10])
     with pytest.raises(ValueError, match="uint8"):
         comp.apply(frame[..., 0], alpha)
+
+
+def test_blending_only_around_the_person_changes_nothing() -> None:
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    alpha = np.zeros((H, W), np.float32)
+    alpha[40:100, 60:150] = rng.random((60, 90), dtype=np.float32)
+    alpha[170, 300] = 0.7  # one stray pixel far from the rest
+    backgrounds = {"#203040": np.full((H, W, 3), (0x40, 0x30, 0x20), np.uint8),
+                   "blur": BlurBackground(21).render(frame, AlphaLevels(alpha))}
+    for spec, bg in backgrounds.items():
+        settings = BackgroundSettings(mode="blur", blur=21) if spec == "blur" else \
+            BackgroundSettings(mode="color", color=spec)
+        out = Compositor(settings).apply(frame, alpha)
+        assert np.array_equal(out, blend(frame, bg, alpha))

@@ -144,3 +144,21 @@ def test_every_matte_setting_has_help_and_bounds() -> None:
     assert Settings().merged({"matte": {"guide_size": 480}}).matte.guide_size == 480
     with pytest.raises(SettingsError, match="adaptive_change_lo must be below"):
         Settings().merged({"matte": {"adaptive_change_lo": 0.6, "adaptive_change_hi": 0.5}})
+
+
+def test_full_resolution_step_is_only_computed_around_the_person() -> None:
+    import cv2
+
+    from live.matte import apply_coefficients
+
+    rng = np.random.default_rng(4)
+    a = np.zeros((45, 80), np.float32)
+    b = np.zeros((45, 80), np.float32)
+    a[10:20, 30:50] = rng.normal(0, 0.01, (10, 20))
+    b[12:30, 32:48] = rng.random((18, 16))
+    gray = rng.integers(0, 256, (180, 320), dtype=np.uint8)
+    whole = cv2.multiply(cv2.resize(a, (320, 180)), gray, dtype=cv2.CV_32F)
+    whole = np.clip(whole + cv2.resize(b, (320, 180)), 0, 1)
+    boxed = apply_coefficients(a, b, gray)
+    assert np.array_equal(boxed, whole)
+    assert not boxed[:, :100].any() and not boxed[:, 220:].any()  # far from the person: 0
