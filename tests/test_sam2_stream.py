@@ -35,6 +35,16 @@ def model() -> torch.nn.Module:
                                       hydra_overrides_extra=[f"++model.image_size={SIZE}"])
 
 
+@pytest.fixture(scope="module")
+def model64() -> torch.nn.Module:
+    """The smallest size SAM 2 takes: the 300-frame memory test only counts bytes."""
+    from sam2.build_sam import build_sam2_video_predictor
+
+    torch.manual_seed(0)
+    return build_sam2_video_predictor(CONFIG, ckpt_path=None, device="cpu",
+                                      hydra_overrides_extra=["++model.image_size=64"])
+
+
 @dataclass
 class Clip:
     folder: Path  # JPEGs named 00000.jpg ... as the official loader wants
@@ -140,6 +150,18 @@ def assert_identical(model, clip, events, n, max_cond_frames=4):
     return stream
 
 
+def test_preprocessing_equals_official_loader(model, data_dir, tmp_path):
+    from sam2.utils.misc import load_video_frames
+
+    clip = make_clip(data_dir, tmp_path, "lucia", 3)
+    images, h, w = load_video_frames(str(clip.folder), SIZE, offload_video_to_cpu=True,
+                                     compute_device=torch.device("cpu"))
+    stream = StreamingSAM2(model, precision="fp32")
+    assert (h, w) == clip.frames[0].shape[:2]
+    for i, frame in enumerate(clip.frames):
+        assert torch.equal(stream.preprocess(frame)[0], images[i])
+
+
 def test_point_prompt_matches_official(model, data_dir, tmp_path):
     clip = make_clip(data_dir, tmp_path, "hike", 40)
     events = [Event(0, "next", Prompt(obj_id=1, points=(inside_point(clip.masks[0]),)))]
@@ -182,7 +204,8 @@ def official_state_bytes(state: dict) -> int:
                          state["constants"]])
 
 
-def test_state_is_bounded_while_official_grows(model, data_dir, tmp_path):
+def test_state_is_bounded_while_official_grows(model64, data_dir, tmp_path):
+    model = model64
     n = 300
     clip = make_clip(data_dir, tmp_path, "breakdance", n)
     events = [Event(0, "next", Prompt(obj_id=1, points=(inside_point(clip.masks[0]),)))]
@@ -197,7 +220,7 @@ def test_state_is_bounded_while_official_grows(model, data_dir, tmp_path):
     assert sizes[100] == sizes[-1] > 0
     assert stream.stats()["memory_bank_bytes"] == sizes[-1]
     # the official predictor on a prefix of the same clip: one more entry per frame
-    short = 60
+    short = 40
     _, _, state = run_official(model, clip, events, short)
     grown = official_state_bytes(state)
     model.reset_state(state)
@@ -250,6 +273,11 @@ def test_clear_errors(model, data_dir, tmp_path):
         StreamingSAM2(model, max_cond_frames=1)
     with pytest.raises(ValueError, match="BGR uint8"):
         stream.step(np.zeros((4, 4), np.uint8))
+    # before any frame a click cannot be checked against the frame: dropped with a warning
+    stream.reset()
+    stream.add_prompt(Prompt(points=((w + 5.0, 10.0, 1),)))
+    stream.step(clip.frames[0])
+    assert stream.obj_ids == []
 
 
 def test_missing_checkpoint_names_the_fetch_command(tmp_path, monkeypatch):

@@ -30,7 +30,9 @@ before propagating again.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -140,6 +142,15 @@ def tensor_bytes(obj: Any, seen: set[int] | None = None) -> int:
     return 0
 
 
+def _locked(method):
+    """The pipeline steps frames in a worker thread while clicks arrive from the event loop."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
 def _has_hole_filling_kernel() -> bool:
     try:
         from sam2 import _C  # noqa: F401  (CUDA extension, absent in CPU-only installs)
@@ -209,6 +220,7 @@ class StreamingSAM2:
             else:
                 log.warning("torch.compile of the SAM 2 encoder is only used on CUDA; ignored")
         self._pos_enc: list[torch.Tensor] | None = None  # THE shared memory positional encoding
+        self._lock = threading.RLock()
         self.reset()
 
     @classmethod
@@ -222,6 +234,7 @@ class StreamingSAM2:
 
     # ------------------------------------------------------------------ public API
 
+    @_locked
     def reset(self) -> None:
         self._banks: dict[int, _ObjectBank] = {}
         self._pending: list[Prompt] = []
@@ -243,11 +256,13 @@ class StreamingSAM2:
         """Raise PromptError for a prompt this stream cannot take (checked against the last frame)."""
         self._validate(prompt, *(self._video_hw or (None, None)))
 
+    @_locked
     def add_prompt(self, prompt: Prompt) -> None:
         """Queue a prompt for the next frame fed; that frame becomes a conditioning frame."""
         self.validate(prompt)
         self._pending.append(prompt)
 
+    @_locked
     def correct(self, prompt: Prompt) -> tuple[list[int], torch.Tensor]:
         """Apply a prompt to the frame just fed; returns every object's logits at video size.
 
@@ -263,11 +278,13 @@ class StreamingSAM2:
             is_cond = self._apply(prompt, self._frame_idx)
             return self.obj_ids, self._consolidated_video_res(self._frame_idx, is_cond)
 
+    @_locked
     def remove_object(self, obj_id: int) -> None:
         if obj_id not in self._banks:
             raise PromptError(f"unknown object id {obj_id}; tracked objects: {self.obj_ids}")
         del self._banks[obj_id]
 
+    @_locked
     def track(self, frame_bgr: np.ndarray) -> tuple[list[int], torch.Tensor]:
         """Feed one frame; per-object logits at the frame's size, like ``video_res_masks``."""
         preds = self._advance(frame_bgr)
@@ -276,6 +293,7 @@ class StreamingSAM2:
             return [], torch.empty(0, 1, h, w, device=self.device)
         return self.obj_ids, self._to_video_res(torch.cat(preds, dim=0))
 
+    @_locked
     def step(self, frame_bgr: np.ndarray) -> np.ndarray:
         """Alpha (union of all objects) at image_size x image_size, float32 in [0, 1].
 
@@ -349,7 +367,11 @@ class StreamingSAM2:
             self._video_hw = frame_bgr.shape[:2]
             pending, self._pending = self._pending, []
             for prompt in pending:
-                self._validate(prompt, *self._video_hw)
+                try:  # prompts queued before any frame could not be checked against its size
+                    self._validate(prompt, *self._video_hw)
+                except PromptError as exc:
+                    log.warning("dropped a prompt for object %s: %s", prompt.obj_id, exc)
+                    continue
                 self._apply(prompt, t)
             preds = []
             for bank in self._banks.values():

@@ -1,0 +1,195 @@
+"""Streaming SAM 2 against the official SAM2VideoPredictor: same frames, weights, device.
+
+    python -m bench.stream [--image-size 256] [--frames 300] [--model tiny]
+                           [--checkpoint PATH] [--data DIR_OR_CLIP] [--device auto]
+                           [--precision auto|fp32|bf16]
+
+Both predictors get one click on frame 0 and track every frame. They run
+interleaved, frame by frame (ours: ``track`` on the decoded frame, preprocessing
+included; theirs: the next step of ``propagate_in_video`` on frames it loaded
+up front), so the logits are compared as they come and machine load hits both
+alike. Random weights unless ``--checkpoint`` is given. The official predictor
+only reads JPEG folders, so a clip is first written out as JPEGs, and both read
+those. Prints one JSON object as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from live.checkpoints import sam2_config_name
+from live.segment import Prompt
+from live.segment.sam2_stream import (StreamingSAM2, build_model, pick_device, pick_precision,
+                                      tensor_bytes)
+
+DATA = Path(os.environ.get("LIVE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def prepare_frames(data: Path, n: int, folder: Path) -> tuple[list[np.ndarray], tuple[float, float]]:
+    """n frames as JPEGs in ``folder`` (for the official loader) and as BGR arrays, plus a click.
+
+    A DAVIS folder is ping-ponged to reach n frames and clicked inside its
+    ground-truth mask; a clip is decoded (looping) and clicked at the centre.
+    """
+    frames: list[np.ndarray] = []
+    click = None
+    if data.is_dir():
+        names = sorted(p.name for p in (data / "frames").glob("*.jpg"))
+        if not names:
+            sys.exit(f"no frames/*.jpg in {data}")
+        order = names + names[-2:0:-1]
+        for i in range(n):
+            src = data / "frames" / order[i % len(order)]
+            (folder / f"{i:05d}.jpg").symlink_to(src.resolve())
+        mask_path = data / "masks" / names[0].replace(".jpg", ".png")
+        if mask_path.is_file():
+            ys, xs = np.nonzero(np.asarray(Image.open(mask_path)) > 127)
+            click = (float(xs[len(xs) // 2]), float(ys[len(ys) // 2]))
+    else:
+        import av
+
+        decoded: list[np.ndarray] = []
+        with av.open(str(data)) as container:
+            for frame in container.decode(video=0):
+                decoded.append(frame.to_ndarray(format="rgb24"))
+                if len(decoded) >= n:
+                    break
+        for i in range(n):
+            Image.fromarray(decoded[i % len(decoded)]).save(folder / f"{i:05d}.jpg", quality=95)
+    for i in range(n):  # decode with PIL, exactly as the official loader does
+        frames.append(np.asarray(Image.open(folder / f"{i:05d}.jpg").convert("RGB"))[..., ::-1])
+    if click is None:
+        h, w = frames[0].shape[:2]
+        click = (w / 2, h / 2)
+    return frames, click
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--frames", type=int, default=300)
+    ap.add_argument("--model", default="tiny", choices=["tiny", "small", "base_plus", "large"])
+    ap.add_argument("--checkpoint", default=None, help="SAM 2.1 checkpoint (default: random weights)")
+    ap.add_argument("--data", type=Path, default=DATA / "davis-hike",
+                    help="a davis-* folder or a video clip")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
+                    help="both predictors run under the same autocast (default fp32)")
+    ap.add_argument("--max-cond-frames", type=int, default=4)
+    args = ap.parse_args(argv)
+
+    device = pick_device(args.device)
+    precision = pick_precision(device, args.precision)
+    torch.manual_seed(0)
+    model = build_model(sam2_config_name(args.model), args.checkpoint, args.image_size, device)
+    stream = StreamingSAM2(model, max_cond_frames=args.max_cond_frames, precision=precision)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    encoder_ms: list[float] = []
+    forward_image = model.forward_image
+
+    def timed_forward_image(img: torch.Tensor) -> dict:
+        sync()
+        t0 = time.perf_counter()
+        out = forward_image(img)
+        sync()
+        encoder_ms.append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    preprocess_ms: list[float] = []
+    preprocess = stream.preprocess
+
+    def timed_preprocess(frame: np.ndarray) -> torch.Tensor:
+        t0 = time.perf_counter()
+        out = preprocess(frame)
+        sync()
+        preprocess_ms.append((time.perf_counter() - t0) * 1e3)
+        return out
+
+    stream.preprocess = timed_preprocess  # type: ignore[method-assign]
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
+                else contextlib.nullcontext())
+    with tempfile.TemporaryDirectory() as tmp:
+        frames, click = prepare_frames(args.data, args.frames, Path(tmp))
+        n = len(frames)
+        t0 = time.perf_counter()
+        with autocast:
+            state = model.init_state(tmp)
+            model.add_new_points_or_box(state, 0, 1, points=np.array([click], np.float32),
+                                        labels=np.array([1], np.int32))
+        official_setup_s = time.perf_counter() - t0
+        official = model.propagate_in_video(state)
+        stream.add_prompt(Prompt(obj_id=1, points=((click[0], click[1], 1),)))
+
+        ours_ms, theirs_ms, ours_enc = [], [], []
+        worst = 0.0
+        ours_bytes = {}
+        theirs_bytes = {}
+        model.forward_image = timed_forward_image  # instance attribute: both predictors call it
+        for i in range(n):
+            encoder_ms.clear()
+            sync()
+            t0 = time.perf_counter()
+            _, ours = stream.track(frames[i])
+            sync()
+            ours_ms.append((time.perf_counter() - t0) * 1e3)
+            ours_enc.extend(encoder_ms)
+            t0 = time.perf_counter()
+            with autocast:
+                idx, _, theirs = next(official)
+            sync()
+            theirs_ms.append((time.perf_counter() - t0) * 1e3)
+            assert idx == i
+            worst = max(worst, float((ours - theirs).abs().max()))
+            if i in (100, n - 1):
+                ours_bytes[i] = stream.state_bytes()["total"]
+                theirs_bytes[i] = tensor_bytes([state["output_dict_per_obj"],
+                                                state["temp_output_dict_per_obj"],
+                                                state["constants"]])
+        model.forward_image = forward_image
+        preloaded = tensor_bytes(state["images"])
+
+    result = {
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(),
+        "torch_threads": torch.get_num_threads(),
+        "precision": precision,
+        "model": args.model,
+        "weights": args.checkpoint or "random",
+        "data": str(args.data),
+        "image_size": args.image_size,
+        "frames": n,
+        "max_abs_logit_diff": worst,
+        "stream_state_bytes_at_100": ours_bytes.get(100),
+        "stream_state_bytes_last": ours_bytes[n - 1],
+        "official_state_bytes_at_100": theirs_bytes.get(100),
+        "official_state_bytes_last": theirs_bytes[n - 1],
+        "official_preloaded_frames_bytes": preloaded,
+        "official_setup_s": round(official_setup_s, 3),
+        "stream_ms_per_frame_p50": round(statistics.median(ours_ms), 2),
+        "official_ms_per_frame_p50": round(statistics.median(theirs_ms), 2),
+        "stream_ms_per_frame_mean": round(statistics.fmean(ours_ms), 2),
+        "official_ms_per_frame_mean": round(statistics.fmean(theirs_ms), 2),
+        "encoder_ms_p50": round(statistics.median(ours_enc), 2),
+        # ours decodes each frame as it comes; the official predictor preloaded them all
+        "stream_preprocess_ms_p50": round(statistics.median(preprocess_ms), 2),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
