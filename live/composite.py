@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 
 from live.config import BackgroundSettings
+from live.matte import Box, blob_boxes
 
 MAX_IMAGE_PIXELS = 50_000_000  # the control panel uploads images: refuse decompression bombs
 MAX_VIDEO_PIXELS = 3840 * 2160
@@ -95,25 +96,21 @@ class AlphaLevels:
         return self._levels[k]
 
 
-BOX_LEVEL = 3  # the person's bounding box is found on the alpha shrunk 8x
+BOX_LEVEL = 3  # the boxes around the person are found on the alpha shrunk 8x
 
 
-def person_box(levels: AlphaLevels) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1) around every pixel with alpha > 0, or None when there is none.
+def person_boxes(levels: AlphaLevels) -> list[Box]:
+    """Disjoint boxes around every pixel with alpha > 0 (empty when there is none).
 
-    Outside this box the output is the background as is, so the per-pixel
-    blend only runs inside it (a fraction of the frame in webcam framing).
+    Outside them the output is the background as is, so the per-pixel blend
+    only runs inside (a fraction of the frame in webcam framing).
     """
     full, small = levels.level(0), levels.level(BOX_LEVEL)
-    rows = np.flatnonzero(small.max(axis=1) > 0)
-    if len(rows) == 0:
-        return None
-    cols = np.flatnonzero(small.max(axis=0) > 0)
     h, w = full.shape
     sy, sx = h / small.shape[0], w / small.shape[1]
-    x0, x1 = max(0, int((cols[0] - 1) * sx)), min(w, int(np.ceil((cols[-1] + 2) * sx)))
-    y0, y1 = max(0, int((rows[0] - 1) * sy)), min(h, int(np.ceil((rows[-1] + 2) * sy)))
-    return x0, y0, x1, y1
+    return [(int(x0 * sx), int(y0 * sy), min(w, int(np.ceil(x1 * sx))),
+             min(h, int(np.ceil(y1 * sy))))
+            for x0, y0, x1, y1 in blob_boxes(small > 0, margin=1, coarse=2)]
 
 
 class Background(Protocol):
@@ -372,12 +369,11 @@ class Compositor:
             return out
         levels = AlphaLevels(alpha)
         bg = background.render(frame_bgr, levels)
-        box = person_box(levels)
-        if box == (0, 0, alpha.shape[1], alpha.shape[0]):
+        boxes = person_boxes(levels)
+        if boxes == [(0, 0, alpha.shape[1], alpha.shape[0])]:
             return blend(frame_bgr, bg, alpha)
         out = bg if background.fresh else bg.copy()
-        if box is not None:
-            x0, y0, x1, y1 = box
+        for x0, y0, x1, y1 in boxes:  # disjoint: each reads background pixels only
             out[y0:y1, x0:x1] = blend(frame_bgr[y0:y1, x0:x1], bg[y0:y1, x0:x1],
                                       alpha[y0:y1, x0:x1])
         return out

@@ -57,17 +57,15 @@ def grid_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     return max(2, round(width * scale)), max(2, round(height * scale))
 
 
-def guided_upsample(alpha: np.ndarray, gray: np.ndarray, guide: np.ndarray, radius: float,
-                    eps: float) -> np.ndarray:
+def guided_upsample(alpha: np.ndarray, frame_bgr: np.ndarray, guide: np.ndarray,
+                    radius: float, eps: float) -> np.ndarray:
     """Fast guided filter: fit q = a*I + b on the grid, apply it to the full-res frame.
 
     ``alpha`` is any resolution; ``guide`` is the luminance on the grid in
-    [0, 1]; ``gray`` the full-resolution uint8 luminance; ``radius`` is in
-    grid pixels. The guide is the luminance, not colour: a colour guide needs
-    a 3x3 solve per pixel, too slow for the budget.
+    [0, 1]; ``radius`` is in grid pixels. The guide is the luminance, not
+    colour: a colour guide needs a 3x3 solve per pixel, too slow for the budget.
     """
     gh, gw = guide.shape
-    h, w = gray.shape
     p = cv2.resize(alpha, (gw, gh), interpolation=cv2.INTER_LINEAR)
     r = max(1, round(radius))
     ksize = (2 * r + 1, 2 * r + 1)
@@ -79,50 +77,81 @@ def guided_upsample(alpha: np.ndarray, gray: np.ndarray, guide: np.ndarray, radi
     b = mean_p - a * mean_i
     a = cv2.blur(a, ksize) * (1.0 / 255.0)  # fold the guide's /255 in: q = a * gray + b
     b = cv2.blur(b, ksize)
-    return apply_coefficients(a, b, gray)
+    return apply_coefficients(a, b, frame_bgr)
 
 
 ZERO = 1e-4  # coefficients below this (in alpha units) count as "no person here"
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (end exclusive)
 
 
-def apply_coefficients(a: np.ndarray, b: np.ndarray, gray: np.ndarray) -> np.ndarray:
+def blob_boxes(mask: np.ndarray, margin: int = 1, coarse: int = 4,
+               max_fraction: float = 0.7) -> list[Box]:
+    """Disjoint boxes, in ``mask`` cells, covering every true cell of ``mask``.
+
+    One box per blob (a person, a stray false positive), grown by ``margin``
+    cells and merged where they overlap; one box over the whole mask once
+    they cover most of it (then one big call beats several small ones). The
+    blobs are found on ``coarse`` x ``coarse`` blocks: labelling is then
+    cheap, and the boxes only grow by less than a block.
+    """
+    mh, mw = mask.shape
+    ch, cw = -(-mh // coarse), -(-mw // coarse)
+    padded = np.zeros((ch * coarse, cw * coarse), bool)
+    padded[:mh, :mw] = mask
+    blocks = padded.reshape(ch, coarse, cw, coarse).any(axis=(1, 3))
+    n, _, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(
+        blocks.view(np.uint8), 8, cv2.CV_32S, cv2.CCL_SAUF)
+    boxes = [(max(0, x * coarse - margin), max(0, y * coarse - margin),
+              min(mw, (x + bw) * coarse + margin), min(mh, (y + bh) * coarse + margin))
+             for x, y, bw, bh, _ in stats[1:n]]
+    merged = True
+    while merged and len(boxes) > 1:
+        merged = False
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                a, b = boxes[i], boxes[j]
+                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                    boxes[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]),
+                                max(a[3], b[3]))
+                    del boxes[j]
+                    merged = True
+                    break
+            if merged:
+                break
+    if sum((x1 - x0) * (y1 - y0) for x0, y0, x1, y1 in boxes) > max_fraction * mw * mh:
+        return [(0, 0, mw, mh)]
+    return boxes
+
+
+def apply_coefficients(a: np.ndarray, b: np.ndarray, frame_bgr: np.ndarray) -> np.ndarray:
     """q = a * gray + b at full resolution, with a and b bilinearly upsampled.
 
-    Only the box around the person is computed: far from the person a and b
-    are 0, so q is 0 there. In webcam framing that box is a fraction of the
-    frame, and this full-resolution step is most of the matte's cost. The
-    box is upsampled with ``warpAffine`` so its pixels equal a whole-frame
-    ``resize``; when the box is most of the frame a plain resize is faster.
+    Only the boxes around the person (and any other blob) are computed: far
+    from them a and b are 0, so q is 0 there. In webcam framing the boxes are
+    a fraction of the frame, and this full-resolution step is most of the
+    matte's cost. Each box upsamples its own crop of the grid, with two empty
+    cells of margin, so when the frame is a whole multiple of the grid (720p
+    on the default grid) its pixels equal those of a whole-frame resize.
     """
     gh, gw = a.shape
-    h, w = gray.shape
+    h, w = frame_bgr.shape[:2]
     active = (np.abs(a) * 255.0 > ZERO) | (np.abs(b) > ZERO)
-    rows, cols = np.flatnonzero(active.any(axis=1)), np.flatnonzero(active.any(axis=0))
     q = np.zeros((h, w), np.float32)
-    if len(rows) == 0:
-        return q
     sx, sy = w / gw, h / gh
-    # full-res pixels whose bilinear support touches an active grid cell, plus 1 px
-    x0 = max(0, int(np.floor((cols[0] - 0.5) * sx - 0.5)) - 1)
-    x1 = min(w, int(np.ceil((cols[-1] + 1.5) * sx - 0.5)) + 2)
-    y0 = max(0, int(np.floor((rows[0] - 0.5) * sy - 0.5)) - 1)
-    y1 = min(h, int(np.ceil((rows[-1] + 1.5) * sy - 0.5)) + 2)
-    if (x1 - x0) * (y1 - y0) > 0.7 * w * h:
-        x0, y0, x1, y1 = 0, 0, w, h
-        a_up = cv2.resize(a, (w, h), interpolation=cv2.INTER_LINEAR)
-        b_up = cv2.resize(b, (w, h), interpolation=cv2.INTER_LINEAR)
-    else:
-        m = np.array([[1 / sx, 0, (x0 + 0.5) / sx - 0.5], [0, 1 / sy, (y0 + 0.5) / sy - 0.5]])
-        flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    for cx0, cy0, cx1, cy1 in blob_boxes(active, margin=2):
+        x0, y0 = round(cx0 * sx), round(cy0 * sy)
+        x1 = w if cx1 == gw else round(cx1 * sx)
+        y1 = h if cy1 == gh else round(cy1 * sy)
         size = (x1 - x0, y1 - y0)
-        a_up = cv2.warpAffine(a, m, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
-        b_up = cv2.warpAffine(b, m, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
-    box = cv2.multiply(a_up, gray[y0:y1, x0:x1], dtype=cv2.CV_32F)
-    cv2.add(box, b_up, dst=box)
-    np.clip(box, 0.0, 1.0, out=box)
-    if box.shape == q.shape:
-        return box
-    q[y0:y1, x0:x1] = box
+        a_up = cv2.resize(a[cy0:cy1, cx0:cx1], size, interpolation=cv2.INTER_LINEAR)
+        b_up = cv2.resize(b[cy0:cy1, cx0:cx1], size, interpolation=cv2.INTER_LINEAR)
+        gray = cv2.cvtColor(frame_bgr[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY)
+        box = cv2.multiply(a_up, gray, dtype=cv2.CV_32F)
+        cv2.add(box, b_up, dst=box)
+        np.clip(box, 0.0, 1.0, out=box)
+        if size == (w, h):
+            return box
+        q[y0:y1, x0:x1] = box
     return q
 
 
@@ -210,9 +239,9 @@ class Matte:
         alpha = np.asarray(alpha_lowres, dtype=np.float32)
         h, w = frame_bgr.shape[:2]
         ah, aw = alpha.shape
-        gray = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)
         gw, gh = grid_size(w, h, s.guide_size)
-        guide = shrink(gray, gw, gh).astype(np.float32)
+        # luminance of the shrunk frame: the full-res luminance is only needed near the person
+        guide = cv2.cvtColor(shrink(frame_bgr, gw, gh), cv2.COLOR_BGR2GRAY).astype(np.float32)
         guide *= 1.0 / 255.0
         temporal_guide = None
         if s.smoothing == "adaptive" and s.adaptive_motion > 0:
@@ -225,4 +254,4 @@ class Matte:
             out = cv2.resize(smoothed, (w, h), interpolation=cv2.INTER_LINEAR)
             np.clip(out, 0.0, 1.0, out=out)
             return out
-        return guided_upsample(smoothed, gray, guide, s.feather * gw / w, s.feather_eps)
+        return guided_upsample(smoothed, frame_bgr, guide, s.feather * gw / w, s.feather_eps)
