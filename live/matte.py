@@ -96,9 +96,10 @@ def blob_boxes(mask: np.ndarray, margin: int = 1, coarse: int = 4,
     """
     mh, mw = mask.shape
     ch, cw = -(-mh // coarse), -(-mw // coarse)
-    padded = np.zeros((ch * coarse, cw * coarse), bool)
+    padded = np.zeros((ch * coarse, cw * coarse), np.uint8)
     padded[:mh, :mw] = mask
-    blocks = padded.reshape(ch, coarse, cw, coarse).any(axis=(1, 3))
+    padded *= 255  # a block's mean is then > 0 as soon as one cell is set
+    blocks = cv2.resize(padded, (cw, ch), interpolation=cv2.INTER_AREA) > 0
     n, _, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(
         blocks.view(np.uint8), 8, cv2.CV_32S, cv2.CCL_SAUF)
     boxes = [(max(0, x * coarse - margin), max(0, y * coarse - margin),
@@ -146,12 +147,10 @@ def apply_coefficients(a: np.ndarray, b: np.ndarray, frame_bgr: np.ndarray) -> n
         a_up = cv2.resize(a[cy0:cy1, cx0:cx1], size, interpolation=cv2.INTER_LINEAR)
         b_up = cv2.resize(b[cy0:cy1, cx0:cx1], size, interpolation=cv2.INTER_LINEAR)
         gray = cv2.cvtColor(frame_bgr[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY)
-        box = cv2.multiply(a_up, gray, dtype=cv2.CV_32F)
+        box = q[y0:y1, x0:x1]  # a view: OpenCV writes the result straight into q
+        cv2.multiply(a_up, gray, dst=box, dtype=cv2.CV_32F)
         cv2.add(box, b_up, dst=box)
         np.clip(box, 0.0, 1.0, out=box)
-        if size == (w, h):
-            return box
-        q[y0:y1, x0:x1] = box
     return q
 
 
