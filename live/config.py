@@ -80,7 +80,7 @@ class MatteSettings:
         3.0, "steepen the model's blurry edge around 0.5 before feathering, so the soft "
         "border comes from the frame's own edges and the feather radius, not from the "
         "model's low resolution (1 = keep the model's edge; higher = less halo)", lo=1.0, hi=20.0)
-    guide_size: int = _f(320, "long side, in pixels, of the grid where the guided filter's "
+    guide_size: int = _f(256, "long side, in pixels, of the grid where the guided filter's "
                               "coefficients are computed (larger = finer edges, slower)",
                          lo=32, hi=2048)
     smoothing: Literal["adaptive", "ema", "off"] = _f(

@@ -244,7 +244,8 @@ class Matte:
         guide *= 1.0 / 255.0
         temporal_guide = None
         if s.smoothing == "adaptive" and s.adaptive_motion > 0:
-            temporal_guide = cv2.resize(guide, (aw, ah), interpolation=cv2.INTER_AREA)
+            temporal_guide = guide if guide.shape == alpha.shape else \
+                cv2.resize(guide, (aw, ah), interpolation=cv2.INTER_AREA)
         smoothed = self.temporal.apply(alpha, temporal_guide)
         if s.edge_contrast != 1.0:  # (a - 0.5) * gain + 0.5, on a copy: history stays soft
             smoothed = smoothed * s.edge_contrast + 0.5 * (1.0 - s.edge_contrast)
