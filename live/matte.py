@@ -23,9 +23,11 @@ Benchmarked choices (``python -m bench.quality``, DAVIS, selfie engine): the
 image-motion gate without dilation won over a confidence weighting (|2a-1|),
 which held moving edges back and cost boundary accuracy.
 
-All the full-resolution work is float32/uint8 OpenCV calls; nothing
-per-pixel in Python. ``reset`` forgets history (new stream, engine switch,
-seek); ``update`` changes parameters between two frames and keeps history.
+Speed: everything but the last step runs on the model-sized grid; the last
+step (the only full-resolution one) runs only inside boxes around the blobs
+the mask contains, as float32 OpenCV calls; nothing per-pixel in Python.
+``reset`` forgets history (new stream, engine switch, seek); ``update``
+changes parameters between two frames and keeps history.
 """
 
 from __future__ import annotations
