@@ -20,7 +20,8 @@ from PIL import Image
 from live.checkpoints import ModelMissingError
 from live.config import EngineSettings, SettingsError
 from live.segment import Prompt, PromptError
-from live.segment.sam2_stream import StreamingSAM2, check_image_size, tensor_bytes
+from live.segment.sam2_stream import (StreamingSAM2, check_image_size, resize_like_pil,
+                                      tensor_bytes)
 
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 SIZE = 128
@@ -158,6 +159,27 @@ def test_preprocessing_equals_official_loader(model, data_dir, tmp_path):
                                      compute_device=torch.device("cpu"))
     stream = StreamingSAM2(model, precision="fp32")
     assert (h, w) == clip.frames[0].shape[:2]
+    for i, frame in enumerate(clip.frames):
+        assert torch.equal(stream.preprocess(frame)[0], images[i])
+
+
+@pytest.mark.parametrize("size", [64, 128, 512])
+def test_resize_like_pil_is_exact(data_dir, size):
+    """The GPU path's resize, run here on the CPU: integer arithmetic, so exact anywhere."""
+    img = Image.open(data_dir / "davis-parkour" / "frames" / "00007.jpg").convert("RGB")
+    for im in (img, img.crop((0, 0, 176, 144))):  # downscale, and upscale at 512
+        ref = np.asarray(im.resize((size, size), Image.BICUBIC))
+        got = resize_like_pil(torch.from_numpy(np.array(im)), size).numpy()
+        assert np.array_equal(ref, got)
+
+
+def test_preprocessing_on_device_path_equals_official_loader(model, data_dir, tmp_path):
+    from sam2.utils.misc import load_video_frames
+
+    clip = make_clip(data_dir, tmp_path, "hike", 2)
+    images, _, _ = load_video_frames(str(clip.folder), SIZE, offload_video_to_cpu=True,
+                                     compute_device=torch.device("cpu"))
+    stream = StreamingSAM2(model, precision="fp32", resize_on_device=True)
     for i, frame in enumerate(clip.frames):
         assert torch.equal(stream.preprocess(frame)[0], images[i])
 
