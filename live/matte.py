@@ -39,18 +39,19 @@ from live.config import MatteSettings
 
 
 def shrink(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """Area-average ``image`` down to width x height, fast for large factors.
+    """``image`` reduced to width x height without aliasing, fast for large factors.
 
     OpenCV's INTER_AREA is slow for non-integer factors at 720p, so halve
-    with bilinear sampling (an exact 2x2 mean) while still far above.
+    with bilinear sampling (an exact 2x2 mean) while the target is at least
+    half as large, then finish with a bilinear step of less than 2x.
     """
     img = image
-    while img.shape[1] >= 4 * width and img.shape[0] >= 4 * height:
+    while img.shape[1] >= 2 * width and img.shape[0] >= 2 * height:
         img = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2),
                          interpolation=cv2.INTER_LINEAR)
     if img.shape[1] == width and img.shape[0] == height:
         return img
-    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def grid_size(width: int, height: int, long_side: int) -> tuple[int, int]:
@@ -152,7 +153,8 @@ def apply_coefficients(a: np.ndarray, b: np.ndarray, frame_bgr: np.ndarray) -> n
         box = q[y0:y1, x0:x1]  # a view: OpenCV writes the result straight into q
         cv2.multiply(a_up, gray, dst=box, dtype=cv2.CV_32F)
         cv2.add(box, b_up, dst=box)
-        np.clip(box, 0.0, 1.0, out=box)
+        cv2.threshold(box, 1.0, 1.0, cv2.THRESH_TRUNC, dst=box)  # clip to [0, 1], in place
+        cv2.threshold(box, 0.0, 0.0, cv2.THRESH_TOZERO, dst=box)
     return q
 
 
