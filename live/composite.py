@@ -165,8 +165,10 @@ class StillBackground:
 
     fresh = False
 
-    def __init__(self, image: np.ndarray, fit: str, fill: tuple[int, int, int]):
+    def __init__(self, image: np.ndarray, fit: str, fill: tuple[int, int, int],
+                 source: tuple | None = None):
         self.image, self.fit, self.fill = image, fit, fill
+        self.source = source  # (path, mtime, size) of the file it was decoded from
         self._cache: np.ndarray | None = None
 
     def render(self, frame: np.ndarray, alpha: AlphaLevels) -> np.ndarray:
@@ -177,6 +179,15 @@ class StillBackground:
 
     def close(self) -> None:
         pass
+
+
+def file_stamp(path: str) -> tuple:
+    """(path, mtime, size): a re-uploaded file under the same name counts as a new file."""
+    try:
+        st = Path(path).stat()
+        return path, st.st_mtime_ns, st.st_size
+    except OSError:
+        return path, None, None
 
 
 def solid(color: str) -> StillBackground:
@@ -220,6 +231,7 @@ class VideoBackground:
 
     def __init__(self, path: str, fit: str, fill: tuple[int, int, int]):
         self.path, self.fit, self.fill = path, fit, fill
+        self.stamp = file_stamp(path)
         self._container = _open_video(path)
         self._decoded = self._container.decode(video=0)
         first = self._decode_one()
@@ -323,7 +335,13 @@ class Compositor:
         self._background = self._build(self.settings, None)
 
     def update(self, settings: BackgroundSettings) -> None:
-        """Switch to ``settings``; raises BackgroundError and keeps the old one on bad input."""
+        """Switch to ``settings``; raises BackgroundError and keeps the old one on bad input.
+
+        A new image or video is decoded here (tens of ms for a large file), so
+        call it outside any per-frame lock: the swap is one attribute
+        assignment and ``apply`` reads it once, so ``update`` may run on
+        another thread while ``apply`` is running.
+        """
         new = self._build(settings, self._background)
         old, self._background, self.settings = self._background, new, settings
         if old is not new and old is not None:
@@ -340,14 +358,14 @@ class Compositor:
         if s.mode == "image":
             if not s.image:
                 raise BackgroundError("background mode 'image' needs an image file")
-            if isinstance(current, StillBackground) and self.settings.image == s.image \
-                    and self.settings.mode == "image":
-                return StillBackground(current.image, s.fit, fill)  # refit, no re-decode
-            return StillBackground(load_image(s.image), s.fit, fill)
+            stamp = file_stamp(s.image)
+            if isinstance(current, StillBackground) and current.source == stamp:
+                return StillBackground(current.image, s.fit, fill, stamp)  # refit, no re-decode
+            return StillBackground(load_image(s.image), s.fit, fill, stamp)
         if s.mode == "video":
             if not s.video:
                 raise BackgroundError("background mode 'video' needs a video file")
-            if isinstance(current, VideoBackground) and current.path == s.video \
+            if isinstance(current, VideoBackground) and current.stamp == file_stamp(s.video) \
                     and current.fit == s.fit and current.fill == fill:
                 return current  # same file: keep playing where it is
             return VideoBackground(s.video, s.fit, fill)

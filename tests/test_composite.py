@@ -216,3 +216,17 @@ def test_blending_only_around_the_person_changes_nothing() -> None:
             BackgroundSettings(mode="color", color=spec)
         out = Compositor(settings).apply(frame, alpha)
         assert np.array_equal(out, blend(frame, bg, alpha))
+
+
+def test_a_reuploaded_image_under_the_same_name_is_reloaded(tmp_path: Path) -> None:
+    import os
+
+    path = tmp_path / "upload.png"
+    frame, alpha = scene()
+    cv2.imwrite(str(path), np.full((90, 160, 3), (255, 0, 0), np.uint8))
+    comp = Compositor(BackgroundSettings(mode="image", image=str(path)))
+    assert tuple(comp.apply(frame, alpha)[5, 5]) == (255, 0, 0)
+    cv2.imwrite(str(path), np.full((90, 160, 3), (0, 0, 255), np.uint8))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a later mtime, surely
+    comp.update(BackgroundSettings(mode="image", image=str(path), fit="contain"))
+    assert tuple(comp.apply(frame, alpha)[H // 2, 5]) == (0, 0, 255)
