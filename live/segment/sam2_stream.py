@@ -419,8 +419,11 @@ class StreamingSAM2:
             bgr = torch.from_numpy(np.ascontiguousarray(frame_bgr)).to(self.device)
             u8 = resize_like_pil(bgr.flip(-1), self.image_size)
         else:
-            rgb = np.ascontiguousarray(frame_bgr[..., ::-1])
-            small = Image.fromarray(rgb).resize((self.image_size, self.image_size), Image.BICUBIC)
+            bgr = np.ascontiguousarray(frame_bgr)
+            h, w = bgr.shape[:2]
+            # PIL unpacks BGR itself: no flipped copy of the frame (~1-2 ms saved)
+            img = Image.frombuffer("RGB", (w, h), bgr, "raw", "BGR", 0, 1)
+            small = img.resize((self.image_size, self.image_size), Image.BICUBIC)
             u8 = torch.from_numpy(np.array(small)).to(self.device)  # uint8: 4x less to copy
         idx = u8.permute(2, 0, 1).long() + self._lut_offsets
         return self._lut[idx].unsqueeze(0)
