@@ -163,3 +163,17 @@ def test_full_resolution_step_is_only_computed_around_the_person() -> None:
     boxed = apply_coefficients(a, b, frame)
     assert np.array_equal(boxed, whole)
     assert not boxed[:, :100].any() and not boxed[:, 220:].any()  # far from the person: 0
+
+
+@pytest.mark.parametrize("alpha_shape,frame_shape", [((256, 256), (1280, 720)),  # portrait
+                                                     ((144, 256), (7, 5)),  # tiny frame
+                                                     ((16, 16), (481, 853))])  # odd sizes
+def test_any_alpha_and_frame_size(alpha_shape: tuple[int, int],
+                                  frame_shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(5)
+    matte = Matte()
+    for _ in range(2):
+        frame = rng.integers(0, 256, (*frame_shape, 3), dtype=np.uint8)
+        out = matte.apply(rng.random(alpha_shape, dtype=np.float32), frame)
+        assert out.shape == frame_shape and out.dtype == np.float32
+        assert 0.0 <= out.min() and out.max() <= 1.0
