@@ -34,10 +34,12 @@ from live.segment import Prompt
 from live.segment.sam2_stream import (StreamingSAM2, build_model, pick_device, pick_precision,
                                       tensor_bytes)
 
-DATA = Path(os.environ.get("LIVE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = Path(os.environ.get("LIVE_DATA_DIR",
+                           Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
-def prepare_frames(data: Path, n: int, folder: Path) -> tuple[list[np.ndarray], tuple[float, float]]:
+def prepare_frames(data: Path, n: int, folder: Path
+                   ) -> tuple[list[np.ndarray], tuple[float, float]]:
     """n frames as JPEGs in ``folder`` (for the official loader) and as BGR arrays, plus a click.
 
     A DAVIS folder is ping-ponged to reach n frames and clicked inside its
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--model", default="tiny", choices=["tiny", "small", "base_plus", "large"])
-    ap.add_argument("--checkpoint", default=None, help="SAM 2.1 checkpoint (default: random weights)")
+    ap.add_argument("--checkpoint", default=None,
+                    help="SAM 2.1 checkpoint (default: random weights)")
     ap.add_argument("--data", type=Path, default=DATA / "davis-hike",
                     help="a davis-* folder or a video clip")
     ap.add_argument("--device", default="auto")

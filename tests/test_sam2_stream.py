@@ -308,3 +308,7 @@ def test_missing_checkpoint_names_the_fetch_command(tmp_path, monkeypatch):
     monkeypatch.setenv("LIVE_CHECKPOINT_DIR", str(tmp_path))
     with pytest.raises(ModelMissingError, match="live fetch sam2 --model small"):
         AutoPromptedSAM2(EngineSettings(name="sam2", sam2_model="small", device="cpu"))
+    from live.segment import create_segmenter
+
+    with pytest.raises(ModelMissingError, match="live fetch sam2 --model tiny"):
+        create_segmenter(EngineSettings(name="sam2"))

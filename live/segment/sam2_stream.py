@@ -166,7 +166,7 @@ def _pil_bicubic(x: float) -> float:
 
 @functools.lru_cache(maxsize=16)
 def _pil_coeffs(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pillow's ``precompute_coeffs`` + ``normalize_coeffs_8bpc``: source index and weight per tap."""
+    """Pillow's ``precompute_coeffs`` + ``normalize_coeffs_8bpc``: source index, weight per tap."""
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
     support = 2.0 * filterscale
@@ -278,8 +278,8 @@ class StreamingSAM2:
         # PIL is faster on the CPU; on a GPU the exact integer port saves ~9 ms of CPU a frame
         self.resize_on_device = (self.device.type == "cuda" if resize_on_device is None
                                  else resize_on_device)
-        # The official loader maps each uint8 value v to (float32(v / 255.0 in float64) - mean) / std
-        # (float32 ops on the device). Doing those very ops once per value gives a 3x256 table
+        # The official loader maps each uint8 value v to
+        # (float32(v / 255.0 in float64) - mean) / std (float32 ops on the device). Doing those very ops once per value gives a 3x256 table
         # that reproduces it bit for bit at a fraction of the cost (the float64 pass was ~4 ms).
         mean = torch.tensor(IMG_MEAN, dtype=torch.float32, device=self.device)[:, None]
         std = torch.tensor(IMG_STD, dtype=torch.float32, device=self.device)[:, None]
@@ -315,6 +315,7 @@ class StreamingSAM2:
         self._video_hw: tuple[int, int] | None = None
         self._frame_bgr: np.ndarray | None = None
         self._features: _Features | None = None
+        self._refresh_stats()
 
     @property
     def frame_idx(self) -> int:
@@ -326,7 +327,7 @@ class StreamingSAM2:
         return list(self._banks)
 
     def validate(self, prompt: Prompt) -> None:
-        """Raise PromptError for a prompt this stream cannot take (checked against the last frame)."""
+        """Raise PromptError for a prompt this stream cannot take (checked on the last frame)."""
         self._validate(prompt, *(self._video_hw or (None, None)))
 
     @_locked
@@ -349,13 +350,16 @@ class StreamingSAM2:
         self._validate(prompt, *self._video_hw)
         with self._inference():
             is_cond = self._apply(prompt, self._frame_idx)
-            return self.obj_ids, self._consolidated_video_res(self._frame_idx, is_cond)
+            masks = self._consolidated_video_res(self._frame_idx, is_cond)
+        self._refresh_stats()
+        return self.obj_ids, masks
 
     @_locked
     def remove_object(self, obj_id: int) -> None:
         if obj_id not in self._banks:
             raise PromptError(f"unknown object id {obj_id}; tracked objects: {self.obj_ids}")
         del self._banks[obj_id]
+        self._refresh_stats()
 
     @_locked
     def track(self, frame_bgr: np.ndarray) -> tuple[list[int], torch.Tensor]:
@@ -385,10 +389,12 @@ class StreamingSAM2:
                                  align_corners=False)
             return torch.sigmoid(high)[0, 0].float().cpu().numpy()
 
+    @_locked
     def object_scores(self) -> dict[int, float]:
         """Object-presence logit per object on the last frame (<= 0: SAM 2 says absent)."""
         return {obj_id: bank.object_score for obj_id, bank in self._banks.items()}
 
+    @_locked
     def state_bytes(self) -> dict[str, Any]:
         """Bytes held across frames: per object, the one shared encoding, and the total."""
         seen: set[int] = set()
@@ -401,12 +407,16 @@ class StreamingSAM2:
         return {"objects": per_obj, "shared": shared, "total": shared + sum(per_obj.values())}
 
     def stats(self) -> dict[str, Any]:
+        """Figures as of the last frame or prompt; never waits for a frame in progress."""
+        return dict(self._stats)
+
+    def _refresh_stats(self) -> None:
         sizes = self.state_bytes()
-        return {"engine": self.name, "device": str(self.device), "precision": self.precision,
-                "image_size": self.image_size, "frames": self._frame_idx + 1,
-                "objects": self.obj_ids, "memory_bank_bytes": sizes["total"],
-                "memory_bank_bytes_per_object": sizes["objects"],
-                "cond_frames": {k: sorted(b.cond) for k, b in self._banks.items()}}
+        self._stats = {
+            "engine": self.name, "device": str(self.device), "precision": self.precision,
+            "image_size": self.image_size, "frames": self._frame_idx + 1, "objects": self.obj_ids,
+            "memory_bank_bytes": sizes["total"], "memory_bank_bytes_per_object": sizes["objects"],
+            "cond_frames": {k: sorted(b.cond) for k, b in self._banks.items()}}
 
     # ------------------------------------------------------------------ frames
 
@@ -471,7 +481,8 @@ class StreamingSAM2:
                 bank.object_score = float(out["object_score_logits"].max())
                 preds.append(out["pred_masks"])
                 self._prune(bank, current=t)
-            return preds
+        self._refresh_stats()
+        return preds
 
     # ------------------------------------------------------------------ official mirror
 
@@ -486,7 +497,8 @@ class StreamingSAM2:
             current_vision_feats=f.vision_feats, current_vision_pos_embeds=f.vision_pos,
             feat_sizes=f.feat_sizes, point_inputs=point_inputs, mask_inputs=mask_inputs,
             output_dict={"cond_frame_outputs": self._cond_view(bank, t),
-                         "non_cond_frame_outputs": bank.non_cond}, num_frames=NUM_FRAMES, track_in_reverse=False,
+                         "non_cond_frame_outputs": bank.non_cond},
+            num_frames=NUM_FRAMES, track_in_reverse=False,
             run_mem_encoder=run_mem_encoder, prev_sam_mask_logits=prev_sam_mask_logits)
         maskmem = out["maskmem_features"]
         if maskmem is not None:
@@ -583,7 +595,7 @@ class StreamingSAM2:
         return mask_t
 
     def _finalize(self, bank: _ObjectBank) -> None:
-        """``propagate_in_video_preflight``: encode the prompted frames' memories, then file them."""
+        """``propagate_in_video_preflight``: encode prompted frames' memories, then file them."""
         for is_cond in (False, True):
             temp = bank.temp_cond if is_cond else bank.temp_non_cond
             dest = bank.cond if is_cond else bank.non_cond
