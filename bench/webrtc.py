@@ -111,10 +111,11 @@ def start_server(passthrough: bool) -> tuple[subprocess.Popen[str], str]:
                             cwd=Path(__file__).resolve().parents[1])
     assert proc.stdout is not None
     line = proc.stdout.readline()
-    if not line.startswith("http://"):
+    prefix = "live: serving on "
+    if not line.startswith(prefix):
         proc.kill()
         raise RuntimeError(f"benchmark server did not start: {line!r}")
-    return proc, line.strip()
+    return proc, line[len(prefix):].strip()
 
 
 async def measure(url: str, frames: list[np.ndarray], count: int, fps: float,
@@ -212,24 +213,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def serve_child(passthrough: bool) -> None:
-    """``--serve``: a ControlServer (selfie engine, blur) that prints its URL, then waits."""
+    """``--serve``: ``live serve`` with the selfie engine and blur, on a free port."""
     from live.config import Settings
-    from live.server import ControlServer
+    from live.server import serve
 
-    async def main() -> None:
-        settings = Settings().merged({"server": {"port": 0}, "engine": {"name": "selfie"}})
-        server = ControlServer(settings, passthrough=passthrough)
-        await server.start()
-        print(server.url, flush=True)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await server.stop()
-
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
+    serve(Settings().merged({"server": {"port": 0}, "engine": {"name": "selfie"}}), passthrough)
 
 
 def main() -> None:

@@ -456,11 +456,14 @@ def _response(status: int, body: bytes, content_type: str) -> Response:
 # ---------------------------------------------------------------------- entry point
 
 
-def serve(settings: Settings) -> None:
-    """``live serve``: run until Ctrl-C, then close every session cleanly."""
+def serve(settings: Settings, passthrough: bool = False) -> None:
+    """``live serve``: run until Ctrl-C, then close every session cleanly.
+
+    The first line printed is ``live: serving on URL`` (bench.webrtc reads it).
+    """
 
     async def main() -> None:
-        server = ControlServer(settings)
+        server = ControlServer(settings, passthrough=passthrough)
         await server.start()
         print(f"live: serving on {server.url}\nlive: open that URL in a browser "
               "(Ctrl-C stops)", flush=True)
