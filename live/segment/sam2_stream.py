@@ -285,6 +285,7 @@ class StreamingSAM2:
         std = torch.tensor(IMG_STD, dtype=torch.float32, device=self.device)[:, None]
         unit = (torch.arange(256, dtype=torch.float64) / 255.0).float().to(self.device)[None, :]
         self._lut = ((unit - mean) / std).reshape(-1)
+        self._lut_np = self._lut.cpu().numpy().reshape(3, 256)  # torch's CPU gather is slow
         self._lut_offsets = (torch.arange(3, device=self.device) * 256)[:, None, None]
         if compile_encoder:
             if self.device.type == "cuda":
@@ -433,8 +434,9 @@ class StreamingSAM2:
             h, w = bgr.shape[:2]
             # PIL unpacks BGR itself: no flipped copy of the frame (~1-2 ms saved)
             img = Image.frombuffer("RGB", (w, h), bgr, "raw", "BGR", 0, 1)
-            small = img.resize((self.image_size, self.image_size), Image.BICUBIC)
-            u8 = torch.from_numpy(np.array(small)).to(self.device)  # uint8: 4x less to copy
+            small = np.asarray(img.resize((self.image_size, self.image_size), Image.BICUBIC))
+            planes = [self._lut_np[c][small[..., c]] for c in range(3)]
+            return torch.from_numpy(np.stack(planes)).to(self.device).unsqueeze(0)
         idx = u8.permute(2, 0, 1).long() + self._lut_offsets
         return self._lut[idx].unsqueeze(0)
 
