@@ -96,6 +96,13 @@ class MatteSettings:
     adaptive_change_hi: float = _f(
         0.5, "adaptive mode: a per-pixel change above this is treated as motion and taken "
         "at once (no smoothing)", lo=0.0, hi=1.0)
+    adaptive_persist_frames: int = _f(
+        4, "adaptive mode: a mask that differs from the smoothed one by more than "
+        "adaptive_persist_change for this many frames in a row is taken at once, so a "
+        "smoothed-over error cannot linger (0 = never)", lo=0, hi=1000)
+    adaptive_persist_change: float = _f(
+        0.3, "adaptive mode: the difference that counts towards adaptive_persist_frames",
+        lo=0.0, hi=1.0)
     adaptive_motion: float = _f(
         0.2, "adaptive mode: change of the picture itself (0-1 of full grey scale) at which a "
         "mask change counts fully as motion; smaller picture changes scale it down, so mask "

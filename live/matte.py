@@ -21,7 +21,11 @@ Three steps, in this order:
 
 Benchmarked choices (``python -m bench.quality``, DAVIS, selfie engine): the
 image-motion gate without dilation won over a confidence weighting (|2a-1|),
-which held moving edges back and cost boundary accuracy.
+which held moving edges back and cost boundary accuracy. The gate alone can
+freeze a model error where the picture is still (seen on a webcam clip: the
+mask kept a window the head had passed in front of), so a disagreement that
+lasts ``adaptive_persist_frames`` frames is taken at once (a time
+hysteresis: one-off flips are smoothed away, lasting changes are not).
 
 Speed: everything but the last step runs on the model-sized grid; the last
 step (the only full-resolution one) runs only inside boxes around the blobs
@@ -165,10 +169,12 @@ class TemporalFilter:
         self.settings = settings
         self.state: np.ndarray | None = None
         self.prev_guide: np.ndarray | None = None
+        self.disagree: np.ndarray | None = None  # frames in a row the mask differed a lot
 
     def reset(self) -> None:
         self.state = None
         self.prev_guide = None
+        self.disagree = None
 
     def apply(self, alpha: np.ndarray, guide: np.ndarray | None = None) -> np.ndarray:
         """The smoothed alpha; ``guide`` is the frame's luminance at alpha's size, in [0, 1]."""
@@ -211,6 +217,17 @@ class TemporalFilter:
         np.clip(change, 0.0, 1.0, out=change)
         change *= 1.0 - s.adaptive_min_weight
         change += s.adaptive_min_weight
+        if s.adaptive_persist_frames > 0:
+            # The gate can freeze an error where the picture is still (a mask that
+            # once spread over a window the head passed): a disagreement that
+            # persists is believed, so nothing lingers more than a few frames.
+            differs = cv2.absdiff(new, prev) > s.adaptive_persist_change
+            if self.disagree is None or self.disagree.shape != new.shape:
+                self.disagree = np.zeros(new.shape, np.uint16)
+            self.disagree += 1
+            self.disagree[~differs] = 0
+            np.minimum(self.disagree, 60000, out=self.disagree)
+            change[self.disagree >= s.adaptive_persist_frames] = 1.0
         return change
 
 

@@ -177,3 +177,16 @@ def test_any_alpha_and_frame_size(alpha_shape: tuple[int, int],
         out = matte.apply(rng.random(alpha_shape, dtype=np.float32), frame)
         assert out.shape == frame_shape and out.dtype == np.float32
         assert 0.0 <= out.min() and out.max() <= 1.0
+
+
+def test_a_lasting_change_on_a_still_picture_is_taken_after_a_few_frames() -> None:
+    frame, alpha = person_frame(200)  # the picture never changes
+    outs = {}
+    for persist in (0, 4):
+        matte = Matte(MatteSettings(adaptive_persist_frames=persist))
+        for _ in range(5):
+            matte.apply(alpha, frame)
+        for _ in range(5):  # the model now says: nobody there (it had been wrong)
+            outs[persist] = matte.apply(np.zeros_like(alpha), frame)
+    assert outs[4].max() < 0.05  # believed after 4 frames of lasting disagreement
+    assert outs[0][190, 280] > 0.3  # the motion gate alone would have frozen the error
