@@ -1,7 +1,7 @@
 """Matte quality on DAVIS: does our matte beat the peers' recipes?
 
 ``python -m bench.quality [--data DIR] [--engine selfie] [--out DIR]
-[--sequences a,b] [--max-frames N]``
+[--sequences a,b] [--max-frames N] [--subjects all|main] [--timing-frames N]``
 
 Every ``davis-*`` folder under the data directory (``frames/*.jpg`` plus a
 ground-truth ``masks/*.png`` for every frame) is run through one segmenter;
@@ -397,10 +397,10 @@ def evaluate_sequence(seq: Path, segmenter, max_frames: int | None, out: Path | 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split(
-        "\n\n")[0])
-    parser.add_argument("--data", type=Path,
-                        default=Path(os.environ.get("LIVE_DATA_DIR", REPO.parent / "shared" / "data")),
+    parser = argparse.ArgumentParser(prog="python -m bench.quality",
+                                     description=__doc__.split("\n\n")[0])
+    default_data = Path(os.environ.get("LIVE_DATA_DIR", REPO.parent / "shared" / "data"))
+    parser.add_argument("--data", type=Path, default=default_data,
                         help="folder holding davis-*/ (default $LIVE_DATA_DIR or ../shared/data)")
     parser.add_argument("--engine", default="selfie", help="segmenter: selfie, sam2, ...")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "quality",
