@@ -71,7 +71,8 @@ def prepare_frames(data: Path, n: int, folder: Path
         for i in range(n):
             Image.fromarray(decoded[i % len(decoded)]).save(folder / f"{i:05d}.jpg", quality=95)
     for i in range(n):  # decode with PIL, exactly as the official loader does
-        frames.append(np.asarray(Image.open(folder / f"{i:05d}.jpg").convert("RGB"))[..., ::-1])
+        rgb = np.asarray(Image.open(folder / f"{i:05d}.jpg").convert("RGB"))
+        frames.append(np.ascontiguousarray(rgb[..., ::-1]))  # as a camera delivers BGR
     if click is None:
         h, w = frames[0].shape[:2]
         click = (w / 2, h / 2)
