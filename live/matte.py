@@ -64,13 +64,14 @@ def grid_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     return max(2, round(width * scale)), max(2, round(height * scale))
 
 
-def guided_upsample(alpha: np.ndarray, frame_bgr: np.ndarray, guide: np.ndarray,
+def guided_upsample(alpha: np.ndarray, gray: np.ndarray, guide: np.ndarray,
                     radius: float, eps: float) -> np.ndarray:
     """Fast guided filter: fit q = a*I + b on the grid, apply it to the full-res frame.
 
-    ``alpha`` is any resolution; ``guide`` is the luminance on the grid in
-    [0, 1]; ``radius`` is in grid pixels. The guide is the luminance, not
-    colour: a colour guide needs a 3x3 solve per pixel, too slow for the budget.
+    ``alpha`` is any resolution; ``gray`` is the frame's uint8 luminance;
+    ``guide`` is the same shrunk to the grid, in [0, 1]; ``radius`` is in grid
+    pixels. The guide is the luminance, not colour: a colour guide needs a
+    3x3 solve per pixel, too slow for the budget.
     """
     gh, gw = guide.shape
     p = cv2.resize(alpha, (gw, gh), interpolation=cv2.INTER_LINEAR)
@@ -84,7 +85,7 @@ def guided_upsample(alpha: np.ndarray, frame_bgr: np.ndarray, guide: np.ndarray,
     b = mean_p - a * mean_i
     a = cv2.blur(a, ksize) * (1.0 / 255.0)  # fold the guide's /255 in: q = a * gray + b
     b = cv2.blur(b, ksize)
-    return apply_coefficients(a, b, frame_bgr)
+    return apply_coefficients(a, b, gray)
 
 
 ZERO = 1e-4  # coefficients below this (in alpha units) count as "no person here"
@@ -131,7 +132,7 @@ def blob_boxes(mask: np.ndarray, margin: int = 1, coarse: int = 4,
     return boxes
 
 
-def apply_coefficients(a: np.ndarray, b: np.ndarray, frame_bgr: np.ndarray) -> np.ndarray:
+def apply_coefficients(a: np.ndarray, b: np.ndarray, gray: np.ndarray) -> np.ndarray:
     """q = a * gray + b at full resolution, with a and b bilinearly upsampled.
 
     Only the boxes around the person (and any other blob) are computed: far
@@ -142,7 +143,7 @@ def apply_coefficients(a: np.ndarray, b: np.ndarray, frame_bgr: np.ndarray) -> n
     on the default grid) its pixels equal those of a whole-frame resize.
     """
     gh, gw = a.shape
-    h, w = frame_bgr.shape[:2]
+    h, w = gray.shape
     active = (np.abs(a) * 255.0 > ZERO) | (np.abs(b) > ZERO)
     q = np.zeros((h, w), np.float32)
     sx, sy = w / gw, h / gh
@@ -153,9 +154,8 @@ def apply_coefficients(a: np.ndarray, b: np.ndarray, frame_bgr: np.ndarray) -> n
         size = (x1 - x0, y1 - y0)
         a_up = cv2.resize(a[cy0:cy1, cx0:cx1], size, interpolation=cv2.INTER_LINEAR)
         b_up = cv2.resize(b[cy0:cy1, cx0:cx1], size, interpolation=cv2.INTER_LINEAR)
-        gray = cv2.cvtColor(frame_bgr[y0:y1, x0:x1], cv2.COLOR_BGR2GRAY)
         box = q[y0:y1, x0:x1]  # a view: OpenCV writes the result straight into q
-        cv2.multiply(a_up, gray, dst=box, dtype=cv2.CV_32F)
+        cv2.multiply(a_up, gray[y0:y1, x0:x1], dst=box, dtype=cv2.CV_32F)
         cv2.add(box, b_up, dst=box)
         cv2.threshold(box, 1.0, 1.0, cv2.THRESH_TRUNC, dst=box)  # clip to [0, 1], in place
         cv2.threshold(box, 0.0, 0.0, cv2.THRESH_TOZERO, dst=box)
@@ -260,8 +260,8 @@ class Matte:
         h, w = frame_bgr.shape[:2]
         ah, aw = alpha.shape
         gw, gh = grid_size(w, h, s.guide_size)
-        # luminance of the shrunk frame: the full-res luminance is only needed near the person
-        guide = cv2.cvtColor(shrink(frame_bgr, gw, gh), cv2.COLOR_BGR2GRAY).astype(np.float32)
+        gray = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)  # one pass over the (cold) frame
+        guide = shrink(gray, gw, gh).astype(np.float32)
         guide *= 1.0 / 255.0
         temporal_guide = None
         if s.smoothing == "adaptive" and s.adaptive_motion > 0:
@@ -275,4 +275,4 @@ class Matte:
             out = cv2.resize(smoothed, (w, h), interpolation=cv2.INTER_LINEAR)
             np.clip(out, 0.0, 1.0, out=out)
             return out
-        return guided_upsample(smoothed, frame_bgr, guide, s.feather * gw / w, s.feather_eps)
+        return guided_upsample(smoothed, gray, guide, s.feather * gw / w, s.feather_eps)
