@@ -230,3 +230,14 @@ def test_a_reuploaded_image_under_the_same_name_is_reloaded(tmp_path: Path) -> N
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))  # a later mtime, surely
     comp.update(BackgroundSettings(mode="image", image=str(path), fit="contain"))
     assert tuple(comp.apply(frame, alpha)[H // 2, 5]) == (0, 0, 255)
+
+
+@pytest.mark.parametrize("shape", [(181, 321), (720, 1280), (7, 5)])
+def test_every_mode_on_any_frame_size(shape: tuple[int, int]) -> None:
+    rng = np.random.default_rng(6)
+    frame = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    alpha = np.zeros(shape, np.float32)
+    alpha[shape[0] // 4: shape[0] // 2, shape[1] // 3: shape[1] // 2 + 1] = 0.8
+    for mode in ("blur", "color", "transparent"):
+        out = Compositor(BackgroundSettings(mode=mode, blur=200)).apply(frame, alpha)
+        assert out.shape[:2] == shape and out.dtype == np.uint8
