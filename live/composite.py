@@ -143,7 +143,8 @@ class BlurBackground:
     normalised by the background weight: blur(frame * (1 - a)) / blur(1 - a),
     so each background pixel averages background only. It runs on a copy
     shrunk by a power of two (the blur hides the lost detail; the alpha is
-    shrunk the same way, shared with the person box) and is upsampled once.
+    shrunk the same way, shared with the search for the person boxes) and is
+    upsampled once.
     """
 
     fresh = True
