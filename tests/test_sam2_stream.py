@@ -20,8 +20,8 @@ from PIL import Image
 from live.checkpoints import ModelMissingError
 from live.config import EngineSettings, SettingsError
 from live.segment import Prompt, PromptError
-from live.segment.sam2_stream import (StreamingSAM2, check_image_size, resize_like_pil,
-                                      tensor_bytes)
+from live.segment.pil_resize import resize_like_pil
+from live.segment.sam2_stream import StreamingSAM2, check_image_size, tensor_bytes
 
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 SIZE = 128
