@@ -158,9 +158,11 @@ class FrameProcessor:
         segmenter = None
         if settings.engine != old.engine and _engine_needs_rebuild(old, settings):
             segmenter = create_segmenter(settings.engine)  # may raise: nothing swapped yet
+        if settings.background != old.background:
+            # loads and checks a new image/video first (tens of ms), then swaps atomically;
+            # safe beside a frame in progress, so frames keep flowing meanwhile
+            self.compositor.update(settings.background)
         with self._lock:
-            if settings.background != old.background:
-                self.compositor.update(settings.background)  # validates before swapping
             if segmenter is not None:
                 self.segmenter = segmenter
                 self.matte.reset()
