@@ -34,11 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not open the control panel websocket")
 
     serve = sub.add_parser("serve", help="serve the WebRTC page and control panel")
-    add_cli_arguments(serve)
+    add_cli_arguments(serve, sections=("engine", "matte", "background", "server"))
 
     fetch = sub.add_parser("fetch", help="download model files into checkpoints/")
-    fetch.add_argument("what", choices=["selfie", "sam2"])
-    fetch.add_argument("--model", default="tiny", choices=["tiny", "small", "base_plus", "large"])
+    fetch.add_argument("what", choices=["selfie", "sam2"],
+                       help="selfie: the embedded models (from the mediapipe wheel on PyPI); "
+                       "sam2: a SAM 2.1 checkpoint from Meta")
+    fetch.add_argument("--model", default="tiny", choices=["tiny", "small", "base_plus", "large"],
+                       help="SAM 2.1 size (default tiny: 156 MB; large: 898 MB)")
 
     sub.add_parser("doctor", help="check cameras, virtual camera, GPU and model files")
 
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from live.checkpoints import ModelMissingError
+    from live.composite import BackgroundError
 
     try:
         if args.command == "fetch":
@@ -64,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print(to_toml(settings))
             return 0
+        check_background(settings)  # a bad file fails now, not after the model loaded
         if args.command == "serve":
             from live.server import serve
 
@@ -71,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return asyncio.run(run_pipeline(settings, max_frames=args.frames, quiet=args.quiet,
                                         control=not args.no_control))
-    except (SettingsError, ModelMissingError) as exc:
+    except (SettingsError, ModelMissingError, BackgroundError) as exc:
         print(f"live: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -79,6 +84,32 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:  # SourceError, SinkError, BackgroundError...: say it plainly
         print(f"live: {exc}", file=sys.stderr)
         return 1
+
+
+def check_background(settings: Settings) -> None:
+    """Open the background image/video once, so a bad path is reported before start-up."""
+    from live.composite import Compositor
+
+    if settings.background.mode in ("image", "video"):
+        Compositor(settings.background).close()
+
+
+def check_virtual_camera(settings: Settings) -> None:
+    """On Linux a virtual camera needs v4l2loopback: say so before waiting for a frame."""
+    import platform
+
+    from live.doctor import loopback_devices
+    from live.sinks import SinkError
+
+    target = settings.output.target
+    if target != "vcam" or settings.output.vcam_backend or settings.output.vcam_device:
+        return
+    if platform.system() == "Linux" and not loopback_devices():
+        raise SinkError(
+            "no virtual camera device. Load v4l2loopback: sudo apt install v4l2loopback-dkms && "
+            "sudo modprobe v4l2loopback devices=1 video_nr=10 card_label=live exclusive_caps=1 "
+            "(see the README). No driver? `live serve` (make run) shows the result in the "
+            "browser, and --output preview in a window")
 
 
 def _fetch(args: argparse.Namespace) -> int:
@@ -98,6 +129,7 @@ async def run_pipeline(settings: Settings, max_frames: int | None = None, quiet:
     from live.sinks import create_sink
     from live.sources import open_source
 
+    check_virtual_camera(settings)
     source = open_source(settings.source)
     processor = FrameProcessor(settings)
     try:
@@ -110,6 +142,8 @@ async def run_pipeline(settings: Settings, max_frames: int | None = None, quiet:
     if max_frames is not None:
         source = _Limited(source, max_frames)
     pipeline = Pipeline(source, [sink], processor, name="run")
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("live.pipeline").setLevel(logging.CRITICAL)  # printed below instead
 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -169,6 +203,8 @@ class _Limited:
 
 def format_status(m: dict[str, Any]) -> str:
     st = m["stage_ms"]
+    if not m["frames"]:
+        return "waiting for the first frame..." + (f" ({m['errors'][-1]})" if m["errors"] else "")
     stages = " ".join(f"{k} {st[k]['p50']:.1f}" for k in ("segment", "matte", "composite")
                       if k in st)
     age = f" | latency {m['mask_age_ms']:.0f} ms" if m["mask_age_ms"] is not None else ""

@@ -299,24 +299,27 @@ def load_toml(path: str | Path, base: Settings | None = None) -> Settings:
     return (base or Settings()).merged(data)
 
 
-def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting: ``--section-name`` plus the short alias in its metadata.
+def add_cli_arguments(parser: argparse.ArgumentParser,
+                      sections: tuple[str, ...] | None = None) -> None:
+    """One flag per setting of ``sections`` (default: all): ``--section-name``, or
+    its short alias alone where the metadata gives one for a switch.
 
     Every flag defaults to None ("not given") so the dataclass default, or the
-    config file's value, is the only default there is.
+    config file's value, is the only default there is; the help shows it.
     """
     for sec_field in dataclasses.fields(Settings):
+        if sections is not None and sec_field.name not in sections:
+            continue
         group = parser.add_argument_group(sec_field.name)
         section_type = sec_field.default_factory  # type: ignore[misc]
         hints = typing.get_type_hints(section_type)
         for f in dataclasses.fields(section_type):
+            hint, meta = hints[f.name], f.metadata
             names = [f"--{sec_field.name}-{f.name}".replace("_", "-")]
-            if f.metadata.get("flag"):
-                names.insert(0, f.metadata["flag"])
-            hint = hints[f.name]
+            if meta.get("flag"):
+                names = [meta["flag"]] if hint is bool else [meta["flag"], *names]
             kwargs: dict[str, Any] = {"dest": f"set__{sec_field.name}__{f.name}",
-                                      "default": None, "help": f"{f.metadata['help']} "
-                                      f"(default: {f.default})"}
+                                      "default": None, "help": _flag_help(f.default, meta)}
             if hint is bool:
                 kwargs["action"] = argparse.BooleanOptionalAction
             else:
@@ -325,9 +328,19 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
                     kwargs["choices"] = choices
                 kwargs["metavar"] = None if choices else f.name.upper()
             group.add_argument(*names, **kwargs)
-    parser.add_argument("--background", dest="background_spec", default=None,
-                        help="shorthand: blur, blur:N, #RRGGBB, transparent, IMAGE or VIDEO")
+    if sections is None or "background" in sections:
+        parser.add_argument("--background", dest="background_spec", default=None,
+                            help="shorthand: blur, blur:N, #RRGGBB, transparent, IMAGE or VIDEO")
     parser.add_argument("--config", default=None, help="TOML config file (sections as tables)")
+
+
+def _flag_help(default: Any, meta: Mapping[str, Any]) -> str:
+    extra = []
+    if meta.get("lo") is not None:
+        extra.append(f"{meta['lo']:g} to {meta['hi']:g}")
+    if default is not None:
+        extra.append(f"default {default}")
+    return meta["help"] + (f" [{'; '.join(extra)}]" if extra else "")
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

@@ -72,11 +72,15 @@ class WebcamSource(_Threaded):
         self._closed = False
 
     def _open(self) -> cv2.VideoCapture:
+        # silence OpenCV: a camera that fails to open is reported below, once, clearly
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
         cap = cv2.VideoCapture(self.device)
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"cannot open webcam {self.device!r}: is it connected, and not "
-                              "used by another program? (`live doctor` lists cameras)")
+                              "used by another program? `live doctor` lists cameras; without "
+                              "one, `live serve` (make run) uses the browser's camera, and "
+                              "--source synthetic or a video file work too")
         cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
         cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
         cap.set(cv2.CAP_PROP_FPS, self.fps)
@@ -99,11 +103,15 @@ class WebcamSource(_Threaded):
             try:
                 image = await self._call(self._grab)
             except SourceError as exc:
+                if self.index == 0:  # never worked: no camera here, say so at once
+                    raise
                 image, self.status = None, str(exc)
             if image is not None:
                 self.failures, self.status = 0, "ok"
                 self.index += 1
                 return Frame(image, self.index - 1, time.monotonic())
+            if self.index == 0:
+                raise SourceError(f"webcam {self.device!r} opened but gives no frames")
             delay = self.BACKOFF[min(self.failures, len(self.BACKOFF) - 1)]
             self.failures += 1
             if self.status == "ok" or self.failures == 1:

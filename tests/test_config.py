@@ -72,7 +72,8 @@ def test_cli_flags_override_config_file_which_overrides_defaults(tmp_path) -> No
     assert settings.source.spec == "synthetic"
     assert settings.engine == Settings().engine        # untouched section keeps defaults
     assert parse("--background", "#00ff00").background.mode == "color"
-    assert parse("--no-source-loop").source.loop is False
+    assert parse("--no-loop").source.loop is False
+    assert parse("--source-realtime").source.realtime is True
 
 
 def test_bad_config_file_is_a_clear_error(tmp_path) -> None:

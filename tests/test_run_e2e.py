@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import glob
 import os
 import subprocess
 import sys
@@ -129,7 +130,21 @@ def test_cli_reports_bad_input_clearly(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "--background" in proc.stderr
     proc = run("run", "--source", "synthetic", "--feather", "999")
     assert proc.returncode == 2 and "matte.feather" in proc.stderr
+    proc = run("run", "--source", "synthetic", "--background", str(tmp_path / "nope.jpg"))
+    assert proc.returncode == 2 and "nope.jpg: no such file" in proc.stderr
     assert "Traceback" not in proc.stderr
+    proc = run("serve", "--background", str(tmp_path / "nope.mp4"))
+    assert proc.returncode == 2 and "nope.mp4: no such file" in proc.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux" or bool(glob.glob("/sys/devices/virtual/video4linux/*")),
+                    reason="checks the message for a Linux machine without v4l2loopback")
+def test_missing_virtual_camera_driver_is_reported_before_start() -> None:
+    proc = subprocess.run([sys.executable, "-m", "live.cli", "run", "--source", "synthetic",
+                           "--no-control"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "modprobe v4l2loopback" in proc.stderr and "live serve" in proc.stderr
+    assert proc.stderr.count("no virtual camera") == 1 and "Traceback" not in proc.stderr
 
 
 def test_missing_selfie_model_names_the_fix(tmp_path: Path, monkeypatch) -> None:

@@ -124,3 +124,16 @@ def test_camera_that_disappears_is_reported_and_reopened(clip_path: Path, tmp_pa
     assert any("lost" in s or "cannot open" in s for s in statuses)
     assert again.image.shape == (720, 1280, 3) and again.index == 230
     assert failures == 0  # reset once frames flow again
+
+
+def test_a_camera_that_never_opens_fails_at_once(tmp_path: Path) -> None:
+    """No retry loop when there is no camera at all: the user gets the fix immediately."""
+    async def main() -> None:
+        cam = WebcamSource(str(tmp_path / "no-such-camera"), 640, 480, 30)
+        try:
+            with pytest.raises(SourceError, match="live doctor"):
+                await asyncio.wait_for(cam.read(), timeout=10)
+        finally:
+            await cam.close()
+
+    asyncio.run(main())
