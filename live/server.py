@@ -70,6 +70,8 @@ PAGE_HEADERS = [
     ("X-Content-Type-Options", "nosniff"),
     ("Cache-Control", "no-store"),
 ]
+TOKEN_REFUSED = (b"Unauthorized: missing or wrong token; open the URL that `live serve` "
+                 b"printed (it ends with ?token=...)\n")
 
 
 class Session:
@@ -231,18 +233,30 @@ class ControlServer:
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path, _, query = request.path.partition("?")
+        if path == "/ws-check":
+            return self._check_token(query)
         if path != "/ws":
             return self._static(path)
         if not self._origin_allowed(request):
             return conn.respond(403, "Forbidden: this page's origin may not use the control "
                                      "socket\n")
-        token = parse_qs(query).get("token", [""])[0]
-        if not secrets.compare_digest(token.encode(), self.token.encode()):
-            return conn.respond(401, "Unauthorized: missing or wrong token; open the URL that "
-                                     "`live serve` printed (it ends with ?token=...)\n")
+        if not self._token_ok(query):
+            return conn.respond(401, TOKEN_REFUSED.decode())
         if len(self.clients) >= self.max_clients:
             return conn.respond(503, "Too many control connections\n")
         return None
+
+    def _token_ok(self, query: str) -> bool:
+        token = parse_qs(query).get("token", [""])[0]
+        return secrets.compare_digest(token.encode(), self.token.encode())
+
+    def _check_token(self, query: str) -> Response:
+        """``GET /ws-check?token=...``: 200 or 401, so the page can tell a stale link
+        (the token changes at every start) from a server that is not there; a
+        browser sees only code 1006 when the websocket upgrade is refused."""
+        if self._token_ok(query):
+            return _response(200, b"ok\n", "text/plain; charset=utf-8")
+        return _response(401, TOKEN_REFUSED, "text/plain; charset=utf-8")
 
     def _origin_allowed(self, request: Request) -> bool:
         """No Origin = not a browser (the token suffices); a browser must be same-origin.
@@ -449,7 +463,7 @@ def _response(status: int, body: bytes, content_type: str) -> Response:
     headers = Headers([("Date", email.utils.formatdate(usegmt=True)), ("Connection", "close"),
                        ("Content-Length", str(len(body))), ("Content-Type", content_type),
                        *PAGE_HEADERS])
-    reason = {200: "OK", 404: "Not Found"}[status]
+    reason = {200: "OK", 401: "Unauthorized", 404: "Not Found"}[status]
     return Response(status, reason, headers, body)
 
 

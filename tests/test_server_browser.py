@@ -77,24 +77,44 @@ def browser_paths():
     return CHROMIUM
 
 
-def test_page_replaces_background_sends_clicks_and_follows_the_panel(browser_paths, clip_path,
-                                                                      tmp_path):
+@pytest.fixture(scope="module")
+def browser(browser_paths, clip_path, tmp_path_factory):
+    """One headless chromium for this module, its fake camera playing the clip."""
     from playwright.sync_api import sync_playwright
 
-    y4m = write_y4m(clip_path, tmp_path / "camera.y4m")
-    settings = test_settings(background={"mode": "color", "color": "#00ff00"})
-    with ServerThread(settings) as st, sync_playwright() as pw:
-        server = st.server
+    y4m = write_y4m(clip_path, tmp_path_factory.mktemp("camera") / "camera.y4m")
+    with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(browser_paths), headless=True, args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
             "--disable-component-update", "--disable-sync", "--no-first-run",
             "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
             f"--use-file-for-fake-video-capture={y4m}"])
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            errors: list[str] = []
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.goto(server.url)
+            yield browser
+        finally:
+            browser.close()
+
+
+def open_page(browser, url: str, viewport=(1280, 800)):
+    """A new page at ``url``; returns it and the list its uncaught exceptions go to
+    (its console errors, such as failed loads, go to ``page.console_errors``)."""
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+    errors: list[str] = []
+    page.console_errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", lambda m: page.console_errors.append(f"{m.text} {m.location}")
+            if m.type == "error" else None)
+    page.goto(url)
+    return page, errors
+
+
+def test_page_replaces_background_sends_clicks_and_follows_the_panel(browser, clip_path,
+                                                                      tmp_path):
+    settings = test_settings(background={"mode": "color", "color": "#00ff00"})
+    with ServerThread(settings) as st:
+        server = st.server
+        page, errors = open_page(browser, server.url)
+        try:
             page.wait_for_selector("#status[data-state='connected']", timeout=10_000)
 
             page.click("#connect")
@@ -152,4 +172,56 @@ def test_page_replaces_background_sends_clicks_and_follows_the_panel(browser_pat
                      "the server to drop the page's session")
             assert not errors, errors
         finally:
-            browser.close()
+            page.close()
+
+
+def test_a_stale_link_says_so_and_the_panel_stays_disabled(browser):
+    with ServerThread() as st:
+        server = st.server
+        stale = server.url.replace(server.token, "a-token-from-yesterday")
+        page, errors = open_page(browser, stale)
+        try:
+            page.wait_for_selector("#status[data-state='error']", timeout=10_000)
+            status = page.text_content("#status")
+            assert "out of date" in status and "live serve" in status, status
+            assert "1006" not in status
+            assert page.is_disabled("#connect")
+            assert page.evaluate("[...document.querySelectorAll('fieldset[data-needs-server]')]"
+                                 ".every((f) => f.disabled)")
+            assert page.is_disabled("#bg-mode") and page.is_disabled("#matte-feather")
+            # No made-up values: the blur slider and its figure are not shown.
+            assert not page.is_visible("#bg-blur") and not page.is_visible("#bg-color")
+            page.evaluate("document.getElementById('connect').click()")
+            time.sleep(0.5)
+            assert page.evaluate("window.liveClient.camera") is None
+            assert not server.clients and not server.sessions
+            assert not errors, errors
+        finally:
+            page.close()
+
+        page, errors = open_page(browser, server.url.replace("?token=" + server.token, ""))
+        try:
+            page.wait_for_selector("#status[data-state='error']", timeout=10_000)
+            assert "no token" in page.text_content("#status")
+        finally:
+            page.close()
+
+
+def test_when_the_server_stops_the_page_says_so_and_start_does_nothing(browser):
+    st = ServerThread()
+    page, errors = open_page(browser, st.server.url)
+    try:
+        page.wait_for_selector("#status[data-state='connected']", timeout=10_000)
+        assert not page.is_disabled("#connect")
+        assert page.input_value("#bg-blur") == str(st.server.settings.background.blur)
+        st.close()
+        page.wait_for_selector("#status[data-state='error']", timeout=10_000)
+        status = page.text_content("#status")
+        assert "server stopped" in status and "live serve" in status, status
+        assert page.is_disabled("#connect")
+        page.evaluate("document.getElementById('connect').click()")
+        time.sleep(0.5)
+        assert page.evaluate("window.liveClient.camera") is None
+        assert not errors, errors
+    finally:
+        page.close()

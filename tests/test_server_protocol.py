@@ -282,6 +282,18 @@ def test_token_and_origin_are_checked(st_server):
             assert ask(ws, {"type": "hello", "id": 1})["type"] == "ok"
 
 
+def test_token_check_endpoint_tells_a_stale_link_from_a_good_one(st_server):
+    """The page probes /ws-check first: a browser sees a refused upgrade only as 1006."""
+    server = st_server.server
+    status, headers, body = http_get(server.port, f"/ws-check?token={server.token}")
+    assert status == 200 and body == b"ok\n"
+    assert headers["cache-control"] == "no-store"
+    for token in ("", "wrong", server.token[:-1]):
+        status, _, body = http_get(server.port, f"/ws-check?token={token}")
+        assert status == 401 and b"token" in body, token
+    assert http_get(server.port, "/ws-check")[0] == 401
+
+
 def http_get(port: int, path: str) -> tuple[int, dict, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", path)

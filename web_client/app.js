@@ -21,10 +21,41 @@ const state = {
   settings: null,       // settings of the steered session, as last confirmed
   lastReply: null,
   lastStats: null,
+  ready: false,         // socket open and settings received
 };
 window.liveClient = state;
 
 // ------------------------------------------------------------------ websocket
+
+const STALE_LINK = "this link is out of date or its token is wrong (a new token is made at " +
+  "every server start): open the URL printed by `live serve` (or `make run`)";
+const NO_TOKEN = "this link has no token: open the URL printed by `live serve` (or `make run`); " +
+  "it ends with ?token=…";
+const NOT_RUNNING = "the server is not running: start `live serve` (or `make run`) and open " +
+  "the URL it prints";
+
+// The browser reports a refused websocket upgrade only as code 1006, so ask the
+// server first whether the token is good: 200 yes, 401 no, no answer = not there.
+async function probeToken() {
+  try {
+    const resp = await fetch(`/ws-check?token=${encodeURIComponent(token)}`, { cache: "no-store" });
+    if (resp.status === 401) return "bad-token";
+    return resp.ok ? "ok" : "error";
+  } catch (err) {
+    return "unreachable";
+  }
+}
+
+async function connect() {
+  if (!token) {
+    setStatus("error", NO_TOKEN);
+    return;
+  }
+  const check = await probeToken();
+  if (check === "bad-token") setStatus("error", STALE_LINK);
+  else if (check === "unreachable") setStatus("error", NOT_RUNNING);
+  else connectSocket();
+}
 
 function connectSocket() {
   const proto = location.protocol === "https:" ? "wss" : "ws";
@@ -36,17 +67,35 @@ function connectSocket() {
     if (hello.type === "ok") {
       showSettings(hello.settings);
       fillSessions(hello.sessions);
+      setReady(true);
     }
   };
   ws.onmessage = (event) => onMessage(JSON.parse(event.data));
-  ws.onclose = (event) => {
-    const why = event.code === 1006 && !token
-      ? "not connected: open the URL printed by `live serve` (it carries ?token=...)"
-      : `disconnected (${event.code}${event.reason ? ": " + event.reason : ""}); reload to retry`;
-    setStatus("error", why);
+  ws.onclose = async (event) => {
+    setReady(false);
     for (const resolve of state.pending.values()) resolve({ type: "error", error: "disconnected" });
     state.pending.clear();
+    if (state.pc) stopCamera();   // the server ends a session with its socket
+    const check = await probeToken();
+    if (check === "bad-token") setStatus("error", STALE_LINK);
+    else if (check === "unreachable") {
+      setStatus("error", "the server stopped: start `live serve` again and open the new URL " +
+        "it prints (the token changes at every start)");
+    } else {
+      setStatus("error", `disconnected (${event.code}${event.reason ? ": " + event.reason : ""}); ` +
+        "reload to retry");
+    }
   };
+}
+
+// The panel works only with a live socket and the settings it sent: until then
+// its controls are disabled (and show nothing rather than made-up values).
+function setReady(ready) {
+  state.ready = ready;
+  for (const fs of document.querySelectorAll("#panel fieldset[data-needs-server]")) {
+    fs.disabled = !ready;
+  }
+  $("connect").disabled = !ready || !!state.pc;
 }
 
 function onMessage(msg) {
@@ -97,6 +146,10 @@ async function listCameras() {
 }
 
 async function startCamera() {
+  if (!state.ready) {   // never turn the camera on for nothing
+    showMessage("not connected to the server; see the status at the top", true);
+    return;
+  }
   $("connect").disabled = true;
   try {
     const deviceId = $("camera-select").value;
@@ -163,7 +216,7 @@ function stopCamera() {
   $("processed").srcObject = null;
   $("preview").srcObject = null;
   $("placeholder").hidden = false;
-  $("connect").disabled = false;
+  $("connect").disabled = !state.ready;
   $("disconnect").disabled = true;
   setTimeout(refreshSessions, 500);
 }
@@ -183,6 +236,7 @@ function controlValue(el) {
 function showSettings(settings) {
   if (!settings) return;
   state.settings = settings;
+  $("panel").dataset.settings = "known";
   for (const el of settingControls()) {
     const [section, name] = el.dataset.setting.split(".");
     const value = settings[section] && settings[section][name];
@@ -376,4 +430,5 @@ $("session-select").addEventListener("change", onSessionChange);
 navigator.mediaDevices?.addEventListener?.("devicechange", () => listCameras().catch(() => {}));
 if (navigator.mediaDevices) listCameras().catch(() => {});
 else showMessage("this browser has no camera access (the page must be on localhost or https)", true);
-connectSocket();
+setReady(false);
+connect();
