@@ -225,3 +225,45 @@ def test_when_the_server_stops_the_page_says_so_and_start_does_nothing(browser):
         assert not errors, errors
     finally:
         page.close()
+
+
+# Drags the colour picker: `count` input events, one every `every_ms`, ending on blue.
+DRAG_COLOUR_JS = """async ([count, everyMs]) => {
+  const el = document.getElementById("bg-color");
+  el.focus();
+  for (let i = 0; i < count; i++) {
+    el.value = i === count - 1 ? "#0000ff" : "#" + (i * 977 % 0xffffff).toString(16).padStart(6, "0");
+    el.dispatchEvent(new Event("input", { bubbles: true }));
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+  el.blur();
+}"""
+
+
+def test_dragging_the_colour_picker_or_a_flood_of_requests_stays_under_the_rate_limit(browser):
+    # A strict server (10 messages a second, bursts of 10) makes any excess show.
+    with ServerThread(rate=10, burst=10) as st:
+        server = st.server
+        page, errors = open_page(browser, server.url)
+        try:
+            page.wait_for_selector("#status[data-state='connected']", timeout=10_000)
+            page.evaluate(DRAG_COLOUR_JS, [200, 5])  # 200 events in about a second
+            wait_for(lambda: server.clients and next(iter(server.clients)).settings.background
+                     .color == "#0000ff", 10, "the last colour of the drag to arrive")
+            sent = server.received["settings.set"]
+            assert 2 <= sent <= 30, sent  # throttled, not one per event
+            time.sleep(0.5)
+            assert page.input_value("#bg-color") == "#0000ff"  # no snap back
+            message = page.text_content("#message")
+            assert "too many" not in message and "#0000ff" in message, message
+
+            # Any burst of requests is paced to the server's limit, none refused.
+            replies = page.evaluate("""async () => {
+              const all = [];
+              for (let i = 0; i < 25; i++) all.push(window.liveClient.request("settings.get"));
+              return (await Promise.all(all)).map((r) => r.type === "ok" ? "ok" : r.error);
+            }""")
+            assert replies == ["ok"] * 25, replies
+            assert not errors, errors
+        finally:
+            page.close()

@@ -65,6 +65,7 @@ function connectSocket() {
     setStatus("connected", "connected");
     const hello = await request("hello");
     if (hello.type === "ok") {
+      setRateLimit(hello.limits && hello.limits.messages_per_second);
       showSettings(hello.settings);
       fillSessions(hello.sessions);
       setReady(true);
@@ -112,11 +113,41 @@ function onMessage(msg) {
   }
 }
 
+// The server drops messages over its rate limit (hello says how many a second),
+// so the page keeps well under it whatever the user does: every request waits
+// for a slot of a token bucket at half the server's rate.
+const gate = { rate: 20, burst: 20, tokens: 20, last: performance.now(), queue: Promise.resolve() };
+
+function setRateLimit(perSecond) {
+  if (!(perSecond > 0)) return;
+  gate.rate = Math.min(20, perSecond / 2);
+  gate.burst = Math.max(1, Math.min(20, Math.floor(perSecond / 2)));
+  gate.tokens = Math.min(gate.tokens, gate.burst);
+}
+
+function sendSlot() {
+  const slot = gate.queue.then(async () => {
+    for (;;) {
+      const now = performance.now();
+      gate.tokens = Math.min(gate.burst, gate.tokens + ((now - gate.last) / 1000) * gate.rate);
+      gate.last = now;
+      if (gate.tokens >= 1) {
+        gate.tokens -= 1;
+        return;
+      }
+      await new Promise((r) => setTimeout(r, ((1 - gate.tokens) / gate.rate) * 1000));
+    }
+  });
+  gate.queue = slot;
+  return slot;
+}
+
 // Send one request; resolves with its reply (ok or error), never rejects.
-function request(type, fields = {}) {
+async function request(type, fields = {}) {
+  await sendSlot();
   const ws = state.ws;
   if (!ws || ws.readyState !== WebSocket.OPEN) {
-    return Promise.resolve({ type: "error", error: "not connected to the server" });
+    return { type: "error", error: "not connected to the server" };
   }
   const id = state.nextId++;
   const msg = { type, id, ...fields };
@@ -131,6 +162,7 @@ function request(type, fields = {}) {
     ws.send(JSON.stringify(msg));
   });
 }
+state.request = request;
 
 // ------------------------------------------------------------------ camera + WebRTC
 
@@ -258,17 +290,42 @@ async function setSetting(section, name, value) {
   return reply;
 }
 
-// Sliders send while dragging, at most every 100 ms; the last value always goes out.
+async function setBackground(background, confirmation) {
+  const reply = await request("settings.set", { settings: { background } });
+  if (reply.type === "ok") {
+    showSettings(reply.settings);
+    showMessage(confirmation);
+  } else {
+    showMessage(reply.error, true);
+    showSettings(state.settings);
+  }
+  return reply;
+}
+
+// Sliders and the colour picker send while dragging: one request at a time, at
+// most one every 100 ms, and the last value always goes out.
 function throttled(fn, ms = 100) {
-  let timer = null;
-  let lastArgs = null;
+  let busy = false;
+  let pending = null;
+  const run = async (args) => {
+    busy = true;
+    const t0 = performance.now();
+    try {
+      await fn(...args);
+    } finally {
+      setTimeout(() => {
+        busy = false;
+        if (pending) {
+          const next = pending;
+          pending = null;
+          run(next);
+        }
+      }, Math.max(0, ms - (performance.now() - t0)));
+    }
+  };
   return (...args) => {
-    lastArgs = args;
-    if (timer) return;
-    timer = setTimeout(() => {
-      timer = null;
-      fn(...lastArgs);
-    }, ms);
+    if (busy) pending = args;
+    else run(args);
   };
 }
 
@@ -281,16 +338,14 @@ function wireSettings() {
         $(`${el.id}-value`).textContent = el.value;
         send(controlValue(el));
       });
+    } else if (el.type === "color") {
+      const send = throttled((color) => setBackground({ mode: "color", color }, `background colour ${color}`));
+      el.addEventListener("input", () => send(el.value));
     } else {
-      el.addEventListener(el.type === "color" ? "input" : "change", () => {
+      el.addEventListener("change", () => {
         // Picking "image" or "video" mode is done by choosing the file below.
         if (el.id === "bg-mode" && el.value === "image" && !state.settings.background.image) {
           showMessage("choose an image file below");
-          return;
-        }
-        if (el.id === "bg-color") {
-          request("settings.set", { settings: { background: { mode: "color", color: el.value } } })
-            .then((r) => (r.type === "ok" ? showSettings(r.settings) : showMessage(r.error, true)));
           return;
         }
         setSetting(section, name, controlValue(el));
