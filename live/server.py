@@ -32,6 +32,7 @@ import email.utils
 import logging
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -166,7 +167,6 @@ class ControlServer:
     async def start(self) -> None:
         """Bind and start serving; returns at once (the server runs on the current loop)."""
         server = self.settings.server
-        self._upload_dir = Path(tempfile.mkdtemp(prefix="live-uploads-"))
         self._server = await ws_serve(
             self._handle_connection, server.host, server.port,
             process_request=self._process_request, max_size=control.MAX_MESSAGE_BYTES,
@@ -410,7 +410,8 @@ class ControlServer:
     async def _on_background_upload(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
         session = self._target(client, msg, required=False)
         blob, suffix = await asyncio.to_thread(control.decode_image_upload, msg)
-        assert self._upload_dir is not None
+        if self._upload_dir is None:  # made on first use: a server that never gets one leaves nothing
+            self._upload_dir = Path(tempfile.mkdtemp(prefix="live-uploads-"))
         path = self._upload_dir / f"{secrets.token_hex(8)}{suffix}"
         path.write_bytes(blob)
         try:
@@ -471,7 +472,8 @@ def _response(status: int, body: bytes, content_type: str) -> Response:
 
 
 def serve(settings: Settings, passthrough: bool = False) -> None:
-    """``live serve``: run until Ctrl-C, then close every session cleanly.
+    """``live serve``: run until Ctrl-C or SIGTERM, then close every session cleanly
+    (and delete the uploaded background images).
 
     The first line printed is ``live: serving on URL`` (bench.webrtc reads it).
     """
@@ -479,14 +481,22 @@ def serve(settings: Settings, passthrough: bool = False) -> None:
     async def main() -> None:
         server = ControlServer(settings, passthrough=passthrough)
         await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError, ValueError):  # Windows, or not main thread
+                pass
         print(f"live: serving on {server.url}\nlive: open that URL in a browser "
               "(Ctrl-C stops)", flush=True)
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
             await server.stop()
 
     try:
         asyncio.run(main())
     except KeyboardInterrupt:
-        print("live: stopped", flush=True)
+        pass
+    print("live: stopped", flush=True)

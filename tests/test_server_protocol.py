@@ -424,7 +424,16 @@ def test_an_attached_pipeline_is_steered_and_left_to_its_owner():
     asyncio.run(scenario())
 
 
-def test_serve_prints_its_url_serves_the_page_and_stops_on_ctrl_c():
+def upload_dirs() -> set[Path]:
+    import tempfile
+
+    return set(Path(tempfile.gettempdir()).glob("live-uploads-*"))
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_serve_prints_its_url_serves_the_page_and_stops_cleanly_on_a_signal(sig):
+    """Ctrl-C and SIGTERM (systemd, docker stop, kill) both close everything and
+    delete the uploaded images with their folder."""
     import signal
     import subprocess
     import sys
@@ -439,8 +448,47 @@ def test_serve_prints_its_url_serves_the_page_and_stops_on_ctrl_c():
         url = urlsplit(line.split()[-1])
         assert len(url.query.removeprefix("token=")) >= 32  # secrets.token_urlsafe(24)
         assert http_get(url.port, "/")[0] == 200
-        proc.send_signal(signal.SIGINT)
+        with connect(f"ws://127.0.0.1:{url.port}/ws?{url.query}", open_timeout=10,
+                     max_size=control.MAX_MESSAGE_BYTES) as ws:
+            image = np.full((36, 64, 3), 200, np.uint8)
+            reply = ask(ws, {"type": "background.upload", "id": 1, "data": png_b64(image)})
+        assert reply["type"] == "ok", reply
+        uploaded = Path(reply["settings"]["background"]["image"])
+        assert uploaded.is_file() and uploaded.parent.name.startswith("live-uploads-")
+        proc.send_signal(getattr(signal, sig))
         out, _ = proc.communicate(timeout=20)
     finally:
         proc.kill()
     assert proc.returncode == 0 and "stopped" in out
+    assert not uploaded.parent.exists(), "the uploads folder outlived the server"
+
+
+def test_a_busy_port_fails_to_start_and_leaves_no_folder_behind():
+    import asyncio
+
+    from live.server import ControlServer
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        before = upload_dirs()
+        server = ControlServer(test_settings(server={"port": port}))
+        with pytest.raises(OSError):
+            asyncio.run(server.start())
+        assert upload_dirs() - before == set()
+
+
+def test_the_uploads_folder_is_made_on_first_upload_and_removed_at_stop(frames):
+    before = upload_dirs()
+    st_ = ServerThread()
+    try:
+        assert upload_dirs() - before == set(), "a folder before any upload"
+        with ws_connect(st_.server) as ws:
+            reply = ask(ws, {"type": "background.upload", "id": 1, "data": png_b64(frames[0])})
+        assert reply["type"] == "ok", reply
+        folder = Path(reply["settings"]["background"]["image"]).parent
+        assert folder in upload_dirs() - before
+    finally:
+        st_.close()
+    assert not folder.exists()
