@@ -41,9 +41,16 @@ def hex_to_bgr(color: str) -> tuple[int, int, int]:
 
 
 def fit_image(image: np.ndarray, width: int, height: int, fit: str,
-              fill: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+              fill: str = "black") -> np.ndarray:
     """``image`` resized to width x height: ``cover`` crops the overflow, ``contain``
-    letterboxes with ``fill`` so nothing is cut off."""
+    letterboxes so nothing is cut off.
+
+    The letterbox bars are black (``fill="black"``) or, with ``fill="blur"``, a
+    blurred and dimmed copy of the image itself stretched over the frame (the
+    usual look for a photo of another shape; cheap: it is computed on a copy
+    shrunk 8x). Never the colour setting: a green bar around a photo is no
+    background anyone wants.
+    """
     ih, iw = image.shape[:2]
     scale = (max if fit == "cover" else min)(width / iw, height / ih)
     nw, nh = max(1, round(iw * scale)), max(1, round(ih * scale))
@@ -52,8 +59,15 @@ def fit_image(image: np.ndarray, width: int, height: int, fit: str,
     if fit == "cover":
         x0, y0 = (nw - width) // 2, (nh - height) // 2
         return np.ascontiguousarray(resized[y0:y0 + height, x0:x0 + width])
-    out = np.empty((height, width, 3), np.uint8)
-    out[:] = fill
+    if fill == "blur" and (nw, nh) != (width, height):
+        sw, sh = max(1, width // 8), max(1, height // 8)
+        small = fit_image(image, sw, sh, "cover")
+        r = max(1, round(max(sw, sh) / 16))
+        small = cv2.stackBlur(small, (2 * r + 1, 2 * r + 1))
+        small = cv2.convertScaleAbs(small, alpha=0.6)  # dimmed: the picture itself stands out
+        out = cv2.resize(small, (width, height), interpolation=cv2.INTER_LINEAR)
+    else:
+        out = np.zeros((height, width, 3), np.uint8)
     x0, y0 = (width - nw) // 2, (height - nh) // 2
     out[y0:y0 + nh, x0:x0 + nw] = resized
     return out
@@ -179,16 +193,15 @@ class StillBackground:
 
     fresh = False
 
-    def __init__(self, image: np.ndarray, fit: str, fill: tuple[int, int, int],
-                 source: tuple | None = None):
-        self.image, self.fit, self.fill = image, fit, fill
+    def __init__(self, image: np.ndarray, fit: str, source: tuple | None = None):
+        self.image, self.fit = image, fit
         self.source = source  # (path, mtime, size) of the file it was decoded from
         self._cache: np.ndarray | None = None
 
     def render(self, frame: np.ndarray, alpha: AlphaLevels) -> np.ndarray:
         h, w = frame.shape[:2]
         if self._cache is None or self._cache.shape[:2] != (h, w):
-            self._cache = fit_image(self.image, w, h, self.fit, self.fill)
+            self._cache = fit_image(self.image, w, h, self.fit, "blur")
         return self._cache
 
     def close(self) -> None:
@@ -205,7 +218,7 @@ def file_stamp(path: str) -> tuple:
 
 
 def solid(color: str) -> StillBackground:
-    return StillBackground(np.full((1, 1, 3), hex_to_bgr(color), np.uint8), "cover", (0, 0, 0))
+    return StillBackground(np.full((1, 1, 3), hex_to_bgr(color), np.uint8), "cover")
 
 
 def load_image(path: str) -> np.ndarray:
@@ -243,8 +256,8 @@ class VideoBackground:
 
     fresh = False
 
-    def __init__(self, path: str, fit: str, fill: tuple[int, int, int]):
-        self.path, self.fit, self.fill = path, fit, fill
+    def __init__(self, path: str, fit: str):
+        self.path, self.fit = path, fit
         self.stamp = file_stamp(path)
         self._container = _open_video(path)
         self._decoded = self._container.decode(video=0)
@@ -294,7 +307,7 @@ class VideoBackground:
             failures = 0
             size = self._size
             if size is not None:
-                image = fit_image(image, size[0], size[1], self.fit, self.fill)
+                image = fit_image(image, size[0], size[1], self.fit)
             while not self._stop.is_set():
                 try:
                     self._frames.put(image, timeout=0.1)
@@ -310,7 +323,7 @@ class VideoBackground:
         except queue.Empty:
             pass  # decoder behind: show the previous frame again
         if self._last.shape[:2] != (h, w):  # frames decoded before the size was known
-            self._last = fit_image(self._last, w, h, self.fit, self.fill)
+            self._last = fit_image(self._last, w, h, self.fit)
         return self._last
 
     def close(self) -> None:
@@ -362,7 +375,6 @@ class Compositor:
             old.close()
 
     def _build(self, s: BackgroundSettings, current: Background | None) -> Background | None:
-        fill = hex_to_bgr(s.color)
         if s.mode == "transparent":
             return None
         if s.mode == "blur":
@@ -374,15 +386,15 @@ class Compositor:
                 raise BackgroundError("background mode 'image' needs an image file")
             stamp = file_stamp(s.image)
             if isinstance(current, StillBackground) and current.source == stamp:
-                return StillBackground(current.image, s.fit, fill, stamp)  # refit, no re-decode
-            return StillBackground(load_image(s.image), s.fit, fill, stamp)
+                return StillBackground(current.image, s.fit, stamp)  # refit, no re-decode
+            return StillBackground(load_image(s.image), s.fit, stamp)
         if s.mode == "video":
             if not s.video:
                 raise BackgroundError("background mode 'video' needs a video file")
             if isinstance(current, VideoBackground) and current.stamp == file_stamp(s.video) \
-                    and current.fit == s.fit and current.fill == fill:
+                    and current.fit == s.fit:
                 return current  # same file: keep playing where it is
-            return VideoBackground(s.video, s.fit, fill)
+            return VideoBackground(s.video, s.fit)
         raise BackgroundError(f"unknown background mode {s.mode!r}")
 
     def apply(self, frame_bgr: np.ndarray, alpha_fullres: np.ndarray) -> np.ndarray:

@@ -117,7 +117,9 @@ class BackgroundSettings:
     color: str = _f("#00b140", "solid colour as #RRGGBB")
     image: str | None = _f(None, "background image file")
     video: str | None = _f(None, "background video file (loops)")
-    fit: Literal["cover", "contain"] = _f("cover", "how an image or video fills the frame")
+    fit: Literal["cover", "contain"] = _f(
+        "cover", "how an image or video fills the frame: cover crops the overflow, contain "
+        "shows all of it (bars: a blurred copy of an image, black for a video)")
 
 
 @dataclass(frozen=True)

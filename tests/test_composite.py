@@ -96,8 +96,27 @@ def test_image_cover_and_contain(tmp_path: Path) -> None:
     assert tuple(cover[5, 5]) == (255, 0, 0) and tuple(cover[5, W - 5]) == (0, 0, 255)
     contain = Compositor(BackgroundSettings(mode="image", image=str(path), fit="contain",
                                             color="#00ff00")).apply(frame, alpha)
-    assert tuple(contain[2, 5]) == (0, 255, 0)  # letterbox bar in the colour setting
     assert tuple(contain[H // 2, 5]) == (255, 0, 0)
+    # The bars (50 px above and below) are a dimmed, blurred copy of the image, never
+    # the colour setting: blue-ish on the left, red-ish on the right, no green.
+    left, right = contain[2, 5].astype(int), contain[H - 3, W - 6].astype(int)
+    assert left[1] < 10 and right[1] < 10
+    assert left[0] > 80 and left[0] > left[2] + 60
+    assert right[2] > 80 and right[2] > right[0] + 60
+    assert left[0] < 200  # dimmed, so the picture itself stands out
+
+
+def test_video_contain_letterboxes_in_black(tmp_path: Path) -> None:
+    path = tmp_path / "red.mp4"
+    write_video(path, [(0, 0, 255)] * 3)  # 4:3 into a 16:9 frame: bars left and right
+    frame, alpha = scene()
+    comp = Compositor(BackgroundSettings(mode="video", video=str(path), fit="contain",
+                                         color="#00ff00"))
+    out = comp.apply(frame, alpha)
+    comp.close()
+    assert np.all(out[H // 2, :30] <= 3)  # black bars, not the colour setting
+    assert np.all(out[H // 2, W - 30:] <= 3)
+    assert tuple(out[H // 2, 60]) == pytest.approx((0, 0, 255), abs=8)
 
 
 def test_fit_image_sizes() -> None:
