@@ -160,9 +160,11 @@ def test_page_replaces_background_sends_clicks_and_follows_the_panel(browser, cl
                 page.wait_for_selector(f"#session-select option[value='{other.session}']",
                                        state="attached", timeout=10_000)
                 page.select_option("#session-select", other.session)
-                page.select_option("#bg-mode", "transparent")
+                # Another browser's WebRTC video cannot carry alpha either.
+                assert page.is_disabled("#bg-mode option[value='transparent']")
+                page.select_option("#bg-mode", "blur")
                 wait_for(lambda: server.sessions[other.session].processor.settings.background
-                         .mode == "transparent", 5, "the other session to follow the panel")
+                         .mode == "blur", 5, "the other session to follow the panel")
                 assert session.processor.settings.background.mode == "image"  # untouched
             finally:
                 other.close()
@@ -267,3 +269,43 @@ def test_dragging_the_colour_picker_or_a_flood_of_requests_stays_under_the_rate_
             assert not errors, errors
         finally:
             page.close()
+
+
+@pytest.fixture
+def run_session():
+    """A `live run`-like attached session: a synthetic source into a null sink."""
+    from live.pipeline import FrameProcessor, Pipeline
+    from live.server import Session
+    from live.sinks import NullSink
+    from live.sources import SyntheticSource
+
+    processor = FrameProcessor(test_settings())
+    pipeline = Pipeline(SyntheticSource(320, 180, 15.0), [NullSink()], processor, name="run")
+    return Session(processor, pipeline, kind="run", session_id="run")
+
+
+def test_transparent_is_offered_only_for_live_run_sessions(browser, run_session):
+    import asyncio
+
+    with ServerThread(sessions=[run_session]) as st:
+        running = asyncio.run_coroutine_threadsafe(run_session.pipeline.run(), st.loop)
+        page, errors = open_page(browser, st.server.url)
+        try:
+            page.wait_for_selector("#status[data-state='connected']", timeout=10_000)
+            # This page's own session: WebRTC, so no alpha; the page says why.
+            assert page.is_disabled("#bg-mode option[value='transparent']")
+            note = page.text_content("#transparent-note")
+            assert page.is_visible("#transparent-note") and "live run" in note \
+                and "black" in note, note
+            # `live run`'s virtual camera can record alpha: there it is offered.
+            page.select_option("#session-select", "run")
+            assert not page.is_disabled("#bg-mode option[value='transparent']")
+            assert not page.is_visible("#transparent-note")
+            page.select_option("#bg-mode", "transparent")
+            wait_for(lambda: run_session.processor.settings.background.mode == "transparent", 5,
+                     "the live run session to turn transparent")
+            assert not errors, errors
+        finally:
+            page.close()
+            run_session.pipeline.stop()
+            running.result(10)

@@ -22,6 +22,7 @@ const state = {
   lastReply: null,
   lastStats: null,
   ready: false,         // socket open and settings received
+  sessionKinds: new Map(),  // session id -> "webrtc" | "run" | ...
 };
 window.liveClient = state;
 
@@ -265,6 +266,20 @@ function controlValue(el) {
   return el.value;
 }
 
+// WebRTC video has no alpha channel: "transparent" arrives black in a browser,
+// so it is offered only for `live run` sessions (recording to .webm/.mov).
+function steeredKind() {
+  return state.selected ? state.sessionKinds.get(state.selected) || "webrtc" : "webrtc";
+}
+
+function updateModeChoices() {
+  const webrtc = steeredKind() === "webrtc";
+  const option = $("bg-mode").querySelector("option[value='transparent']");
+  option.disabled = webrtc;
+  option.textContent = webrtc ? "transparent (live run only)" : "transparent";
+  $("transparent-note").hidden = !webrtc;
+}
+
 function showSettings(settings) {
   if (!settings) return;
   state.settings = settings;
@@ -274,6 +289,7 @@ function showSettings(settings) {
     const value = settings[section] && settings[section][name];
     if (value !== undefined && value !== null && document.activeElement !== el) el.value = value;
   }
+  updateModeChoices();
   for (const id of ["bg-blur", "matte-feather", "matte-ema"]) $(`${id}-value`).textContent = $(id).value;
   if (settings.background.video) $("bg-video").value = settings.background.video;
 }
@@ -419,11 +435,13 @@ function fillSessions(sessions) {
   const current = state.selected;
   select.replaceChildren(new Option("this page's camera", ""));
   for (const s of sessions || []) {
+    state.sessionKinds.set(s.session, s.kind);
     if (s.session === state.ownSession) continue;
     select.add(new Option(`${s.kind} ${s.session}`, s.session));
   }
   select.value = [...select.options].some((o) => o.value === current) ? current : "";
   state.selected = select.value;
+  updateModeChoices();
 }
 
 async function refreshSessions() {
@@ -433,6 +451,7 @@ async function refreshSessions() {
 
 async function onSessionChange() {
   state.selected = $("session-select").value;
+  updateModeChoices();
   const reply = await request("settings.get");
   if (reply.type === "ok") showSettings(reply.settings);
 }
