@@ -110,12 +110,16 @@ def open_page(browser, url: str, viewport=(1280, 800)):
 
 def test_page_replaces_background_sends_clicks_and_follows_the_panel(browser, clip_path,
                                                                       tmp_path):
-    settings = test_settings(background={"mode": "color", "color": "#00ff00"})
+    # A SAM 2 checkpoint that is not there: picking SAM 2 must fail, with help.
+    settings = test_settings(background={"mode": "color", "color": "#00ff00"},
+                             engine={"checkpoint": "/nonexistent/sam2.pt"})
     with ServerThread(settings) as st:
         server = st.server
         page, errors = open_page(browser, server.url)
         try:
             page.wait_for_selector("#status[data-state='connected']", timeout=10_000)
+            assert not page.is_visible("#preview"), "an empty camera thumbnail"
+            assert page.text_content("#session-select option[value='']") == "this browser"
 
             page.click("#connect")
             wait_for(lambda: server.sessions and not page.is_disabled("#disconnect"), 20,
@@ -136,6 +140,9 @@ def test_page_replaces_background_sends_clicks_and_follows_the_panel(browser, cl
             wait_for(lambda: server.received["prompt"] == 1, 5, "the prompt to reach the server")
             status = wait_for(lambda: page.text_content("#prompt-status"), 5, "the reply")
             assert "selfie" in status, status
+            page.click("#reset")
+            wait_for(lambda: page.text_content("#message") == "tracking reset", 5, "the reset")
+            assert page.text_content("#prompt-status") == ""
 
             # The colour picker changes the output within about a second.
             page.fill("#bg-color", "#ff0000")
@@ -144,12 +151,45 @@ def test_page_replaces_background_sends_clicks_and_follows_the_panel(browser, cl
             assert time.monotonic() - t0 < 5
             session = next(iter(server.sessions.values()))
             assert session.processor.settings.background.color == "#ff0000"
+            message = page.text_content("#message")
+            assert "#ff0000" in message and "error" not in page.get_attribute("#message", "class")
+
+            # SAM 2 without its checkpoint: refused, the engine stays, and the page
+            # says what to do in a browser user's terms.
+            page.select_option("#engine-name", "sam2")
+            help_line = wait_for(lambda: page.is_visible("#message-help")
+                                 and page.text_content("#message-help"), 10, "the help line")
+            assert "live fetch sam2 --model tiny" in help_line, help_line
+            assert "not found" in page.text_content("#message")
+            assert session.processor.settings.engine.name == "selfie"
+            assert page.input_value("#engine-name") == "selfie"
+
+            # A video background needs a path on the server's machine: said before sending.
+            sent = server.received["settings.set"]
+            page.fill("#bg-video", "")
+            page.click("#bg-video-apply")
+            assert "enter the path of a video file on the machine running live" in \
+                page.text_content("#message")
+            page.select_option("#bg-mode", "video")
+            assert "enter the path" in page.text_content("#message")
+            assert page.input_value("#bg-mode") == "color"  # what still runs
+            assert not page.is_visible("#message-help")  # the old help went with its error
+            assert server.received["settings.set"] == sent
             # An image chosen in the panel is uploaded and becomes the background.
             blue = tmp_path / "blue.png"
             cv2.imwrite(str(blue), np.full((180, 320, 3), (255, 0, 0), np.uint8))
             page.set_input_files("#bg-image", str(blue))
             wait_for(lambda: (frac((0, 0, 255)) or 0) > 0.4, 10, "the uploaded blue background")
             assert session.processor.settings.background.mode == "image"
+            in_use = session.processor.settings.background.image
+            # A refused file leaves the old image in use, and the file box says so.
+            bogus = tmp_path / "notes.png"
+            bogus.write_text("not an image")
+            page.set_input_files("#bg-image", str(bogus))
+            wait_for(lambda: "not a readable image" in page.text_content("#message"), 10,
+                     "the refusal")
+            assert page.input_value("#bg-image") == ""
+            assert session.processor.settings.background.image == in_use
 
             stats = wait_for(lambda: page.text_content("#stats"), 5, "the pushed stats line")
             assert "fps" in stats and "segment" in stats, stats
@@ -159,6 +199,8 @@ def test_page_replaces_background_sends_clicks_and_follows_the_panel(browser, cl
             try:
                 page.wait_for_selector(f"#session-select option[value='{other.session}']",
                                        state="attached", timeout=10_000)
+                label = page.text_content(f"#session-select option[value='{other.session}']")
+                assert label == "other browser 1", label
                 page.select_option("#session-select", other.session)
                 # Another browser's WebRTC video cannot carry alpha either.
                 assert page.is_disabled("#bg-mode option[value='transparent']")
@@ -169,10 +211,18 @@ def test_page_replaces_background_sends_clicks_and_follows_the_panel(browser, cl
             finally:
                 other.close()
 
+            page.select_option("#session-select", "")
             page.click("#disconnect")
             wait_for(lambda: not server.sessions and not pipeline_threads(), 20,
                      "the server to drop the page's session")
+            # Nothing of the stopped session stays up.
+            time.sleep(1.5)  # a stats push or two
+            assert page.text_content("#stats") == ""
+            assert page.text_content("#message") == "camera stopped"
+            assert page.text_content("#prompt-status") == ""
+            assert not page.is_visible("#preview")
             assert not errors, errors
+            assert not page.console_errors, page.console_errors  # no 404 (favicon) either
         finally:
             page.close()
 
@@ -298,6 +348,8 @@ def test_transparent_is_offered_only_for_live_run_sessions(browser, run_session)
             assert page.is_visible("#transparent-note") and "live run" in note \
                 and "black" in note, note
             # `live run`'s virtual camera can record alpha: there it is offered.
+            assert page.text_content("#session-select option[value='run']") == \
+                "virtual camera (live run)"
             page.select_option("#session-select", "run")
             assert not page.is_disabled("#bg-mode option[value='transparent']")
             assert not page.is_visible("#transparent-note")

@@ -312,6 +312,8 @@ def test_static_files_are_served_and_confined(st_server):
     assert "default-src 'self'" in headers["content-security-policy"]
     status, headers, body = http_get(port, "/app.js")
     assert status == 200 and headers["content-type"].startswith("text/javascript")
+    status, headers, body = http_get(port, "/favicon.svg")  # no 404 in the console
+    assert status == 200 and headers["content-type"] == "image/svg+xml" and b"<svg" in body
     for path in ("/../pyproject.toml", "/%2e%2e/pyproject.toml", "/..%2fpyproject.toml",
                  "/%2e%2e%2flive%2fserver.py", "//etc/passwd", "/web_client/../README.md",
                  "/missing.js", "/%00index.html", "/style.css%00.png"):

@@ -195,6 +195,7 @@ async function startCamera() {
       audio: $("with-audio").checked,
     });
     $("preview").srcObject = state.camera;
+    $("preview").hidden = false;
     listCameras().catch(() => {});  // labels appear once permission is granted
 
     const pc = new RTCPeerConnection({ iceServers: [] });
@@ -219,8 +220,8 @@ async function startCamera() {
     showMessage("camera connected");
     refreshSessions();
   } catch (err) {
-    showMessage(`could not start: ${err.message || err}`, true);
     stopCamera();
+    showMessage(`could not start: ${err.message || err}`, true);
   }
 }
 
@@ -248,6 +249,12 @@ function stopCamera() {
   state.ownSession = null;
   $("processed").srcObject = null;
   $("preview").srcObject = null;
+  $("preview").hidden = true;
+  // Nothing of the old session stays up: its figures, clicks and errors.
+  state.lastStats = null;
+  $("stats").textContent = "";
+  $("prompt-status").textContent = "";
+  showMessage("");
   $("placeholder").hidden = false;
   $("connect").disabled = !state.ready;
   $("disconnect").disabled = true;
@@ -292,6 +299,7 @@ function showSettings(settings) {
   updateModeChoices();
   for (const id of ["bg-blur", "matte-feather", "matte-ema"]) $(`${id}-value`).textContent = $(id).value;
   if (settings.background.video) $("bg-video").value = settings.background.video;
+  if (settings.background.mode !== "image") $("bg-image").value = "";
 }
 
 async function setSetting(section, name, value) {
@@ -300,7 +308,7 @@ async function setSetting(section, name, value) {
     showSettings(reply.settings);
     showMessage(`${section}.${name} = ${value}`);
   } else {
-    showMessage(reply.error, true);
+    showMessage(reply.error, true, helpFor(reply.error));
     showSettings(state.settings);   // put the control back to what actually runs
   }
   return reply;
@@ -345,6 +353,9 @@ function throttled(fn, ms = 100) {
   };
 }
 
+const VIDEO_PATH_NEEDED = "enter the path of a video file on the machine running live " +
+  "(the server reads it, not this browser), then press Use";
+
 function wireSettings() {
   for (const el of settingControls()) {
     const [section, name] = el.dataset.setting.split(".");
@@ -361,7 +372,14 @@ function wireSettings() {
       el.addEventListener("change", () => {
         // Picking "image" or "video" mode is done by choosing the file below.
         if (el.id === "bg-mode" && el.value === "image" && !state.settings.background.image) {
+          showSettings(state.settings);
           showMessage("choose an image file below");
+          return;
+        }
+        if (el.id === "bg-mode" && el.value === "video" && !state.settings.background.video) {
+          showSettings(state.settings);
+          showMessage(VIDEO_PATH_NEEDED);
+          $("bg-video").focus();
           return;
         }
         setSetting(section, name, controlValue(el));
@@ -370,6 +388,10 @@ function wireSettings() {
   }
   $("bg-video-apply").addEventListener("click", async () => {
     const path = $("bg-video").value.trim();
+    if (!path) {
+      showMessage(VIDEO_PATH_NEEDED, true);
+      return;
+    }
     const reply = await request("settings.set", { settings: { background: { mode: "video", video: path } } });
     if (reply.type === "ok") showSettings(reply.settings);
     showMessage(reply.type === "ok" ? `background video: ${path}` : reply.error, reply.type !== "ok");
@@ -392,7 +414,8 @@ async function uploadImage() {
     showSettings(reply.settings);
     showMessage(`background image: ${file.name}`);
   } else {
-    showMessage(reply.error, true);
+    $("bg-image").value = "";   // the old background stays in use: do not show the refused name
+    showMessage(`${file.name}: ${reply.error}`, true);
   }
 }
 
@@ -425,19 +448,32 @@ async function onVideoClick(event) {
 
 async function onReset() {
   const reply = await request("reset");
-  $("prompt-status").textContent = reply.type === "ok" ? "tracking reset" : reply.error;
+  $("prompt-status").textContent = reply.type === "ok" ? "" : reply.error;
+  showMessage(reply.type === "ok" ? "tracking reset" : reply.error, reply.type !== "ok");
 }
 
 // ------------------------------------------------------------------ sessions + stats
 
+// "other browser 1", "other browser 2"... numbered in the order this page saw them.
+const browserNumbers = new Map();
+
+function sessionLabel(s) {
+  if (s.kind === "run") return "virtual camera (live run)";
+  if (s.kind === "webrtc") {
+    if (!browserNumbers.has(s.session)) browserNumbers.set(s.session, browserNumbers.size + 1);
+    return `other browser ${browserNumbers.get(s.session)}`;
+  }
+  return `${s.kind} ${s.session}`;
+}
+
 function fillSessions(sessions) {
   const select = $("session-select");
   const current = state.selected;
-  select.replaceChildren(new Option("this page's camera", ""));
+  select.replaceChildren(new Option("this browser", ""));
   for (const s of sessions || []) {
     state.sessionKinds.set(s.session, s.kind);
     if (s.session === state.ownSession) continue;
-    select.add(new Option(`${s.kind} ${s.session}`, s.session));
+    select.add(new Option(sessionLabel(s), s.session));
   }
   select.value = [...select.options].some((o) => o.value === current) ? current : "";
   state.selected = select.value;
@@ -464,7 +500,10 @@ function showStats(sessions) {
   const wanted = state.selected || state.ownSession;
   const s = sessions.find((x) => x.session === wanted);
   state.lastStats = s || null;
-  if (!s) return;
+  if (!s) {
+    $("stats").textContent = "";
+    return;
+  }
   const ms = (stage) => (s.stage_ms && s.stage_ms[stage] ? s.stage_ms[stage].p50.toFixed(1) : "–");
   const parts = [
     `${s.fps.toFixed(1)} fps`,
@@ -487,17 +526,31 @@ function setStatus(stateName, text) {
   el.textContent = text;
 }
 
-function showMessage(text, isError = false) {
+function showMessage(text, isError = false, help = "") {
   const el = $("message");
   el.textContent = text;
   el.classList.toggle("error", isError);
+  $("message-help").textContent = help;
+  $("message-help").hidden = !help;
+}
+
+// What a browser user can do about an error meant for the command line.
+function helpFor(error) {
+  if (/SAM 2 checkpoint .*(not found|bytes, expected)/.test(error)) {
+    return `To get it: on the machine running live, run \`live fetch sam2 --model ` +
+      `${$("engine-model").value}\`, then pick SAM 2 again.`;
+  }
+  return "";
 }
 
 // ------------------------------------------------------------------ start
 
 wireSettings();
 $("connect").addEventListener("click", startCamera);
-$("disconnect").addEventListener("click", stopCamera);
+$("disconnect").addEventListener("click", () => {
+  stopCamera();
+  showMessage("camera stopped");
+});
 $("processed").addEventListener("click", onVideoClick);
 $("reset").addEventListener("click", onReset);
 $("session-select").addEventListener("change", onSessionChange);
