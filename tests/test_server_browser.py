@@ -361,3 +361,26 @@ def test_transparent_is_offered_only_for_live_run_sessions(browser, run_session)
             page.close()
             run_session.pipeline.stop()
             running.result(10)
+
+
+def test_phone_layout_keeps_the_thumbnail_and_stats_out_of_the_way(browser):
+    with ServerThread() as st:
+        page, errors = open_page(browser, st.server.url, viewport=(390, 844))
+        try:
+            page.wait_for_selector("#status[data-state='connected']", timeout=10_000)
+            page.click("#connect")
+            wait_for(lambda: page.evaluate("document.getElementById('processed').videoWidth"),
+                     20, "the processed video")
+            wait_for(lambda: page.text_content("#stats"), 5, "the stats line")
+            video = page.locator("#processed").bounding_box()
+            thumb = page.locator("#preview").bounding_box()
+            assert thumb["y"] >= video["y"] + video["height"] - 1, (video, thumb)  # below
+            header = page.locator("header").bounding_box()
+            stats = page.locator("#stats").bounding_box()
+            status = page.locator("#status").bounding_box()
+            assert stats["y"] >= status["y"] + status["height"] - 1  # a line of its own
+            assert stats["x"] + stats["width"] <= 390 and header["y"] + header["height"] <= video["y"]
+            page.click("#disconnect")
+            assert not errors, errors
+        finally:
+            page.close()

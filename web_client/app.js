@@ -98,6 +98,13 @@ function setReady(ready) {
     fs.disabled = !ready;
   }
   $("connect").disabled = !ready || !!state.pc;
+  showPlaceholder();
+}
+
+function showPlaceholder() {
+  $("placeholder").textContent = state.ready ? "Choose a camera and press Start."
+    : $("status").dataset.state === "error" ? "Not connected to the server: see the message at the top."
+    : "Connecting to the server…";
 }
 
 function onMessage(msg) {
@@ -524,6 +531,7 @@ function setStatus(stateName, text) {
   const el = $("status");
   el.dataset.state = stateName;
   el.textContent = text;
+  showPlaceholder();
 }
 
 function showMessage(text, isError = false, help = "") {
