@@ -384,3 +384,24 @@ def test_phone_layout_keeps_the_thumbnail_and_stats_out_of_the_way(browser):
             assert not errors, errors
         finally:
             page.close()
+
+
+def test_start_with_a_missing_sam2_checkpoint_says_how_to_get_it(browser):
+    settings = test_settings(engine={"name": "sam2", "sam2_model": "small",
+                                     "checkpoint": "/nonexistent/sam2.pt"})
+    with ServerThread(settings) as st:
+        page, errors = open_page(browser, st.server.url)
+        try:
+            page.wait_for_selector("#status[data-state='connected']", timeout=10_000)
+            page.click("#connect")
+            help_line = wait_for(lambda: page.is_visible("#message-help")
+                                 and page.text_content("#message-help"), 20, "the help line")
+            assert "live fetch sam2 --model small" in help_line and "press Start again" \
+                in help_line, help_line
+            assert page.text_content("#message").startswith("could not start")
+            assert page.evaluate("window.liveClient.camera") is None  # the camera went off
+            assert not page.is_visible("#preview") and not page.is_disabled("#connect")
+            assert not st.server.sessions
+            assert not errors, errors
+        finally:
+            page.close()

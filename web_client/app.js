@@ -228,7 +228,8 @@ async function startCamera() {
     refreshSessions();
   } catch (err) {
     stopCamera();
-    showMessage(`could not start: ${err.message || err}`, true);
+    const why = `${err.message || err}`;
+    showMessage(`could not start: ${why}`, true, helpFor(why, "press Start again"));
   }
 }
 
@@ -315,7 +316,8 @@ async function setSetting(section, name, value) {
     showSettings(reply.settings);
     showMessage(`${section}.${name} = ${value}`);
   } else {
-    showMessage(reply.error, true, helpFor(reply.error));
+    showMessage(reply.error, true,
+      helpFor(reply.error, section === "engine" ? "pick SAM 2 again" : "try again"));
     showSettings(state.settings);   // put the control back to what actually runs
   }
   return reply;
@@ -543,10 +545,12 @@ function showMessage(text, isError = false, help = "") {
 }
 
 // What a browser user can do about an error meant for the command line.
-function helpFor(error) {
+function helpFor(error, then) {
   if (/SAM 2 checkpoint .*(not found|bytes, expected)/.test(error)) {
-    return `To get it: on the machine running live, run \`live fetch sam2 --model ` +
-      `${$("engine-model").value}\`, then pick SAM 2 again.`;
+    const named = /--model (\w+)/.exec(error);
+    const model = named ? named[1] : $("engine-model").value;
+    return `To get it: on the machine running live, run \`live fetch sam2 --model ${model}\`, ` +
+      `then ${then}.`;
   }
   return "";
 }
