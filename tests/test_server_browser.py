@@ -190,6 +190,12 @@ def test_page_replaces_background_sends_clicks_and_follows_the_panel(browser, cl
                      "the refusal")
             assert page.input_value("#bg-image") == ""
             assert session.processor.settings.background.image == in_use
+            big = tmp_path / "huge.png"  # over the upload limit: refused before sending
+            big.write_bytes(b"\0" * (12 << 20))
+            page.set_input_files("#bg-image", str(big))
+            wait_for(lambda: "limit is 11 MiB" in page.text_content("#message"), 5,
+                     "the size refusal")
+            assert page.input_value("#bg-image") == "" and server.clients  # still connected
 
             stats = wait_for(lambda: page.text_content("#stats"), 5, "the pushed stats line")
             assert "fps" in stats and "segment" in stats, stats

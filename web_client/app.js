@@ -23,6 +23,7 @@ const state = {
   lastStats: null,
   ready: false,         // socket open and settings received
   sessionKinds: new Map(),  // session id -> "webrtc" | "run" | ...
+  limits: null,         // from hello
 };
 window.liveClient = state;
 
@@ -66,7 +67,8 @@ function connectSocket() {
     setStatus("connected", "connected");
     const hello = await request("hello");
     if (hello.type === "ok") {
-      setRateLimit(hello.limits && hello.limits.messages_per_second);
+      state.limits = hello.limits || {};
+      setRateLimit(state.limits.messages_per_second);
       showSettings(hello.settings);
       fillSessions(hello.sessions);
       setReady(true);
@@ -411,6 +413,13 @@ function wireSettings() {
 async function uploadImage() {
   const file = $("bg-image").files[0];
   if (!file) return;
+  const limit = state.limits && state.limits.upload_bytes;
+  if (limit && file.size > limit) {   // the server would close the socket on it
+    $("bg-image").value = "";
+    showMessage(`${file.name} is ${(file.size / 1048576).toFixed(1)} MiB; the limit is ` +
+      `${(limit / 1048576).toFixed(0)} MiB`, true);
+    return;
+  }
   showMessage(`uploading ${file.name}…`);
   const data = await new Promise((resolve, reject) => {
     const reader = new FileReader();
