@@ -139,7 +139,10 @@ class FrameProcessor:
                 self.matte.reset()
                 self._reset_requested = False
             for prompt in self._prompts:
-                self.segmenter.add_prompt(prompt)
+                try:
+                    self.segmenter.add_prompt(prompt)
+                except PromptError as exc:  # checked when queued; the frame size changed since
+                    log.warning("prompt dropped: %s", exc)
             self._prompts.clear()
             t0 = time.perf_counter()
             alpha = self.selector.apply(self.segmenter.step(frame.image))
@@ -173,9 +176,8 @@ class FrameProcessor:
             self.settings = settings
 
     def add_prompt(self, prompt: Prompt) -> None:
-        """Queue a click for the next frame; refuse at once if the engine takes none."""
-        if getattr(self.segmenter, "name", "") == "selfie":
-            self.segmenter.add_prompt(prompt)  # raises PromptError with the reason
+        """Queue a click for the next frame; a prompt the engine refuses raises PromptError now."""
+        self.segmenter.check_prompt(prompt)
         with self._lock:
             self._prompts.append(prompt)
 
@@ -270,9 +272,6 @@ class Pipeline:
                 return
             try:
                 result = await loop.run_in_executor(self._executor, self.processor.process, frame)
-            except PromptError as exc:  # a click the engine rejected: report, keep going
-                self._error(f"prompt: {exc}")
-                continue
             except Exception as exc:
                 log.exception("processing frame %d failed", frame.index)
                 self._error(f"processing: {exc}")

@@ -104,3 +104,23 @@ def test_transparent_background_gives_bgra() -> None:
     out = processor.process(Frame(SyntheticSource(320, 240).render(0), 0, 0.0))
     assert out.image.shape == (240, 320, 4)
     assert np.allclose(out.image[..., 3] / 255.0, out.alpha, atol=1 / 255 + 1e-6)
+
+
+def test_clicks_on_the_sam2_engine_are_checked_at_once_and_applied_between_frames() -> None:
+    """Random weights (no checkpoint here): this checks the plumbing, not the mask."""
+    from live.config import EngineSettings
+    from live.segment.auto_prompt import AutoPromptedSAM2
+
+    engine = AutoPromptedSAM2.with_random_weights(
+        EngineSettings(name="sam2", device="cpu", image_size=64), precision="fp32")
+    processor = FrameProcessor(SELFIE, segmenter=engine)
+    image = SyntheticSource(320, 240).render(0)
+    processor.process(Frame(image, 0, 0.0))
+    with pytest.raises(PromptError, match="outside"):
+        processor.add_prompt(Prompt(points=((5000.0, 10.0, 1),)))
+    assert engine.mode == "auto"                        # a bad click changes nothing
+    processor.add_prompt(Prompt(points=((160.0, 120.0, 1),)))
+    assert engine.mode == "auto"                        # queued, not applied mid-frame
+    out = processor.process(Frame(image, 1, 0.1))
+    assert engine.mode == "user" and out.image.shape == image.shape
+    assert engine.stats()["memory_bank_bytes"] > 0

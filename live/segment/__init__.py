@@ -45,6 +45,11 @@ class Segmenter(Protocol):
     def reset(self) -> None:
         """Forget all temporal state (tracked objects, memories)."""
 
+    def check_prompt(self, prompt: Prompt) -> None:
+        """Raise PromptError now if ``add_prompt`` would refuse it (no clicks, outside the
+        frame, unknown object). Cheap and safe while a frame is being processed, so a
+        control panel gets its answer at once."""
+
     def add_prompt(self, prompt: Prompt) -> None:
         """Apply a prompt to the next frame; raises PromptError where unsupported."""
 

@@ -98,6 +98,9 @@ class AutoPromptedSAM2:
         self.last_object_score: float | None = None
         self.last_person_fraction: float | None = None
 
+    def check_prompt(self, prompt: Prompt) -> None:
+        self.stream.validate(prompt)
+
     def add_prompt(self, prompt: Prompt) -> None:
         """A user prompt: drop the auto object, follow the prompt from the next frame on."""
         self.stream.validate(prompt)  # a bad click must not wipe the current tracking

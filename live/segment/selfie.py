@@ -68,6 +68,9 @@ class SelfieSegmenter:
     def reset(self) -> None:
         """Stateless: nothing to forget."""
 
+    def check_prompt(self, prompt: Prompt) -> None:
+        self.add_prompt(prompt)
+
     def add_prompt(self, prompt: Prompt) -> None:
         raise PromptError("the selfie engine segments every person and takes no clicks; "
                           "switch to the sam2 engine to pick one subject")
