@@ -73,7 +73,9 @@ class EngineSettings:
 @dataclass(frozen=True)
 class MatteSettings:
     feather: int = _f(6, "edge feather radius in full-resolution pixels (guided filter); "
-                         "0 = plain bilinear upsampling", lo=0, hi=64, flag="--feather")
+                         "0 = plain bilinear upsampling. Whatever the radius, the edge moves "
+                         "at most one guide_size grid cell (5 px at 720p) from the model's",
+                      lo=0, hi=64, flag="--feather")
     feather_eps: float = _f(1e-3, "guided filter regulariser: larger = softer edges",
                             lo=1e-6, hi=1.0)
     edge_contrast: float = _f(
@@ -86,10 +88,12 @@ class MatteSettings:
     smoothing: Literal["adaptive", "ema", "off"] = _f(
         "adaptive", "temporal smoothing: adaptive leans on history only where the new mask is "
         "uncertain or changes little; ema is a plain moving average", flag="--smoothing")
-    ema: float = _f(0.5, "weight of the new mask in ema mode (1 = no smoothing)", lo=0.0, hi=1.0)
+    ema: float = _f(0.5, "weight of the new mask in ema mode (1 = no smoothing; at least 0.05, "
+                         "so an old mask always fades)", lo=0.05, hi=1.0)
     adaptive_min_weight: float = _f(
         0.15, "adaptive mode: weight of the new mask where it agrees with history "
-        "(lower = steadier, more lag on slow edges)", lo=0.01, hi=1.0)
+        "(lower = steadier, more lag on slow edges; at least 0.05, so an old mask always "
+        "fades)", lo=0.05, hi=1.0)
     adaptive_change_lo: float = _f(
         0.05, "adaptive mode: a per-pixel change below this is treated as noise (full "
         "smoothing)", lo=0.0, hi=1.0)

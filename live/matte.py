@@ -64,14 +64,26 @@ def grid_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     return max(2, round(width * scale)), max(2, round(height * scale))
 
 
+EDGE_REACH = 1  # grid cells (5 px at 720p on the default grid) the guided filter may move an edge
+
+
 def guided_upsample(alpha: np.ndarray, gray: np.ndarray, guide: np.ndarray,
-                    radius: float, eps: float) -> np.ndarray:
+                    radius: float, eps: float, reach: int = EDGE_REACH) -> np.ndarray:
     """Fast guided filter: fit q = a*I + b on the grid, apply it to the full-res frame.
 
     ``alpha`` is any resolution; ``gray`` is the frame's uint8 luminance;
     ``guide`` is the same shrunk to the grid, in [0, 1]; ``radius`` is in grid
     pixels. The guide is the luminance, not colour: a colour guide needs a
     3x3 solve per pixel, too slow for the budget.
+
+    The result is clamped between the alpha eroded and dilated by ``reach``
+    grid cells: the filter may move an edge onto a nearby image edge (that is
+    its job) but no further, and it cannot change alpha away from the edge.
+    Unclamped, the linear fit drags alpha to any strong image edge in its
+    window (a door frame beside the person became a hard-edged strip of
+    door), turns into a plain box blur where the picture is flat (a wide
+    dark fringe beside a dark jacket on a dark wall), and with a large radius
+    averages the whole body, so the person turned see-through.
     """
     gh, gw = guide.shape
     p = cv2.resize(alpha, (gw, gh), interpolation=cv2.INTER_LINEAR)
@@ -85,7 +97,9 @@ def guided_upsample(alpha: np.ndarray, gray: np.ndarray, guide: np.ndarray,
     b = mean_p - a * mean_i
     a = cv2.blur(a, ksize) * (1.0 / 255.0)  # fold the guide's /255 in: q = a * gray + b
     b = cv2.blur(b, ksize)
-    return apply_coefficients(a, b, gray)
+    square = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * reach + 1, 2 * reach + 1))
+    np.clip(p, 0.0, 1.0, out=p)
+    return apply_coefficients(a, b, gray, cv2.erode(p, square), cv2.dilate(p, square))
 
 
 ZERO = 1e-4  # coefficients below this (in alpha units) count as "no person here"
@@ -132,19 +146,24 @@ def blob_boxes(mask: np.ndarray, margin: int = 1, coarse: int = 4,
     return boxes
 
 
-def apply_coefficients(a: np.ndarray, b: np.ndarray, gray: np.ndarray) -> np.ndarray:
-    """q = a * gray + b at full resolution, with a and b bilinearly upsampled.
+def apply_coefficients(a: np.ndarray, b: np.ndarray, gray: np.ndarray,
+                       lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> np.ndarray:
+    """q = a * gray + b at full resolution, with a and b bilinearly upsampled,
+    clipped to [lo, hi] (grid maps, upsampled the same way; default [0, 1]).
 
     Only the boxes around the person (and any other blob) are computed: far
-    from them a and b are 0, so q is 0 there. In webcam framing the boxes are
-    a fraction of the frame, and this full-resolution step is most of the
-    matte's cost. Each box upsamples its own crop of the grid, with two empty
-    cells of margin, so when the frame is a whole multiple of the grid (720p
-    on the default grid) its pixels equal those of a whole-frame resize.
+    from them a and b (or hi) are 0, so q is 0 there. In webcam framing the
+    boxes are a fraction of the frame, and this full-resolution step is most
+    of the matte's cost. Each box upsamples its own crop of the grid, with two
+    empty cells of margin, so when the frame is a whole multiple of the grid
+    (720p on the default grid) its pixels equal those of a whole-frame resize.
     """
     gh, gw = a.shape
     h, w = gray.shape
-    active = (np.abs(a) * 255.0 > ZERO) | (np.abs(b) > ZERO)
+    if hi is not None:
+        active = hi > ZERO  # q <= hi: nothing to compute where hi is 0
+    else:
+        active = (np.abs(a) * 255.0 > ZERO) | (np.abs(b) > ZERO)
     q = np.zeros((h, w), np.float32)
     sx, sy = w / gw, h / gh
     for cx0, cy0, cx1, cy1 in blob_boxes(active, margin=2):
@@ -152,13 +171,19 @@ def apply_coefficients(a: np.ndarray, b: np.ndarray, gray: np.ndarray) -> np.nda
         x1 = w if cx1 == gw else round(cx1 * sx)
         y1 = h if cy1 == gh else round(cy1 * sy)
         size = (x1 - x0, y1 - y0)
-        a_up = cv2.resize(a[cy0:cy1, cx0:cx1], size, interpolation=cv2.INTER_LINEAR)
-        b_up = cv2.resize(b[cy0:cy1, cx0:cx1], size, interpolation=cv2.INTER_LINEAR)
+
+        def up(grid: np.ndarray) -> np.ndarray:
+            return cv2.resize(grid[cy0:cy1, cx0:cx1], size, interpolation=cv2.INTER_LINEAR)
+
         box = q[y0:y1, x0:x1]  # a view: OpenCV writes the result straight into q
-        cv2.multiply(a_up, gray[y0:y1, x0:x1], dst=box, dtype=cv2.CV_32F)
-        cv2.add(box, b_up, dst=box)
-        cv2.threshold(box, 1.0, 1.0, cv2.THRESH_TRUNC, dst=box)  # clip to [0, 1], in place
-        cv2.threshold(box, 0.0, 0.0, cv2.THRESH_TOZERO, dst=box)
+        cv2.multiply(up(a), gray[y0:y1, x0:x1], dst=box, dtype=cv2.CV_32F)
+        cv2.add(box, up(b), dst=box)
+        if hi is None:
+            cv2.threshold(box, 1.0, 1.0, cv2.THRESH_TRUNC, dst=box)  # clip to [0, 1], in place
+            cv2.threshold(box, 0.0, 0.0, cv2.THRESH_TOZERO, dst=box)
+        else:  # lo and hi lie in [0, 1]
+            cv2.max(box, up(lo), dst=box)
+            cv2.min(box, up(hi), dst=box)
     return q
 
 

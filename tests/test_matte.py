@@ -189,3 +189,61 @@ def test_a_lasting_change_on_a_still_picture_is_taken_after_a_few_frames() -> No
             outs[persist] = matte.apply(np.zeros_like(alpha), frame)
     assert outs[4].max() < 0.05  # believed after 4 frames of lasting disagreement
     assert outs[0][190, 280] > 0.3  # the motion gate alone would have frozen the error
+
+
+def _bound(name: str, which: str) -> float:
+    return next(f for f in dataclasses.fields(MatteSettings) if f.name == name).metadata[which]
+
+
+def test_feather_at_its_maximum_keeps_the_person_opaque(data_dir) -> None:
+    import cv2
+
+    frame = cv2.imread(str(data_dir / "davis-lucia" / "frames" / "00010.jpg"))
+    gt = cv2.imread(str(data_dir / "davis-lucia" / "masks" / "00010.png"),
+                    cv2.IMREAD_GRAYSCALE) > 127
+    low = cv2.resize(gt.astype(np.float32), (256, 144), interpolation=cv2.INTER_AREA)
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (41, 41))
+    inside = cv2.erode(gt.view(np.uint8), disk).astype(bool)  # 20 px in from the edge
+    outside = ~cv2.dilate(gt.view(np.uint8), disk).astype(bool)
+    assert inside.sum() > 2000
+    for feather in (MatteSettings().feather, _bound("feather", "hi")):
+        out = Matte(MatteSettings(feather=feather)).apply(low, frame)
+        assert out[inside].min() > 0.95  # no green showing through the body
+        assert out[outside].max() < 0.05  # nor a haze of the room around it
+
+
+def test_feathering_moves_the_edge_no_further_than_one_grid_cell() -> None:
+    frame = np.full((H, W, 3), 200, np.uint8)
+    frame[:, 330:] = 60  # a strong image edge (a door frame) 30 px beside the person's
+    x = (np.arange(AW, dtype=np.float32) + 0.5) * 5
+    alpha = np.clip((300 - x) / 40 + 0.5, 0, 1)[None, :].repeat(AH, 0)  # soft edge at 300
+    for feather in (6, 16, _bound("feather", "hi")):
+        out = Matte(MatteSettings(feather=feather)).apply(alpha, frame)[H // 2]
+        assert abs(int(np.argmax(out < 0.5)) - 300) <= 5  # not dragged to the door frame
+        assert out[320:].max() < 0.05
+
+
+def test_feathering_a_flat_picture_leaves_a_narrow_soft_edge() -> None:
+    frame = np.full((H, W, 3), 128, np.uint8)  # nothing to snap to: the filter is a box blur
+    alpha = np.zeros((AH, AW), np.float32)
+    alpha[:, 64:] = 1.0
+    for feather in (6, 16, _bound("feather", "hi")):
+        out = Matte(MatteSettings(feather=feather)).apply(alpha, frame)[H // 2]
+        assert np.count_nonzero((out > 0.05) & (out < 0.95)) <= 15  # no wide blurred fringe
+
+
+def test_ema_at_its_minimum_still_follows_a_moved_mask() -> None:
+    lowest = _bound("ema", "lo")
+    assert lowest > 0
+    with pytest.raises(SettingsError, match="matte.ema must be between"):
+        Settings().merged({"matte": {"ema": 0.0}})
+    with pytest.raises(SettingsError, match="adaptive_min_weight must be between"):
+        Settings().merged({"matte": {"adaptive_min_weight": 0.0}})
+    matte = Matte(Settings().merged({"matte": {"smoothing": "ema", "ema": lowest}}).matte)
+    for _ in range(5):
+        matte.apply(*reversed(person_frame(100)))
+    for _ in range(30):  # a bit over a second at 24 fps
+        out = matte.apply(*reversed(person_frame(300)))
+    row = 190
+    assert out[row, 110:250].max() < 0.05  # the old place has emptied
+    assert out[row, 310:450].min() > 0.95  # the new place is filled
