@@ -101,7 +101,7 @@ class MatteSettings:
         0.5, "adaptive mode: a per-pixel change above this is treated as motion and taken "
         "at once (no smoothing)", lo=0.0, hi=1.0)
     adaptive_persist_frames: int = _f(
-        4, "adaptive mode: a mask that differs from the smoothed one by more than "
+        8, "adaptive mode: a mask that differs from the smoothed one by more than "
         "adaptive_persist_change for this many frames in a row is taken at once, so a "
         "smoothed-over error cannot linger (0 = never)", lo=0, hi=1000)
     adaptive_persist_change: float = _f(
@@ -111,6 +111,10 @@ class MatteSettings:
         0.2, "adaptive mode: change of the picture itself (0-1 of full grey scale) at which a "
         "mask change counts fully as motion; smaller picture changes scale it down, so mask "
         "noise on a still scene is smoothed away (0 = ignore the picture)", lo=0.0, hi=1.0)
+    adaptive_release: float = _f(
+        0.7, "adaptive mode: where the new mask says background (below 0.3) and is lower than "
+        "history, its weight is at least this, so a moving arm leaves no ghost behind even "
+        "where the picture changed little (0 = drops are smoothed like rises)", lo=0.0, hi=1.0)
 
 
 @dataclass(frozen=True)

@@ -182,7 +182,7 @@ def test_a_lasting_change_on_a_still_picture_is_taken_after_a_few_frames() -> No
     frame, alpha = person_frame(200)  # the picture never changes
     outs = {}
     for persist in (0, 4):
-        matte = Matte(MatteSettings(adaptive_persist_frames=persist))
+        matte = Matte(MatteSettings(adaptive_persist_frames=persist, adaptive_release=0.0))
         for _ in range(5):
             matte.apply(alpha, frame)
         for _ in range(5):  # the model now says: nobody there (it had been wrong)
@@ -247,3 +247,27 @@ def test_ema_at_its_minimum_still_follows_a_moved_mask() -> None:
     row = 190
     assert out[row, 110:250].max() < 0.05  # the old place has emptied
     assert out[row, 310:450].min() > 0.95  # the new place is filled
+
+
+def test_a_vacated_place_empties_even_where_the_picture_barely_changed() -> None:
+    """An arm of the wall's own brightness moves away: the luminance gate stays shut, the
+    release still lets the place empty at once (no semi-transparent ghost of the arm)."""
+    frame = np.full((H, W, 3), 150, np.uint8)
+
+    def arm_at(x0: int) -> tuple[np.ndarray, np.ndarray]:
+        f = frame.copy()
+        f[60:320, x0:x0 + 160] = (200, 150, 132)  # BGR: another colour, the same grey level
+        alpha = np.zeros((AH, AW), np.float32)
+        alpha[12:64, x0 // 5:(x0 + 160) // 5] = 1.0
+        return alpha, f
+
+    outs = {}
+    for release in (0.0, MatteSettings().adaptive_release):
+        matte = Matte(MatteSettings(adaptive_release=release))
+        for _ in range(5):
+            matte.apply(*arm_at(100))
+        for _ in range(2):
+            outs[release] = matte.apply(*arm_at(400))
+    vacated = (190, slice(110, 250))
+    assert outs[MatteSettings().adaptive_release][vacated].max() < 0.05
+    assert outs[0.0][vacated].min() > 0.5  # symmetric smoothing: a ghost of the arm
