@@ -101,10 +101,10 @@ def halve(image: np.ndarray, times: int = 1) -> np.ndarray:
 class AlphaLevels:
     """The alpha shrunk by 2**k, each level computed once and only when asked.
 
-    When 2**k divides the frame size (720p and 1080p up to k = 3), the level
-    is one INTER_AREA call from the full alpha: an exact block mean, as fast
-    as one pass over it. Otherwise successive halvings. Both keep every
-    non-zero pixel visible (a mean of non-negative values).
+    Each level halves the one before: with even sizes (720p and 1080p up to
+    k = 3) one INTER_AREA call, an exact 2x2 mean that OpenCV vectorises (three
+    of them cost half of one 8x INTER_AREA call); with an odd size, ``halve``.
+    Both keep every non-zero pixel visible (a mean of non-negative values).
     """
 
     def __init__(self, alpha: np.ndarray):
@@ -112,14 +112,13 @@ class AlphaLevels:
 
     def level(self, k: int) -> np.ndarray:
         if k not in self._levels:
-            full = self._levels[0]
-            h, w = full.shape
-            f = 1 << k
-            if h % f == 0 and w % f == 0:
-                self._levels[k] = cv2.resize(full, (w // f, h // f),
+            finer = self.level(k - 1)
+            h, w = finer.shape
+            if h % 2 == 0 and w % 2 == 0:
+                self._levels[k] = cv2.resize(finer, (w // 2, h // 2),
                                              interpolation=cv2.INTER_AREA)
             else:
-                self._levels[k] = halve(self.level(k - 1))
+                self._levels[k] = halve(finer)
         return self._levels[k]
 
 
@@ -171,17 +170,17 @@ class BlurBackground:
         radius = self.strength * h / 720.0  # the setting is in 720p pixels
         k = int(np.clip(round(np.log2(max(radius, 1.0) / 3.0)), 1, 4))  # keep ~3 px of radius
         small = halve(frame, k).astype(np.float32)
-        weight = 1.0 - alpha.level(k)  # background weight
+        weight = cv2.subtract(1.0, alpha.level(k))  # background weight
         r = max(1, round(radius * small.shape[1] / w))
         ksize = (2 * r + 1, 2 * r + 1)
-        num = cv2.stackBlur(small * weight[..., None], ksize)
+        num = cv2.stackBlur(cv2.multiply(small, cv2.merge((weight, weight, weight))), ksize)
         den = cv2.stackBlur(weight, ksize)
         # Deep inside the person no background is in reach (den ~ 0): fall back
         # to the plain blur there; the person covers it anyway.
         eps = 0.02
-        num += eps * cv2.stackBlur(small, ksize)
+        num = cv2.scaleAdd(cv2.stackBlur(small, ksize), eps, num)
         den += eps
-        bg_small = (num / den[..., None]).astype(np.uint8)
+        bg_small = cv2.divide(num, cv2.merge((den, den, den)), dtype=cv2.CV_8U)
         return cv2.resize(bg_small, (w, h), interpolation=cv2.INTER_LINEAR)
 
     def close(self) -> None:
