@@ -192,8 +192,10 @@ class StillBackground:
 
     fresh = False
 
-    def __init__(self, image: np.ndarray, fit: str, source: tuple | None = None):
+    def __init__(self, image: np.ndarray, fit: str, source: tuple | None = None,
+                 color: tuple[int, int, int] | None = None):
         self.image, self.fit = image, fit
+        self.color = color  # (b, g, r) when the picture is one solid colour
         self.source = source  # (path, mtime, size) of the file it was decoded from
         self._cache: np.ndarray | None = None
 
@@ -217,7 +219,8 @@ def file_stamp(path: str) -> tuple:
 
 
 def solid(color: str) -> StillBackground:
-    return StillBackground(np.full((1, 1, 3), hex_to_bgr(color), np.uint8), "cover")
+    bgr = hex_to_bgr(color)
+    return StillBackground(np.full((1, 1, 3), bgr, np.uint8), "cover", color=bgr)
 
 
 def load_image(path: str) -> np.ndarray:
@@ -415,7 +418,14 @@ class Compositor:
         boxes = person_boxes(levels)
         if boxes == [(0, 0, alpha.shape[1], alpha.shape[0])]:
             return blend(frame_bgr, bg, alpha)
-        out = bg if background.fresh else bg.copy()
+        if background.fresh:
+            out = bg
+        elif getattr(background, "color", None) is not None:  # a fill writes only: half a copy
+            out = np.empty_like(bg)
+            cv2.rectangle(out, (0, 0), (out.shape[1] - 1, out.shape[0] - 1), background.color,
+                          thickness=-1)
+        else:
+            out = bg.copy()
         for x0, y0, x1, y1 in boxes:  # disjoint: each reads background pixels only
             blend(frame_bgr[y0:y1, x0:x1], bg[y0:y1, x0:x1], alpha[y0:y1, x0:x1],
                   dst=out[y0:y1, x0:x1])

@@ -202,6 +202,7 @@ def apply_coefficients(a: np.ndarray, b: np.ndarray, gray: np.ndarray,
     return q
 
 
+TINY = 1e-4  # alpha under this is 0 (invisible: a fortieth of a grey level)
 RELEASE_BELOW = 0.3  # a new alpha under this counts as "background now" for adaptive_release
 
 
@@ -234,6 +235,7 @@ class TemporalFilter:
         out = alpha - prev  # prev + w * (new - prev)
         out *= weight
         out += prev
+        cv2.threshold(out, TINY, 0.0, cv2.THRESH_TOZERO, dst=out)  # a decay ends at 0
         self.state = out
         return out
 
@@ -247,19 +249,23 @@ class TemporalFilter:
         """
         s = self.settings
         change = cv2.absdiff(new, prev)
-        if s.adaptive_motion > 0 and guide is not None and prev_guide is not None \
-                and prev_guide.shape == guide.shape:
-            motion = cv2.absdiff(guide, prev_guide)
-            motion *= 1.0 / s.adaptive_motion
-            np.minimum(motion, 1.0, out=motion)
-            change *= motion
+        differs = change > s.adaptive_persist_change if s.adaptive_persist_frames > 0 else None
         lo = s.adaptive_change_lo
         hi = max(s.adaptive_change_hi, lo + 1e-3)
-        change -= lo
-        change *= 1.0 / (hi - lo)
-        np.clip(change, 0.0, 1.0, out=change)
-        change *= 1.0 - s.adaptive_min_weight
-        change += s.adaptive_min_weight
+        # The ramp from lo to hi, mapped onto [min_weight, 1] (one affine step, then a clip).
+        gain = (1.0 - s.adaptive_min_weight) / (hi - lo)
+        if s.adaptive_motion > 0 and guide is not None and prev_guide is not None \
+                and prev_guide.shape == guide.shape:
+            motion = cv2.absdiff(guide, prev_guide)  # saturates at adaptive_motion
+            cv2.threshold(motion, s.adaptive_motion, s.adaptive_motion, cv2.THRESH_TRUNC,
+                          dst=motion)
+            change *= motion
+            change *= gain / s.adaptive_motion
+        else:
+            change *= gain
+        change += s.adaptive_min_weight - lo * gain
+        cv2.threshold(change, 1.0, 1.0, cv2.THRESH_TRUNC, dst=change)
+        np.maximum(change, s.adaptive_min_weight, out=change)
         if s.adaptive_release > 0:
             # Where the model now says background, a drop is let through fast whatever the
             # picture did: an arm moving over a wall of its own brightness barely changes
@@ -268,11 +274,10 @@ class TemporalFilter:
             # smoothed, so this costs little flicker.
             released = (new < RELEASE_BELOW) & (new < prev)
             np.maximum(change, released * np.float32(s.adaptive_release), out=change)
-        if s.adaptive_persist_frames > 0:
+        if differs is not None:
             # The gate can freeze an error where the picture is still (a mask that
             # once spread over a window the head passed): a disagreement that
             # persists is believed, so nothing lingers more than a few frames.
-            differs = cv2.absdiff(new, prev) > s.adaptive_persist_change
             if self.disagree is None or self.disagree.shape != new.shape:
                 self.disagree = np.zeros(new.shape, np.uint16)
             count = self.disagree  # frames in a row, saturating at the limit
@@ -308,7 +313,11 @@ class Matte:
             raise ValueError("frame must be uint8 HxWx3 BGR, got "
                              f"{frame_bgr.dtype} {frame_bgr.shape}")
         s = self.settings
-        alpha = np.asarray(alpha_lowres, dtype=np.float32)
+        # Values under TINY become 0 (a copy: the caller's array is left alone). The
+        # selfie model emits many 1e-30s and even denormals; arithmetic on denormals is
+        # ~100x slower on x86, and the smoothing would keep making more of them.
+        alpha = cv2.threshold(np.asarray(alpha_lowres, dtype=np.float32), TINY, 0.0,
+                              cv2.THRESH_TOZERO)[1]
         h, w = frame_bgr.shape[:2]
         ah, aw = alpha.shape
         gw, gh = grid_size(w, h, s.guide_size)
