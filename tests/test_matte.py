@@ -271,3 +271,17 @@ def test_a_vacated_place_empties_even_where_the_picture_barely_changed() -> None
     vacated = (190, slice(110, 250))
     assert outs[MatteSettings().adaptive_release][vacated].max() < 0.05
     assert outs[0.0][vacated].min() > 0.5  # symmetric smoothing: a ghost of the arm
+
+
+def test_history_decays_to_exactly_zero() -> None:
+    """No endless tail of ever tinier values: arithmetic on denormal floats (which the
+    selfie model emits, and a decay would keep producing) is ~100x slower on x86."""
+    frame, alpha = person_frame(200)
+    tiny = np.full_like(alpha, 1e-39)  # a denormal
+    matte = Matte(MatteSettings(smoothing="ema", ema=0.5))
+    matte.apply(alpha, frame)
+    for _ in range(30):
+        out = matte.apply(tiny, frame)
+    assert matte.temporal.state.max() == 0.0
+    assert out.max() == 0.0
+    assert tiny[0, 0] == np.float32(1e-39)  # the caller's array is left alone
