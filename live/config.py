@@ -74,7 +74,7 @@ class EngineSettings:
 class MatteSettings:
     feather: int = _f(6, "edge feather radius in full-resolution pixels (guided filter); "
                          "0 = plain bilinear upsampling. Whatever the radius, the edge moves "
-                         "at most one guide_size grid cell (5 px at 720p) from the model's",
+                         "at most one pixel of the model's mask (5 px at 720p) from the model's",
                       lo=0, hi=64, flag="--feather")
     feather_eps: float = _f(1e-3, "guided filter regulariser: larger = softer edges",
                             lo=1e-6, hi=1.0)

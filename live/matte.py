@@ -35,12 +35,13 @@ foreground are smoothed. That also let the hysteresis grow from 4 to 8
 frames: better IoU, boundary F, flicker and lag all at once. (A colour
 motion gate was tried too: less lag, but more flicker and 0.3 ms more.)
 
-The guided filter may move an edge at most one grid cell (its result is
-clamped between the alpha eroded and dilated by one cell). Unclamped it
-dragged the model's edge onto any strong image edge nearby (a door frame
-beside the person: a hard-edged strip of door), became a plain box blur on
-flat dark areas (a 20-40 px dark fringe beside a dark jacket), and with a
-large radius averaged the whole body (a see-through person at feather 64).
+The guided filter may move an edge at most one pixel of the model's mask
+(its result is clamped between the alpha eroded and dilated by that much:
+5 px at 720p). Unclamped it dragged the model's edge onto any strong image
+edge nearby (a door frame beside the person: a hard-edged strip of door),
+became a plain box blur on flat dark areas (a 20-40 px dark fringe beside a
+dark jacket), and with a large radius averaged the whole body (a
+see-through person at feather 64).
 
 Speed: everything but the last step runs on the model-sized grid; the last
 step (the only full-resolution one) runs only inside boxes around the blobs
@@ -79,11 +80,8 @@ def grid_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     return max(2, round(width * scale)), max(2, round(height * scale))
 
 
-EDGE_REACH = 1  # grid cells (5 px at 720p on the default grid) the guided filter may move an edge
-
-
 def guided_upsample(alpha: np.ndarray, gray: np.ndarray, guide: np.ndarray,
-                    radius: float, eps: float, reach: int = EDGE_REACH) -> np.ndarray:
+                    radius: float, eps: float, reach: int | None = None) -> np.ndarray:
     """Fast guided filter: fit q = a*I + b on the grid, apply it to the full-res frame.
 
     ``alpha`` is any resolution; ``gray`` is the frame's uint8 luminance;
@@ -92,8 +90,10 @@ def guided_upsample(alpha: np.ndarray, gray: np.ndarray, guide: np.ndarray,
     3x3 solve per pixel, too slow for the budget.
 
     The result is clamped between the alpha eroded and dilated by ``reach``
-    grid cells: the filter may move an edge onto a nearby image edge (that is
-    its job) but no further, and it cannot change alpha away from the edge.
+    grid cells (default: one pixel of ``alpha``, the model's resolution, so
+    5 px at 720p whatever ``guide_size``): the filter may move an edge onto a
+    nearby image edge (that is its job) but no further, and it cannot change
+    alpha away from the edge.
     Unclamped, the linear fit drags alpha to any strong image edge in its
     window (a door frame beside the person became a hard-edged strip of
     door), turns into a plain box blur where the picture is flat (a wide
@@ -112,6 +112,8 @@ def guided_upsample(alpha: np.ndarray, gray: np.ndarray, guide: np.ndarray,
     b = mean_p - a * mean_i
     a = cv2.blur(a, ksize) * (1.0 / 255.0)  # fold the guide's /255 in: q = a * gray + b
     b = cv2.blur(b, ksize)
+    if reach is None:
+        reach = max(1, round(gw / alpha.shape[1]))
     square = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * reach + 1, 2 * reach + 1))
     np.clip(p, 0.0, 1.0, out=p)
     return apply_coefficients(a, b, gray, cv2.erode(p, square), cv2.dilate(p, square))

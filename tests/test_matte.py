@@ -83,14 +83,16 @@ def test_adaptive_follows_a_moving_subject_without_a_ghost() -> None:
     assert outs["ema"][row, vacated].mean() > 0.3  # the plain EMA leaves a ghost
 
 
-def test_feathering_snaps_to_the_frames_hard_edge() -> None:
+@pytest.mark.parametrize("guide_size", [MatteSettings().guide_size, 2048])  # 2048: full res
+def test_feathering_snaps_to_the_frames_hard_edge(guide_size: int) -> None:
     frame = np.full((H, W, 3), 30, np.uint8)
     frame[:, 320:] = 220  # a hard vertical edge at x = 320
     x = (np.arange(AW, dtype=np.float32) + 0.5) * 5
     alpha = np.clip((x - 320) / 40 + 0.5, 0, 1)[None, :].repeat(AH, 0)  # soft 40 px ramp
     steps, crossings = {}, {}
     for feather in (0, 8):
-        out = Matte(MatteSettings(feather=feather)).apply(alpha, frame)[H // 2]
+        settings = MatteSettings(feather=feather, guide_size=guide_size)
+        out = Matte(settings).apply(alpha, frame)[H // 2]
         steps[feather] = float(np.abs(np.diff(out)).max())
         crossings[feather] = int(np.argmax(out > 0.5))
     assert steps[0] < 0.1  # bilinear upsampling: a gentle ramp
@@ -195,7 +197,8 @@ def _bound(name: str, which: str) -> float:
     return next(f for f in dataclasses.fields(MatteSettings) if f.name == name).metadata[which]
 
 
-def test_feather_at_its_maximum_keeps_the_person_opaque(data_dir) -> None:
+@pytest.mark.parametrize("guide_size", [MatteSettings().guide_size, 2048])
+def test_feather_at_its_maximum_keeps_the_person_opaque(data_dir, guide_size: int) -> None:
     import cv2
 
     frame = cv2.imread(str(data_dir / "davis-lucia" / "frames" / "00010.jpg"))
@@ -207,18 +210,20 @@ def test_feather_at_its_maximum_keeps_the_person_opaque(data_dir) -> None:
     outside = ~cv2.dilate(gt.view(np.uint8), disk).astype(bool)
     assert inside.sum() > 2000
     for feather in (MatteSettings().feather, _bound("feather", "hi")):
-        out = Matte(MatteSettings(feather=feather)).apply(low, frame)
+        out = Matte(MatteSettings(feather=feather, guide_size=guide_size)).apply(low, frame)
         assert out[inside].min() > 0.95  # no green showing through the body
         assert out[outside].max() < 0.05  # nor a haze of the room around it
 
 
-def test_feathering_moves_the_edge_no_further_than_one_grid_cell() -> None:
+@pytest.mark.parametrize("guide_size", [MatteSettings().guide_size, 2048])
+def test_feathering_moves_the_edge_no_further_than_one_model_pixel(guide_size: int) -> None:
     frame = np.full((H, W, 3), 200, np.uint8)
     frame[:, 330:] = 60  # a strong image edge (a door frame) 30 px beside the person's
     x = (np.arange(AW, dtype=np.float32) + 0.5) * 5
     alpha = np.clip((300 - x) / 40 + 0.5, 0, 1)[None, :].repeat(AH, 0)  # soft edge at 300
     for feather in (6, 16, _bound("feather", "hi")):
-        out = Matte(MatteSettings(feather=feather)).apply(alpha, frame)[H // 2]
+        settings = MatteSettings(feather=feather, guide_size=guide_size)
+        out = Matte(settings).apply(alpha, frame)[H // 2]
         assert abs(int(np.argmax(out < 0.5)) - 300) <= 5  # not dragged to the door frame
         assert out[320:].max() < 0.05
 
@@ -229,7 +234,7 @@ def test_feathering_a_flat_picture_leaves_a_narrow_soft_edge() -> None:
     alpha[:, 64:] = 1.0
     for feather in (6, 16, _bound("feather", "hi")):
         out = Matte(MatteSettings(feather=feather)).apply(alpha, frame)[H // 2]
-        assert np.count_nonzero((out > 0.05) & (out < 0.95)) <= 15  # no wide blurred fringe
+        assert np.count_nonzero((out > 0.05) & (out < 0.95)) <= 20  # no wide blurred fringe
 
 
 def test_ema_at_its_minimum_still_follows_a_moved_mask() -> None:
