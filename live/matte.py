@@ -93,12 +93,8 @@ def guided_upsample(alpha: np.ndarray, gray: np.ndarray, guide: np.ndarray,
     grid cells (default: one pixel of ``alpha``, the model's resolution, so
     5 px at 720p whatever ``guide_size``): the filter may move an edge onto a
     nearby image edge (that is its job) but no further, and it cannot change
-    alpha away from the edge.
-    Unclamped, the linear fit drags alpha to any strong image edge in its
-    window (a door frame beside the person became a hard-edged strip of
-    door), turns into a plain box blur where the picture is flat (a wide
-    dark fringe beside a dark jacket on a dark wall), and with a large radius
-    averages the whole body, so the person turned see-through.
+    alpha away from the edge (see the module docstring for what it did
+    unclamped).
     """
     gh, gw = guide.shape
     p = cv2.resize(alpha, (gw, gh), interpolation=cv2.INTER_LINEAR)
