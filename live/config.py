@@ -213,6 +213,26 @@ class Settings:
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+def schema(sections: tuple[str, ...] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """Defaults, bounds, choices and help of every setting, for the control panel's widgets."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for sec_field in dataclasses.fields(Settings):
+        if sections is not None and sec_field.name not in sections:
+            continue
+        section_type = sec_field.default_factory  # type: ignore[misc]
+        hints = typing.get_type_hints(section_type)
+        out[sec_field.name] = {}
+        for f in dataclasses.fields(section_type):
+            hint = hints[f.name]
+            entry = {"default": f.default, "help": f.metadata["help"]}
+            if f.metadata.get("lo") is not None:
+                entry.update(min=f.metadata["lo"], max=f.metadata["hi"])
+            if typing.get_origin(hint) is Literal:
+                entry["choices"] = list(typing.get_args(hint))
+            out[sec_field.name][f.name] = entry
+    return out
+
+
 def _merge_section(current: Any, sec_name: str, values: Mapping[str, Any]) -> Any:
     hints = typing.get_type_hints(type(current))
     known = {f.name: f for f in dataclasses.fields(current)}

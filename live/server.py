@@ -47,6 +47,7 @@ from websockets.http11 import Request, Response
 
 from live import control
 from live.config import LOOPBACK_HOSTS, Settings
+from live.config import schema as config_schema
 from live.control import ProtocolError
 from live.pipeline import FrameProcessor, Pipeline
 
@@ -356,6 +357,7 @@ class ControlServer:
         return {"server": "live", "version": __version__,
                 "session": client.session.id if client.session else None,
                 "settings": client_settings(self._settings_of(client, client.session)),
+                "schema": config_schema(control.CLIENT_SECTIONS),
                 "sessions": [s.describe(client) for s in self.sessions.values()],
                 "passthrough": self.passthrough,
                 "limits": {"control_bytes": control.MAX_CONTROL_BYTES,

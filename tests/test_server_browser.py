@@ -272,6 +272,9 @@ def test_when_the_server_stops_the_page_says_so_and_start_does_nothing(browser):
         page.wait_for_selector("#status[data-state='connected']", timeout=10_000)
         assert not page.is_disabled("#connect")
         assert page.input_value("#bg-blur") == str(st.server.settings.background.blur)
+        # slider bounds are the settings schema's (live/config.py), not copies in the HTML
+        assert page.get_attribute("#matte-ema", "min") == "0.05"
+        assert page.get_attribute("#bg-blur", "max") == "200"
         st.close()
         page.wait_for_selector("#status[data-state='error']", timeout=10_000)
         status = page.text_content("#status")

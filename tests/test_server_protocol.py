@@ -82,6 +82,9 @@ def test_every_message_type_round_trips(st_server, frames):
         assert hello["type"] == "ok" and hello["id"] == 1 and hello["server"] == "live"
         assert set(hello["message_types"]) == set(control.MESSAGE_TYPES)
         assert "server" not in hello["settings"], "the token's section must never be sent"
+        assert set(hello["schema"]) == set(control.CLIENT_SECTIONS)
+        assert hello["schema"]["matte"]["ema"]["min"] == 0.05  # the page's sliders use these
+        assert "blur" in hello["schema"]["background"]["mode"]["choices"]
 
         got = ask(ws, {"type": "settings.get", "id": "a"})
         assert got["type"] == "ok" and got["id"] == "a" and got["session"] is None

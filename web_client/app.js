@@ -69,6 +69,7 @@ function connectSocket() {
     if (hello.type === "ok") {
       state.limits = hello.limits || {};
       setRateLimit(state.limits.messages_per_second);
+      applySchema(hello.schema);
       showSettings(hello.settings);
       fillSessions(hello.sessions);
       setReady(true);
@@ -295,6 +296,20 @@ function updateModeChoices() {
   option.disabled = webrtc;
   option.textContent = webrtc ? "transparent (live run only)" : "transparent";
   $("transparent-note").hidden = !webrtc;
+}
+
+// Slider bounds come from the server's settings schema (live/config.py), the one
+// place they are written; the HTML only says which setting a control drives.
+function applySchema(schema) {
+  if (!schema) return;
+  for (const el of settingControls()) {
+    const [section, name] = el.dataset.setting.split(".");
+    const field = schema[section] && schema[section][name];
+    if (!field || el.type !== "range") continue;
+    if (field.min !== undefined) el.min = field.min;
+    if (field.max !== undefined) el.max = field.max;
+    el.title = field.help;
+  }
 }
 
 function showSettings(settings) {
