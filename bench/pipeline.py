@@ -60,6 +60,19 @@ class Resized:
         await self.source.close()
 
 
+class RssProbe(NullSink):
+    """A null sink that samples the process's RSS every ``every`` frames (is memory flat?)."""
+
+    def __init__(self, every: int):
+        super().__init__()
+        self.every, self.samples = every, {}
+
+    async def write(self, image: np.ndarray, frame: Frame) -> None:
+        await super().write(image, frame)
+        if self.frames % self.every == 0:
+            self.samples[self.frames] = round(rss_mb(), 1)
+
+
 async def run(args: argparse.Namespace) -> dict:
     w, h = (int(v) for v in args.size.lower().split("x"))
     settings = Settings().merged({"engine": {"name": "selfie"},
@@ -67,7 +80,7 @@ async def run(args: argparse.Namespace) -> dict:
     processor = FrameProcessor(settings)
     processor.segmenter.load(w, h)
     source = Resized(FileSource(args.source, loop=True), (w, h), args.frames)
-    sink = NullSink()
+    sink = RssProbe(every=max(1, args.frames // 6))
     pipeline = Pipeline(source, [sink], processor, name="bench")
     pipeline.times = StageTimes(window=args.frames)
     # warm up (model load, first allocations), then measure from a clean slate
@@ -93,6 +106,7 @@ async def run(args: argparse.Namespace) -> dict:
         "fps": round(pipeline.frames_out / wall, 1),
         "dropped": pipeline.dropped,
         "rss_mb_start": round(rss_start, 1), "rss_mb_end": round(rss_end, 1),
+        "rss_mb_by_frame": sink.samples,
         "cpu_count": os.cpu_count(),
         "errors": list(pipeline.errors),
     }
