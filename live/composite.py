@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from live.config import BackgroundSettings
-from live.matte import Box, blob_boxes
+from live.matte import Box, alpha_boxes, blob_boxes
 
 MAX_IMAGE_PIXELS = 50_000_000  # the control panel uploads images: refuse decompression bombs
 MAX_VIDEO_PIXELS = 3840 * 2160
@@ -105,12 +105,33 @@ class AlphaLevels:
     k = 3) one INTER_AREA call, an exact 2x2 mean that OpenCV vectorises (three
     of them cost half of one 8x INTER_AREA call); with an odd size, ``halve``.
     Both keep every non-zero pixel visible (a mean of non-negative values).
+
+    With ``boxes`` (disjoint boxes outside which the alpha is 0, as the matte
+    hands them on) and a frame size divisible by 2**k, a level is computed in
+    the boxes only (each widened to whole 2**k blocks) and is 0 elsewhere:
+    the same values, without a pass over the whole full-resolution alpha.
     """
 
-    def __init__(self, alpha: np.ndarray):
+    def __init__(self, alpha: np.ndarray, boxes: list[Box] | None = None):
         self._levels: dict[int, np.ndarray] = {0: alpha}
+        self._boxes = boxes
 
     def level(self, k: int) -> np.ndarray:
+        if k not in self._levels and self._boxes is not None:
+            full = self._levels[0]
+            h, w = full.shape
+            n = 1 << k
+            if h % n == 0 and w % n == 0:
+                out = np.zeros((h >> k, w >> k), np.float32)
+                for x0, y0, x1, y1 in self._boxes:
+                    bx0, by0, bx1, by1 = x0 >> k, y0 >> k, -(-x1 >> k), -(-y1 >> k)
+                    if bx1 > bx0 and by1 > by0:  # a block two boxes share gets the same value
+                        crop = full[by0 << k:by1 << k, bx0 << k:bx1 << k]
+                        for _ in range(k):
+                            crop = cv2.resize(crop, (crop.shape[1] // 2, crop.shape[0] // 2),
+                                              interpolation=cv2.INTER_AREA)
+                        out[by0:by1, bx0:bx1] = crop
+                self._levels[k] = out
         if k not in self._levels:
             finer = self.level(k - 1)
             h, w = finer.shape
@@ -413,9 +434,10 @@ class Compositor:
             out = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2BGRA)
             out[:, :, 3] = cv2.convertScaleAbs(alpha, alpha=255.0)
             return out
-        levels = AlphaLevels(alpha)
+        known = alpha_boxes(alpha_fullres)  # the matte's own boxes: no search needed
+        levels = AlphaLevels(alpha, known)
         bg = background.render(frame_bgr, levels)
-        boxes = person_boxes(levels)
+        boxes = known if known is not None else person_boxes(levels)
         if boxes == [(0, 0, alpha.shape[1], alpha.shape[0])]:
             return blend(frame_bgr, bg, alpha)
         if background.fresh:

@@ -52,10 +52,28 @@ changes parameters between two frames and keeps history.
 
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 
 from live.config import MatteSettings
+
+_last = threading.local()  # (alpha, boxes) of this thread's latest Matte.apply
+
+
+def alpha_boxes(alpha: np.ndarray) -> list[tuple[int, int, int, int]] | None:
+    """Disjoint full-resolution boxes outside which ``alpha`` is 0, when ``alpha`` is the
+    array the latest ``Matte.apply`` on this thread returned (and still unmodified:
+    the compositor reads it right after); None when unknown.
+
+    The matte computes only inside these boxes anyway; handing them on spares
+    the compositor a search over the whole full-resolution alpha.
+    """
+    last = getattr(_last, "value", None)
+    if last is None or last[0] is not alpha:
+        return None
+    return last[1]
 
 
 def shrink(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -81,7 +99,8 @@ def grid_size(width: int, height: int, long_side: int) -> tuple[int, int]:
 
 
 def guided_upsample(alpha: np.ndarray, gray: np.ndarray, guide: np.ndarray,
-                    radius: float, eps: float, reach: int | None = None) -> np.ndarray:
+                    radius: float, eps: float, reach: int | None = None,
+                    boxes_out: list | None = None) -> np.ndarray:
     """Fast guided filter: fit q = a*I + b on the grid, apply it to the full-res frame.
 
     ``alpha`` is any resolution; ``gray`` is the frame's uint8 luminance;
@@ -112,7 +131,8 @@ def guided_upsample(alpha: np.ndarray, gray: np.ndarray, guide: np.ndarray,
         reach = max(1, round(gw / alpha.shape[1]))
     square = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * reach + 1, 2 * reach + 1))
     np.clip(p, 0.0, 1.0, out=p)
-    return apply_coefficients(a, b, gray, cv2.erode(p, square), cv2.dilate(p, square))
+    return apply_coefficients(a, b, gray, cv2.erode(p, square), cv2.dilate(p, square),
+                              boxes_out)
 
 
 ZERO = 1e-4  # coefficients below this (in alpha units) count as "no person here"
@@ -160,7 +180,8 @@ def blob_boxes(mask: np.ndarray, margin: int = 1, coarse: int = 4,
 
 
 def apply_coefficients(a: np.ndarray, b: np.ndarray, gray: np.ndarray,
-                       lo: np.ndarray | None = None, hi: np.ndarray | None = None) -> np.ndarray:
+                       lo: np.ndarray | None = None, hi: np.ndarray | None = None,
+                       boxes_out: list | None = None) -> np.ndarray:
     """q = a * gray + b at full resolution, with a and b bilinearly upsampled,
     clipped to [lo, hi] (grid maps, upsampled the same way; default [0, 1]).
 
@@ -170,6 +191,7 @@ def apply_coefficients(a: np.ndarray, b: np.ndarray, gray: np.ndarray,
     of the matte's cost. Each box upsamples its own crop of the grid, with two
     empty cells of margin, so when the frame is a whole multiple of the grid
     (720p on the default grid) its pixels equal those of a whole-frame resize.
+    The full-resolution boxes are appended to ``boxes_out`` when given.
     """
     gh, gw = a.shape
     h, w = gray.shape
@@ -184,6 +206,8 @@ def apply_coefficients(a: np.ndarray, b: np.ndarray, gray: np.ndarray,
         x1 = w if cx1 == gw else round(cx1 * sx)
         y1 = h if cy1 == gh else round(cy1 * sy)
         size = (x1 - x0, y1 - y0)
+        if boxes_out is not None:
+            boxes_out.append((x0, y0, x1, y1))
 
         def up(grid: np.ndarray) -> np.ndarray:
             return cv2.resize(grid[cy0:cy1, cx0:cx1], size, interpolation=cv2.INTER_LINEAR)
@@ -330,8 +354,13 @@ class Matte:
         if s.edge_contrast != 1.0:  # (a - 0.5) * gain + 0.5, on a copy: history stays soft
             smoothed = smoothed * s.edge_contrast + 0.5 * (1.0 - s.edge_contrast)
             np.clip(smoothed, 0.0, 1.0, out=smoothed)
+        _last.value = None
         if s.feather <= 0:
             out = cv2.resize(smoothed, (w, h), interpolation=cv2.INTER_LINEAR)
             np.clip(out, 0.0, 1.0, out=out)
             return out
-        return guided_upsample(smoothed, gray, guide, s.feather * gw / w, s.feather_eps)
+        boxes: list[Box] = []
+        out = guided_upsample(smoothed, gray, guide, s.feather * gw / w, s.feather_eps,
+                              boxes_out=boxes)
+        _last.value = (out, boxes)
+        return out

@@ -260,3 +260,21 @@ def test_every_mode_on_any_frame_size(shape: tuple[int, int]) -> None:
     for mode in ("blur", "color", "transparent"):
         out = Compositor(BackgroundSettings(mode=mode, blur=200)).apply(frame, alpha)
         assert out.shape[:2] == shape and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("background", ["blur", "#00b140"])
+def test_the_matte_boxes_give_the_same_picture(background: str) -> None:
+    """With the matte's own boxes handed on, the output is the same as with a search."""
+    from live.config import parse_background
+    from live.matte import Matte
+
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+    low = np.zeros((144, 256), np.float32)
+    low[30:120, 40:90] = 1.0
+    low[60:100, 180:200] = 0.8  # a second blob
+    alpha = Matte().apply(low, frame)
+    settings = BackgroundSettings(**parse_background(background))
+    hinted = Compositor(settings).apply(frame, alpha)
+    searched = Compositor(settings).apply(frame, alpha.copy())  # not the matte's array
+    assert np.array_equal(hinted, searched)
