@@ -13,6 +13,7 @@ solid colour plane) is built once and cached.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 from pathlib import Path
@@ -189,19 +190,22 @@ class BlurBackground:
     def render(self, frame: np.ndarray, alpha: AlphaLevels) -> np.ndarray:
         h, w = frame.shape[:2]
         radius = self.strength * h / 720.0  # the setting is in 720p pixels
-        k = int(np.clip(round(np.log2(max(radius, 1.0) / 3.0)), 1, 4))  # keep ~3 px of radius
+        k = min(4, max(1, round(math.log2(max(radius, 1.0) / 3.0))))  # keep ~3 px of radius
         small = halve(frame, k).astype(np.float32)
-        weight = cv2.subtract(1.0, alpha.level(k))  # background weight
+        # Deep inside the person no background is in reach (blur(1 - a) ~ 0): a small
+        # eps of weight everywhere falls back to the plain blur there (the person covers
+        # it anyway). The blur is linear, so blur(frame * (1 - a + eps)) equals
+        # blur(frame * (1 - a)) + eps * blur(frame): one blur, not two.
+        eps = 0.02
+        weight = cv2.subtract(1.0 + eps, alpha.level(k))  # background weight
         r = max(1, round(radius * small.shape[1] / w))
         ksize = (2 * r + 1, 2 * r + 1)
-        num = cv2.stackBlur(cv2.multiply(small, cv2.merge((weight, weight, weight))), ksize)
-        den = cv2.stackBlur(weight, ksize)
-        # Deep inside the person no background is in reach (den ~ 0): fall back
-        # to the plain blur there; the person covers it anyway.
-        eps = 0.02
-        num = cv2.scaleAdd(cv2.stackBlur(small, ksize), eps, num)
-        den += eps
-        bg_small = cv2.divide(num, cv2.merge((den, den, den)), dtype=cv2.CV_8U)
+        # numerator (3 channels) and denominator in one 4-channel blur
+        both = cv2.stackBlur(cv2.merge((cv2.multiply(small, cv2.merge((weight,) * 3)), weight)),
+                             ksize)
+        num, den = both[:, :, :3], both[:, :, 3]
+        bg_small = cv2.divide(np.ascontiguousarray(num), cv2.merge((den, den, den)),
+                              dtype=cv2.CV_8U)
         return cv2.resize(bg_small, (w, h), interpolation=cv2.INTER_LINEAR)
 
     def close(self) -> None:

@@ -314,8 +314,9 @@ class TemporalFilter:
             count = self.disagree  # frames in a row, saturating at the limit
             count += 1
             np.multiply(count, differs, out=count)  # back to 0 where the mask agreed
-            np.minimum(count, s.adaptive_persist_frames, out=count)
-            np.maximum(change, count >= s.adaptive_persist_frames, out=change)
+            cv2.min(count, s.adaptive_persist_frames, dst=count)  # (np.minimum: 4x slower)
+            np.maximum(change, np.float32(1.0), out=change,
+                       where=count >= s.adaptive_persist_frames)
         return change
 
 
