@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from live.config import BackgroundSettings
-from live.matte import Box, alpha_boxes, blob_boxes
+from live.matte import Box, alpha_boxes, blob_boxes, frame_halvings
 
 MAX_IMAGE_PIXELS = 50_000_000  # the control panel uploads images: refuse decompression bombs
 MAX_VIDEO_PIXELS = 3840 * 2160
@@ -191,7 +191,8 @@ class BlurBackground:
         h, w = frame.shape[:2]
         radius = self.strength * h / 720.0  # the setting is in 720p pixels
         k = min(4, max(1, round(math.log2(max(radius, 1.0) / 3.0))))  # keep ~3 px of radius
-        small = halve(frame, k).astype(np.float32)
+        done = frame_halvings(frame)[:k + 1]  # the matte's halvings of this frame, if any
+        small = halve(done[-1], k + 1 - len(done)).astype(np.float32)
         # Deep inside the person no background is in reach (blur(1 - a) ~ 0): a small
         # eps of weight everywhere falls back to the plain blur there (the person covers
         # it anyway). The blur is linear, so blur(frame * (1 - a + eps)) equals

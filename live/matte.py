@@ -76,6 +76,16 @@ def alpha_boxes(alpha: np.ndarray) -> list[tuple[int, int, int, int]] | None:
     return last[1]
 
 
+def frame_halvings(frame: np.ndarray) -> list[np.ndarray]:
+    """[frame, frame halved, halved twice, ...] as the latest ``Matte.apply`` on this
+    thread computed them (each an INTER_LINEAR halving, like ``composite.halve``)
+    when ``frame`` is the frame it was given; else [frame]."""
+    last = getattr(_last, "value", None)
+    if last is None or last[2] is not frame:
+        return [frame]
+    return last[3]
+
+
 def shrink(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """``image`` reduced to width x height without aliasing, fast for large factors.
 
@@ -103,7 +113,7 @@ def guided_upsample(alpha: np.ndarray, gray: np.ndarray, guide: np.ndarray,
                     boxes_out: list | None = None) -> np.ndarray:
     """Fast guided filter: fit q = a*I + b on the grid, apply it to the full-res frame.
 
-    ``alpha`` is any resolution; ``gray`` is the frame's uint8 luminance;
+    ``alpha`` is any resolution; ``gray`` is the frame's uint8 luminance (or the BGR frame);
     ``guide`` is the same shrunk to the grid, in [0, 1]; ``radius`` is in grid
     pixels. The guide is the luminance, not colour: a colour guide needs a
     3x3 solve per pixel, too slow for the budget.
@@ -184,6 +194,7 @@ def apply_coefficients(a: np.ndarray, b: np.ndarray, gray: np.ndarray,
                        boxes_out: list | None = None) -> np.ndarray:
     """q = a * gray + b at full resolution, with a and b bilinearly upsampled,
     clipped to [lo, hi] (grid maps, upsampled the same way; default [0, 1]).
+    ``gray`` is the uint8 luminance, or the BGR frame (converted box by box).
 
     Only the boxes around the person (and any other blob) are computed: far
     from them a and b (or hi) are 0, so q is 0 there. In webcam framing the
@@ -194,7 +205,7 @@ def apply_coefficients(a: np.ndarray, b: np.ndarray, gray: np.ndarray,
     The full-resolution boxes are appended to ``boxes_out`` when given.
     """
     gh, gw = a.shape
-    h, w = gray.shape
+    h, w = gray.shape[:2]
     if hi is not None:
         active = hi > ZERO  # q <= hi: nothing to compute where hi is 0
     else:
@@ -222,7 +233,10 @@ def apply_coefficients(a: np.ndarray, b: np.ndarray, gray: np.ndarray,
             return cv2.resize(grid[cy0:cy1, cx0:cx1], size, interpolation=cv2.INTER_LINEAR)
 
         box = q[y0:y1, x0:x1]  # a view: OpenCV writes the result straight into q
-        cv2.multiply(up(a), gray[y0:y1, x0:x1], dst=box, dtype=cv2.CV_32F)
+        crop = gray[y0:y1, x0:x1]
+        if crop.ndim == 3:  # the BGR frame: its luminance is only needed here
+            crop = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+        cv2.multiply(up(a), crop, dst=box, dtype=cv2.CV_32F)
         cv2.add(box, up(b), dst=box)
         if hi is None:
             cv2.threshold(box, 1.0, 1.0, cv2.THRESH_TRUNC, dst=box)  # clip to [0, 1], in place
@@ -353,8 +367,16 @@ class Matte:
         h, w = frame_bgr.shape[:2]
         ah, aw = alpha.shape
         gw, gh = grid_size(w, h, s.guide_size)
-        gray = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY)  # one pass over the (cold) frame
-        guide = shrink(gray, gw, gh).astype(np.float32)
+        # The guide is the luminance of the frame halved while it stays at least twice the
+        # grid (then converted: a small image), not the halved full-resolution luminance:
+        # the full-res luminance is then only computed inside the person boxes. The
+        # halvings are handed on to the compositor (the blur starts from them).
+        pyramid = [frame_bgr]
+        while pyramid[-1].shape[1] >= 2 * gw and pyramid[-1].shape[0] >= 2 * gh:
+            img = pyramid[-1]
+            pyramid.append(cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2),
+                                      interpolation=cv2.INTER_LINEAR))
+        guide = shrink(cv2.cvtColor(pyramid[-1], cv2.COLOR_BGR2GRAY), gw, gh).astype(np.float32)
         guide *= 1.0 / 255.0
         temporal_guide = None
         if s.smoothing == "adaptive" and s.adaptive_motion > 0:
@@ -370,7 +392,7 @@ class Matte:
             np.clip(out, 0.0, 1.0, out=out)
             return out
         boxes: list[Box] = []
-        out = guided_upsample(smoothed, gray, guide, s.feather * gw / w, s.feather_eps,
+        out = guided_upsample(smoothed, frame_bgr, guide, s.feather * gw / w, s.feather_eps,
                               boxes_out=boxes)
-        _last.value = (out, boxes)
+        _last.value = (out, boxes, frame_bgr, pyramid)
         return out

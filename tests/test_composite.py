@@ -278,3 +278,17 @@ def test_the_matte_boxes_give_the_same_picture(background: str) -> None:
     hinted = Compositor(settings).apply(frame, alpha)
     searched = Compositor(settings).apply(frame, alpha.copy())  # not the matte's array
     assert np.array_equal(hinted, searched)
+
+
+def test_the_matte_halvings_are_the_blur_halvings() -> None:
+    """The blur starts from the matte's halvings of the frame: they must be the same."""
+    from live.composite import halve
+    from live.matte import Matte, frame_halvings
+
+    frame = np.random.default_rng(2).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+    Matte().apply(np.full((144, 256), 0.7, np.float32), frame)
+    done = frame_halvings(frame)
+    assert len(done) > 1 and done[0] is frame
+    for k, img in enumerate(done):
+        assert np.array_equal(img, halve(frame, k))
+    assert len(frame_halvings(frame.copy())) == 1  # another frame: nothing to reuse
