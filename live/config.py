@@ -213,23 +213,32 @@ class Settings:
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def schema(sections: tuple[str, ...] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-    """Defaults, bounds, choices and help of every setting, for the control panel's widgets."""
-    out: dict[str, dict[str, dict[str, Any]]] = {}
+def _setting_fields(sections: tuple[str, ...] | None = None
+                    ) -> typing.Iterator[tuple[str, dataclasses.Field, Any]]:
+    """(section, field, type hint) for every setting of ``sections`` (default: all)."""
     for sec_field in dataclasses.fields(Settings):
         if sections is not None and sec_field.name not in sections:
             continue
         section_type = sec_field.default_factory  # type: ignore[misc]
         hints = typing.get_type_hints(section_type)
-        out[sec_field.name] = {}
         for f in dataclasses.fields(section_type):
-            hint = hints[f.name]
-            entry = {"default": f.default, "help": f.metadata["help"]}
-            if f.metadata.get("lo") is not None:
-                entry.update(min=f.metadata["lo"], max=f.metadata["hi"])
-            if typing.get_origin(hint) is Literal:
-                entry["choices"] = list(typing.get_args(hint))
-            out[sec_field.name][f.name] = entry
+            yield sec_field.name, f, hints[f.name]
+
+
+def _choices(hint: Any) -> tuple[Any, ...] | None:
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+
+
+def schema(sections: tuple[str, ...] | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """Defaults, bounds, choices and help of every setting, for the control panel's widgets."""
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for section, f, hint in _setting_fields(sections):
+        entry = {"default": f.default, "help": f.metadata["help"]}
+        if f.metadata.get("lo") is not None:
+            entry.update(min=f.metadata["lo"], max=f.metadata["hi"])
+        if _choices(hint):
+            entry["choices"] = list(_choices(hint))
+        out.setdefault(section, {})[f.name] = entry
     return out
 
 
@@ -337,27 +346,24 @@ def add_cli_arguments(parser: argparse.ArgumentParser,
     Every flag defaults to None ("not given") so the dataclass default, or the
     config file's value, is the only default there is; the help shows it.
     """
-    for sec_field in dataclasses.fields(Settings):
-        if sections is not None and sec_field.name not in sections:
-            continue
-        group = parser.add_argument_group(sec_field.name)
-        section_type = sec_field.default_factory  # type: ignore[misc]
-        hints = typing.get_type_hints(section_type)
-        for f in dataclasses.fields(section_type):
-            hint, meta = hints[f.name], f.metadata
-            names = [f"--{sec_field.name}-{f.name}".replace("_", "-")]
-            if meta.get("flag"):
-                names = [meta["flag"]] if hint is bool else [meta["flag"], *names]
-            kwargs: dict[str, Any] = {"dest": f"set__{sec_field.name}__{f.name}",
-                                      "default": None, "help": _flag_help(f.default, meta)}
-            if hint is bool:
-                kwargs["action"] = argparse.BooleanOptionalAction
-            else:
-                choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else None
-                if choices:
-                    kwargs["choices"] = choices
-                kwargs["metavar"] = None if choices else f.name.upper()
-            group.add_argument(*names, **kwargs)
+    groups: dict[str, Any] = {}
+    for section, f, hint in _setting_fields(sections):
+        if section not in groups:
+            groups[section] = parser.add_argument_group(section)
+        meta = f.metadata
+        names = [f"--{section}-{f.name}".replace("_", "-")]
+        if meta.get("flag"):
+            names = [meta["flag"]] if hint is bool else [meta["flag"], *names]
+        kwargs: dict[str, Any] = {"dest": f"set__{section}__{f.name}",
+                                  "default": None, "help": _flag_help(f.default, meta)}
+        if hint is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            choices = _choices(hint)
+            if choices:
+                kwargs["choices"] = choices
+            kwargs["metavar"] = None if choices else f.name.upper()
+        groups[section].add_argument(*names, **kwargs)
     if sections is None or "background" in sections:
         parser.add_argument("--background", dest="background_spec", default=None,
                             help="shorthand: blur, blur:N, #RRGGBB, transparent, IMAGE or VIDEO")
