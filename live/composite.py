@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 from live.config import BackgroundSettings
-from live.matte import Box, alpha_boxes, blob_boxes, frame_halvings
+from live.frames import Pyramid
+from live.matte import Box, alpha_boxes, blob_boxes
 
 MAX_IMAGE_PIXELS = 50_000_000  # the control panel uploads images: refuse decompression bombs
 MAX_VIDEO_PIXELS = 3840 * 2160
@@ -164,8 +165,8 @@ def person_boxes(levels: AlphaLevels) -> list[Box]:
 class Background(Protocol):
     fresh: bool  # render returns a new array each call (the compositor may write into it)
 
-    def render(self, frame: np.ndarray, alpha: AlphaLevels) -> np.ndarray:
-        """The background for this frame, uint8 BGR at the frame's size."""
+    def render(self, frame: Pyramid, alpha: AlphaLevels) -> np.ndarray:
+        """The background for this frame (``frame.image``), uint8 BGR at its size."""
 
     def close(self) -> None:
         """Release files and threads."""
@@ -187,12 +188,11 @@ class BlurBackground:
     def __init__(self, strength: int):
         self.strength = strength
 
-    def render(self, frame: np.ndarray, alpha: AlphaLevels) -> np.ndarray:
-        h, w = frame.shape[:2]
+    def render(self, frame: Pyramid, alpha: AlphaLevels) -> np.ndarray:
+        h, w = frame.image.shape[:2]
         radius = self.strength * h / 720.0  # the setting is in 720p pixels
         k = min(4, max(1, round(math.log2(max(radius, 1.0) / 3.0))))  # keep ~3 px of radius
-        done = frame_halvings(frame)[:k + 1]  # the matte's halvings of this frame, if any
-        small = halve(done[-1], k + 1 - len(done)).astype(np.float32)
+        small = frame.halved(k).astype(np.float32)  # halvings shared with the model input
         # Deep inside the person no background is in reach (blur(1 - a) ~ 0): a small
         # eps of weight everywhere falls back to the plain blur there (the person covers
         # it anyway). The blur is linear, so blur(frame * (1 - a + eps)) equals
@@ -225,8 +225,8 @@ class StillBackground:
         self.source = source  # (path, mtime, size) of the file it was decoded from
         self._cache: np.ndarray | None = None
 
-    def render(self, frame: np.ndarray, alpha: AlphaLevels) -> np.ndarray:
-        h, w = frame.shape[:2]
+    def render(self, frame: Pyramid, alpha: AlphaLevels) -> np.ndarray:
+        h, w = frame.image.shape[:2]
         if self._cache is None or self._cache.shape[:2] != (h, w):
             self._cache = fit_image(self.image, w, h, self.fit, "blur")
         return self._cache
@@ -343,8 +343,8 @@ class VideoBackground:
                 except queue.Full:
                     continue
 
-    def render(self, frame: np.ndarray, alpha: AlphaLevels) -> np.ndarray:
-        h, w = frame.shape[:2]
+    def render(self, frame: Pyramid, alpha: AlphaLevels) -> np.ndarray:
+        h, w = frame.image.shape[:2]
         self._size = (w, h)
         try:
             self._last = self._frames.get_nowait()
@@ -425,8 +425,12 @@ class Compositor:
             return VideoBackground(s.video, s.fit)
         raise BackgroundError(f"unknown background mode {s.mode!r}")
 
-    def apply(self, frame_bgr: np.ndarray, alpha_fullres: np.ndarray) -> np.ndarray:
-        """BGR uint8 HxWx3 (BGRA HxWx4 in transparent mode) with the background replaced."""
+    def apply(self, frame_bgr: np.ndarray, alpha_fullres: np.ndarray,
+              pyramid: Pyramid | None = None) -> np.ndarray:
+        """BGR uint8 HxWx3 (BGRA HxWx4 in transparent mode) with the background replaced.
+
+        ``pyramid``: the frame's shared smaller copies (the blur starts from one).
+        """
         if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
             raise ValueError(f"frame must be uint8 HxWx3 BGR, got {frame_bgr.dtype} "
                              f"{frame_bgr.shape}")
@@ -441,7 +445,7 @@ class Compositor:
             return out
         known = alpha_boxes(alpha_fullres)  # the matte's own boxes: no search needed
         levels = AlphaLevels(alpha, known)
-        bg = background.render(frame_bgr, levels)
+        bg = background.render(pyramid or Pyramid(frame_bgr), levels)
         boxes = known if known is not None else person_boxes(levels)
         if boxes == [(0, 0, alpha.shape[1], alpha.shape[0])]:
             return blend(frame_bgr, bg, alpha)

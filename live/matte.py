@@ -58,6 +58,7 @@ import cv2
 import numpy as np
 
 from live.config import MatteSettings
+from live.frames import Pyramid
 
 _last = threading.local()  # (alpha, boxes) of this thread's latest Matte.apply
 
@@ -74,32 +75,6 @@ def alpha_boxes(alpha: np.ndarray) -> list[tuple[int, int, int, int]] | None:
     if last is None or last[0] is not alpha:
         return None
     return last[1]
-
-
-def frame_halvings(frame: np.ndarray) -> list[np.ndarray]:
-    """[frame, frame halved, halved twice, ...] as the latest ``Matte.apply`` on this
-    thread computed them (each an INTER_LINEAR halving, like ``composite.halve``)
-    when ``frame`` is the frame it was given; else [frame]."""
-    last = getattr(_last, "value", None)
-    if last is None or last[2] is not frame:
-        return [frame]
-    return last[3]
-
-
-def shrink(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """``image`` reduced to width x height without aliasing, fast for large factors.
-
-    OpenCV's INTER_AREA is slow for non-integer factors at 720p, so halve
-    with bilinear sampling (an exact 2x2 mean) while the target is at least
-    half as large, then finish with a bilinear step of less than 2x.
-    """
-    img = image
-    while img.shape[1] >= 2 * width and img.shape[0] >= 2 * height:
-        img = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2),
-                         interpolation=cv2.INTER_LINEAR)
-    if img.shape[1] == width and img.shape[0] == height:
-        return img
-    return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def grid_size(width: int, height: int, long_side: int) -> tuple[int, int]:
@@ -350,8 +325,12 @@ class Matte:
         """Forget history: the next frame's mask is taken as is."""
         self.temporal.reset()
 
-    def apply(self, alpha_lowres: np.ndarray, frame_bgr: np.ndarray) -> np.ndarray:
-        """Float32 alpha in [0, 1] at the frame's size (a new array each call)."""
+    def apply(self, alpha_lowres: np.ndarray, frame_bgr: np.ndarray,
+              pyramid: Pyramid | None = None) -> np.ndarray:
+        """Float32 alpha in [0, 1] at the frame's size (a new array each call).
+
+        ``pyramid``: the frame's shared smaller copies (the guide is one of them).
+        """
         if alpha_lowres.ndim != 2 or alpha_lowres.size == 0:
             raise ValueError(f"alpha must be a non-empty 2-D array, got shape "
                              f"{alpha_lowres.shape}")
@@ -367,16 +346,11 @@ class Matte:
         h, w = frame_bgr.shape[:2]
         ah, aw = alpha.shape
         gw, gh = grid_size(w, h, s.guide_size)
-        # The guide is the luminance of the frame halved while it stays at least twice the
-        # grid (then converted: a small image), not the halved full-resolution luminance:
-        # the full-res luminance is then only computed inside the person boxes. The
-        # halvings are handed on to the compositor (the blur starts from them).
-        pyramid = [frame_bgr]
-        while pyramid[-1].shape[1] >= 2 * gw and pyramid[-1].shape[0] >= 2 * gh:
-            img = pyramid[-1]
-            pyramid.append(cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2),
-                                      interpolation=cv2.INTER_LINEAR))
-        guide = shrink(cv2.cvtColor(pyramid[-1], cv2.COLOR_BGR2GRAY), gw, gh).astype(np.float32)
+        # The guide is the luminance of the frame shrunk to the grid (a small image: the
+        # full-resolution luminance is only ever computed inside the person boxes). With
+        # the default grid it is the selfie model's input, already made.
+        small = (pyramid or Pyramid(frame_bgr)).shrunk(gw, gh)
+        guide = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY).astype(np.float32)
         guide *= 1.0 / 255.0
         temporal_guide = None
         if s.smoothing == "adaptive" and s.adaptive_motion > 0:
@@ -394,5 +368,5 @@ class Matte:
         boxes: list[Box] = []
         out = guided_upsample(smoothed, frame_bgr, guide, s.feather * gw / w, s.feather_eps,
                               boxes_out=boxes)
-        _last.value = (out, boxes, frame_bgr, pyramid)
+        _last.value = (out, boxes)
         return out

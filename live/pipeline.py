@@ -29,7 +29,7 @@ import numpy as np
 
 from live.composite import Compositor
 from live.config import Settings
-from live.frames import EndOfStream, Frame
+from live.frames import EndOfStream, Frame, Pyramid
 from live.matte import Matte
 from live.segment import Prompt, PromptError, Segmenter, create_segmenter
 from live.subjects import SubjectSelector
@@ -145,11 +145,12 @@ class FrameProcessor:
                     log.warning("prompt dropped: %s", exc)
             self._prompts.clear()
             t0 = time.perf_counter()
-            alpha = self.selector.apply(self.segmenter.step(frame.image))
+            pyramid = Pyramid(frame.image)  # the frame's smaller copies, made once for all stages
+            alpha = self.selector.apply(self.segmenter.step(frame.image, pyramid))
             t1 = time.perf_counter()
-            alpha = self.matte.apply(alpha, frame.image)
+            alpha = self.matte.apply(alpha, frame.image, pyramid)
             t2 = time.perf_counter()
-            image = self.compositor.apply(frame.image, alpha)
+            image = self.compositor.apply(frame.image, alpha, pyramid)
             t3 = time.perf_counter()
         timings = {"segment": (t1 - t0) * 1e3, "matte": (t2 - t1) * 1e3,
                    "composite": (t3 - t2) * 1e3}

@@ -15,6 +15,7 @@ import pytest
 from live.composite import (AlphaLevels, BackgroundError, BlurBackground, Compositor, blend,
                             fit_image, hex_to_bgr)
 from live.config import BackgroundSettings
+from live.frames import Pyramid
 
 H, W = 180, 320
 
@@ -229,7 +230,7 @@ def test_blending_only_around_the_person_changes_nothing() -> None:
     alpha[40:100, 60:150] = rng.random((60, 90), dtype=np.float32)
     alpha[170, 300] = 0.7  # one stray pixel far from the rest
     backgrounds = {"#203040": np.full((H, W, 3), (0x40, 0x30, 0x20), np.uint8),
-                   "blur": BlurBackground(21).render(frame, AlphaLevels(alpha))}
+                   "blur": BlurBackground(21).render(Pyramid(frame), AlphaLevels(alpha))}
     for spec, bg in backgrounds.items():
         settings = BackgroundSettings(mode="blur", blur=21) if spec == "blur" else \
             BackgroundSettings(mode="color", color=spec)
@@ -280,15 +281,31 @@ def test_the_matte_boxes_give_the_same_picture(background: str) -> None:
     assert np.array_equal(hinted, searched)
 
 
-def test_the_matte_halvings_are_the_blur_halvings() -> None:
-    """The blur starts from the matte's halvings of the frame: they must be the same."""
-    from live.composite import halve
-    from live.matte import Matte, frame_halvings
+def test_a_shared_pyramid_changes_nothing_but_the_cost() -> None:
+    """Stages handed the frame's pyramid give exactly what they give building their own."""
+    from live.matte import Matte
 
     frame = np.random.default_rng(2).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
-    Matte().apply(np.full((144, 256), 0.7, np.float32), frame)
-    done = frame_halvings(frame)
-    assert len(done) > 1 and done[0] is frame
-    for k, img in enumerate(done):
-        assert np.array_equal(img, halve(frame, k))
-    assert len(frame_halvings(frame.copy())) == 1  # another frame: nothing to reuse
+    low = np.zeros((144, 256), np.float32)
+    low[30:120, 40:90] = 0.9
+    pyramid = Pyramid(frame)
+    shared = Compositor(BackgroundSettings(mode="blur")).apply(
+        frame, Matte().apply(low, frame, pyramid), pyramid)
+    alone = Compositor(BackgroundSettings(mode="blur")).apply(frame, Matte().apply(low, frame))
+    assert np.array_equal(shared, alone)
+    assert pyramid.halved(2) is pyramid.halved(2)  # made once
+    assert pyramid.shrunk(256, 144) is pyramid.shrunk(256, 144)
+
+
+def test_the_pyramid_halvings_are_2x2_means() -> None:
+    image = np.random.default_rng(3).random((64, 96, 3)).astype(np.float32)
+    pyramid = Pyramid(image)
+    expected = image
+    for k in range(1, 4):
+        h, w = expected.shape[:2]
+        expected = expected.reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3))
+        np.testing.assert_allclose(pyramid.halved(k), expected, atol=1e-5)
+    small = pyramid.shrunk(20, 10)  # 96x64 -> halved twice (24x16) -> bilinear step to 20x10
+    assert small.shape == (10, 20, 3)
+    np.testing.assert_allclose(small.mean(axis=(0, 1)), image.mean(axis=(0, 1)), atol=0.02)
+

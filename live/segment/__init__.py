@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from live.config import EngineSettings, SettingsError
+from live.frames import Pyramid
 
 
 class PromptError(ValueError):
@@ -39,8 +40,11 @@ class Prompt:
 class Segmenter(Protocol):
     name: str
 
-    def step(self, frame_bgr: np.ndarray) -> np.ndarray:
-        """Alpha in [0, 1], float32, HxW at the model's resolution, for this frame."""
+    def step(self, frame_bgr: np.ndarray, pyramid: Pyramid | None = None) -> np.ndarray:
+        """Alpha in [0, 1], float32, HxW at the model's resolution, for this frame.
+
+        ``pyramid`` (the frame's shared smaller copies) spares an engine that
+        needs a small input its own resize; an engine may ignore it."""
 
     def reset(self) -> None:
         """Forget all temporal state (tracked objects, memories)."""

@@ -29,6 +29,7 @@ import numpy as np
 
 from live.checkpoints import require_sam2_checkpoint, sam2_config_name
 from live.config import EngineSettings
+from live.frames import Pyramid
 from live.segment import Prompt
 from live.segment.sam2_stream import StreamingSAM2
 from live.segment.selfie import SelfieSegmenter
@@ -113,10 +114,10 @@ class AutoPromptedSAM2:
     def remove_object(self, obj_id: int) -> None:
         self.stream.remove_object(obj_id)
 
-    def step(self, frame_bgr: np.ndarray) -> np.ndarray:
+    def step(self, frame_bgr: np.ndarray, pyramid: Pyramid | None = None) -> np.ndarray:
         if self.mode == "user":
             return self.stream.step(frame_bgr)
-        person = self._person_mask(frame_bgr)
+        person = self._person_mask(frame_bgr, pyramid)
         self.last_person_fraction = float(person.mean())
         if self.need_anchor and self.last_person_fraction >= MIN_PERSON_FRACTION:
             h, w = frame_bgr.shape[:2]
@@ -138,9 +139,9 @@ class AutoPromptedSAM2:
 
     # ------------------------------------------------------------------ decisions
 
-    def _person_mask(self, frame_bgr: np.ndarray) -> np.ndarray:
+    def _person_mask(self, frame_bgr: np.ndarray, pyramid: Pyramid | None) -> np.ndarray:
         """The selfie model's person mask (bool, at its own resolution)."""
-        person = self.selfie.step(frame_bgr) > 0.5
+        person = self.selfie.step(frame_bgr, pyramid) > 0.5
         if self.settings.subjects == "main":
             person = largest_component(person)
         return person

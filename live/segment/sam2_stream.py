@@ -307,8 +307,11 @@ class StreamingSAM2:
         return self.obj_ids, self._to_video_res(torch.cat(preds, dim=0))
 
     @_locked
-    def step(self, frame_bgr: np.ndarray) -> np.ndarray:
+    def step(self, frame_bgr: np.ndarray, pyramid: Any = None) -> np.ndarray:
         """Alpha (union of all objects) at image_size x image_size, float32 in [0, 1].
+
+        ``pyramid`` is ignored: the input must be resized exactly as the
+        official predictor does (PIL, from the full frame) to match it bit for bit.
 
         The union is taken on the low-res logits (max over objects), upsampled
         bilinearly to image_size as the official high-res masks are, then put

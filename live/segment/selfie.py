@@ -16,6 +16,7 @@ import numpy as np
 
 from live.checkpoints import selfie_model_path
 from live.config import EngineSettings
+from live.frames import Pyramid
 from live.segment import Prompt, PromptError
 
 
@@ -52,12 +53,12 @@ class SelfieSegmenter:
         """Fetch and open the model now rather than on the first frame."""
         self._interpreter(pick_variant(self.settings.selfie_model, width, height))
 
-    def step(self, frame_bgr: np.ndarray) -> np.ndarray:
+    def step(self, frame_bgr: np.ndarray, pyramid: Pyramid | None = None) -> np.ndarray:
         h, w = frame_bgr.shape[:2]
         variant = pick_variant(self.settings.selfie_model, w, h)
         interp, in_idx, out_idx, (mh, mw) = self._interpreter(variant)
         self.last_variant = variant
-        small = cv2.resize(frame_bgr, (mw, mh), interpolation=cv2.INTER_AREA)
+        small = (pyramid or Pyramid(frame_bgr)).shrunk(mw, mh)
         rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
         tensor = (rgb.astype(np.float32) * (1.0 / 255.0))[None]
         interp.set_tensor(in_idx, tensor)
