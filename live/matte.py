@@ -190,13 +190,11 @@ def apply_coefficients(a: np.ndarray, b: np.ndarray, gray: np.ndarray,
     for cx0, cy0, cx1, cy1 in blob_boxes(active, margin=2):
         # The blob was found on blocks of cells: shrink its box to the cells it really
         # holds, two empty cells of margin kept (a smaller box, the same pixels in it).
-        rows = np.flatnonzero(active[cy0:cy1, cx0:cx1].any(axis=1))
-        cols = np.flatnonzero(active[cy0:cy1, cx0:cx1].any(axis=0))
-        if len(rows) == 0:
+        x, y, bw, bh = cv2.boundingRect(active.view(np.uint8)[cy0:cy1, cx0:cx1])
+        if bw == 0:
             continue
-        cx0, cx1 = max(cx0, cx0 + cols[0] - 2), min(cx1, cx0 + cols[-1] + 3)
-        cy0, cy1 = max(cy0, cy0 + rows[0] - 2), min(cy1, cy0 + rows[-1] + 3)
-        cx0, cx1, cy0, cy1 = int(cx0), int(cx1), int(cy0), int(cy1)
+        cx0, cx1 = int(max(cx0, cx0 + x - 2)), int(min(cx1, cx0 + x + bw + 2))
+        cy0, cy1 = int(max(cy0, cy0 + y - 2)), int(min(cy1, cy0 + y + bh + 2))
         x0, y0 = round(cx0 * sx), round(cy0 * sy)
         x1 = w if cx1 == gw else round(cx1 * sx)
         y1 = h if cy1 == gh else round(cy1 * sy)
