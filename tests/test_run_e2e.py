@@ -55,7 +55,7 @@ def test_live_run_file_to_file_replaces_the_background(clip_path: Path, tmp_path
         alpha = cv2.resize(engine.step(src), (1280, 720))
         bg = cv2.erode((alpha < 0.05).astype(np.uint8), np.ones((25, 25), np.uint8)) > 0
         fg = cv2.erode((alpha > 0.95).astype(np.uint8), np.ones((25, 25), np.uint8)) > 0
-        assert bg.mean() > 0.2 and fg.mean() > 0.02    # the clip has both
+        assert bg.mean() > 0.2 and fg.mean() > 0.01    # the clip has both (a sure 1 %+ of each)
         bg_err = np.abs(got[bg].astype(np.int16) - green).mean()
         fg_err = np.abs(got[fg].astype(np.int16) - src[fg].astype(np.int16)).mean()
         assert bg_err < 12, f"background not replaced: mean error {bg_err:.1f}"
