@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from live.config import BackgroundSettings
-from live.frames import Pyramid
+from live.frames import Pyramid, halve
 from live.matte import Box, alpha_boxes, blob_boxes
 
 MAX_IMAGE_PIXELS = 50_000_000  # the control panel uploads images: refuse decompression bombs
@@ -86,18 +86,6 @@ def blend(frame: np.ndarray, background: np.ndarray, alpha: np.ndarray,
     if dst is None:
         return cv2.blendLinear(frame, background, alpha, 1.0 - alpha)
     return cv2.blendLinear(frame, background, alpha, 1.0 - alpha, dst=dst)
-
-
-def halve(image: np.ndarray, times: int = 1) -> np.ndarray:
-    """``image`` shrunk by 2**times, each step an exact 2x2 mean (fast, alias-free).
-
-    A mean of non-negative values is non-zero wherever any input was, so a
-    halved alpha still shows every pixel the person touches.
-    """
-    for _ in range(times):
-        image = cv2.resize(image, (max(1, image.shape[1] // 2), max(1, image.shape[0] // 2)),
-                           interpolation=cv2.INTER_LINEAR)
-    return image
 
 
 class AlphaLevels:

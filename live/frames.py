@@ -36,6 +36,18 @@ class Frame:
         return w, h
 
 
+def halve(image: np.ndarray, times: int = 1) -> np.ndarray:
+    """``image`` shrunk by 2**times, each step an exact 2x2 mean (fast, alias-free).
+
+    A mean of non-negative values is non-zero wherever any input was, so a
+    halved alpha still shows every pixel the person touches.
+    """
+    for _ in range(times):
+        image = cv2.resize(image, (max(1, image.shape[1] // 2), max(1, image.shape[0] // 2)),
+                           interpolation=cv2.INTER_LINEAR)
+    return image
+
+
 class Pyramid:
     """One frame and its smaller copies, each made once and only when first asked for.
 
@@ -52,13 +64,9 @@ class Pyramid:
         self._shrunk: dict[tuple[int, int], np.ndarray] = {}
 
     def halved(self, times: int) -> np.ndarray:
-        """The image halved ``times`` times, each step an exact 2x2 mean (alias-free,
-        and non-zero wherever any input pixel was)."""
+        """The image ``halve``d ``times`` times."""
         while len(self._halvings) <= times:
-            img = self._halvings[-1]
-            self._halvings.append(cv2.resize(
-                img, (max(1, img.shape[1] // 2), max(1, img.shape[0] // 2)),
-                interpolation=cv2.INTER_LINEAR))
+            self._halvings.append(halve(self._halvings[-1]))
         return self._halvings[times]
 
     def shrunk(self, width: int, height: int) -> np.ndarray:
