@@ -99,16 +99,42 @@ def _check_image(image: Any) -> np.ndarray:
 
 
 class _Worker:
-    """One dedicated thread per sink: its calls run one at a time, in submission order."""
+    """One dedicated thread per sink: its calls run one at a time, in submission order.
+
+    It remembers the latest ``submit``ted call, so a sink that drops frames
+    rather than queueing them asks ``busy`` before submitting the next one.
+    """
 
     def __init__(self, name: str):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._last: asyncio.Future[Any] | None = None
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        return asyncio.wrap_future(self._pool.submit(fn, *args))
+        self._last = asyncio.wrap_future(self._pool.submit(fn, *args))
+        return self._last
+
+    def busy(self) -> bool:
+        """Whether the latest call is still running; raises what it raised once done."""
+        if self._last is None:
+            return False
+        if not self._last.done():
+            return True
+        self._last.result()
+        return False
+
+    async def settle(self) -> BaseException | None:
+        """Wait for the latest call; the exception it raised, if any."""
+        if self._last is None:
+            return None
+        try:
+            await self._last
+        except Exception as exc:
+            return exc
+        return None
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await self.submit(fn, *args)
+        """Call and wait (opening, closing): not a call that ``busy`` tracks."""
+        return await asyncio.wrap_future(self._pool.submit(fn, *args))
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False)
@@ -262,7 +288,6 @@ class VirtualCameraSink:
         self.pixel_format: Any = None  # the pyvirtualcam.PixelFormat in use, once open
         self._camera: Any = None
         self._worker = _Worker("live-vcam")
-        self._busy: asyncio.Future[Any] | None = None
         self._resizing = False
         self._closed = False
 
@@ -270,17 +295,15 @@ class VirtualCameraSink:
         _check_image(image)
         if self._closed:
             raise SinkError("write to a closed virtual camera sink")
-        if self._busy is not None:
-            if not self._busy.done():
-                self.dropped += 1
-                return
-            self._busy.result()  # raises what the last send raised
+        if self._worker.busy():  # (raises what the last send raised)
+            self.dropped += 1
+            return
         if self._camera is None:  # opened here, not in _send, so a missing device fails now
             h, w = even_crop(image).shape[:2]
             self._camera = await self._worker.run(self._open, w, h)
-        self._busy = self._worker.submit(self._send, image)
+        sent = self._worker.submit(self._send, image)
         if self.pace:
-            await self._busy
+            await sent
 
     def _send(self, image: np.ndarray) -> None:  # worker thread
         image = even_crop(flatten_alpha(image))
@@ -324,12 +347,7 @@ class VirtualCameraSink:
         if self._closed:
             return
         self._closed = True
-        error: BaseException | None = None
-        if self._busy is not None:
-            try:
-                await self._busy
-            except Exception as exc:
-                error = exc
+        error = await self._worker.settle()
         if self._camera is not None:
             await self._worker.run(self._camera.close)
             self._camera = None
@@ -596,7 +614,6 @@ class PreviewSink:
         self.dropped = 0
         self._inline = platform.system() == "Darwin"
         self._worker = _Worker("live-preview")
-        self._busy: asyncio.Future[Any] | None = None
         self._opened = False
         self._closed = False
 
@@ -604,15 +621,13 @@ class PreviewSink:
         _check_image(image)
         if self._closed or self.closed_by_user:
             return
-        if self._busy is not None:
-            if not self._busy.done():
-                self.dropped += 1
-                return
-            self._busy.result()
+        if self._worker.busy():
+            self.dropped += 1
+            return
         if self._inline:
             self._show(image)
         else:
-            self._busy = self._worker.submit(self._show, image)
+            self._worker.submit(self._show, image)
 
     def _show(self, image: np.ndarray) -> None:  # worker thread
         if image.shape[2] == 4:
@@ -641,8 +656,7 @@ class PreviewSink:
         if self._closed:
             return
         self._closed = True
-        if self._busy is not None:
-            await asyncio.gather(self._busy, return_exceptions=True)
+        await self._worker.settle()  # a failed draw was reported by write already
         if self._opened:
             if self._inline:
                 self._destroy()
