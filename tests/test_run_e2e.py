@@ -137,6 +137,15 @@ def test_cli_reports_bad_input_clearly(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "nope.mp4: no such file" in proc.stderr
 
 
+def test_config_piped_into_a_reader_that_stops_early_is_not_an_error() -> None:
+    """`live config | head`: the reader is gone before anything is written."""
+    proc = subprocess.Popen([sys.executable, "-m", "live.cli", "config"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # no reader: every write the command makes fails with EPIPE
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 @pytest.mark.skipif(sys.platform != "linux" or bool(glob.glob("/sys/devices/virtual/video4linux/*")),
                     reason="checks the message for a Linux machine without v4l2loopback")
 def test_missing_virtual_camera_driver_is_reported_before_start() -> None:
