@@ -24,6 +24,7 @@ import numpy as np
 
 from live.config import BackgroundSettings
 from live.frames import Pyramid, halve
+from live.sources import open_video
 from live.matte import Box, alpha_boxes, blob_boxes
 
 MAX_IMAGE_PIXELS = 50_000_000  # the control panel uploads images: refuse decompression bombs
@@ -274,9 +275,16 @@ class VideoBackground:
     def __init__(self, path: str, fit: str):
         self.path, self.fit = path, fit
         self.stamp = file_stamp(path)
-        self._container = _open_video(path)
+        try:
+            self._container = open_video(path, MAX_VIDEO_PIXELS)
+        except ValueError as exc:
+            raise BackgroundError(f"background video {path}: {exc}") from None
         self._decoded = self._container.decode(video=0)
-        first = self._decode_one()
+        try:
+            first = self._decode_one()
+        except BackgroundError:
+            self._container.close()
+            raise
         if first is None:
             self._container.close()
             raise BackgroundError(f"background video {path}: no decodable frame")
@@ -345,28 +353,6 @@ class VideoBackground:
         self._stop.set()
         self._thread.join(timeout=2.0)
         self._container.close()
-
-
-def _open_video(path: str):
-    import av
-
-    p = Path(path)
-    if not p.is_file():
-        raise BackgroundError(f"background video {path}: no such file")
-    try:
-        container = av.open(str(p))
-    except (av.FFmpegError, ValueError, OSError) as exc:
-        raise BackgroundError(f"background video {path}: cannot open it ({exc})") from None
-    if not container.streams.video:
-        container.close()
-        raise BackgroundError(f"background video {path}: the file has no video stream")
-    stream = container.streams.video[0]
-    if stream.width * stream.height > MAX_VIDEO_PIXELS:
-        container.close()
-        raise BackgroundError(f"background video {path}: {stream.width}x{stream.height} is "
-                              "larger than 4K")
-    stream.thread_type = "AUTO"
-    return container
 
 
 class Compositor:

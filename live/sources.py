@@ -41,6 +41,32 @@ class SourceError(RuntimeError):
     """A source cannot be opened at all; the message says what to check."""
 
 
+def open_video(path: str | Path, max_pixels: int | None = None) -> Any:
+    """A PyAV input container holding a video stream, set to decode on threads.
+
+    Raises ValueError saying why not (missing, unreadable, no video stream,
+    larger than ``max_pixels``), after closing whatever it opened; the caller
+    names the file in its own terms.
+    """
+    import av
+
+    if not Path(path).is_file():
+        raise ValueError("no such file")
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, ValueError, OSError) as exc:
+        raise ValueError(f"cannot open it ({exc})") from None
+    if not container.streams.video:
+        container.close()
+        raise ValueError("the file has no video stream")
+    stream = container.streams.video[0]
+    if max_pixels is not None and stream.width * stream.height > max_pixels:
+        container.close()
+        raise ValueError(f"{stream.width}x{stream.height} is too large")
+    stream.thread_type = "AUTO"
+    return container
+
+
 class _Threaded:
     """One private reader thread: device calls stay off the event loop and in order."""
 
@@ -135,17 +161,12 @@ class FileSource(_Threaded):
 
     def __init__(self, path: str | Path, loop: bool = False, realtime: bool = False):
         super().__init__("file")
-        import av
-
         self.path = Path(path)
-        if not self.path.is_file():
-            raise SourceError(f"video file {self.path} not found")
         try:
-            self.container = av.open(str(self.path))
-            self.stream = self.container.streams.video[0]
-        except (av.error.FFmpegError, IndexError) as exc:
+            self.container = open_video(self.path)
+        except ValueError as exc:
             raise SourceError(f"cannot read video {self.path}: {exc}") from None
-        self.stream.thread_type = "AUTO"
+        self.stream = self.container.streams.video[0]
         self.fps = float(self.stream.average_rate or 30)
         self.loop, self.live = loop, realtime
         self._frames = self.container.decode(self.stream)

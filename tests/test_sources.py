@@ -137,3 +137,32 @@ def test_a_camera_that_never_opens_fails_at_once(tmp_path: Path) -> None:
             await cam.close()
 
     asyncio.run(main())
+
+
+def test_a_file_without_video_is_refused_and_closed(tmp_path: Path) -> None:
+    """An audio-only file is refused with a clear error by the source and the video
+    background alike, and neither keeps the file open."""
+    import av
+    import psutil
+
+    from live.composite import BackgroundError, Compositor
+    from live.config import BackgroundSettings
+
+    path = tmp_path / "voice.m4a"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        for i in range(20):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
+                                               layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    process = psutil.Process()
+    before = process.num_fds()
+    for _ in range(10):
+        with pytest.raises(SourceError, match="no video stream"):
+            FileSource(path)
+        with pytest.raises(BackgroundError, match="no video stream"):
+            Compositor(BackgroundSettings(mode="video", video=str(path)))
+    assert process.num_fds() == before
