@@ -170,6 +170,8 @@ class FrameProcessor:
             if segmenter is not None:
                 self.segmenter = segmenter
                 self.matte.reset()
+            elif settings.engine != old.engine:  # knobs the engine reads frame by frame
+                self.segmenter.settings = settings.engine
             if settings.engine.subjects != old.engine.subjects:
                 self.selector = SubjectSelector(settings.engine.subjects)
             if settings.matte != old.matte:
@@ -195,7 +197,8 @@ class FrameProcessor:
 
 def _engine_needs_rebuild(old: Settings, new: Settings) -> bool:
     """Only the knobs that change the model itself need a new segmenter."""
-    keys = ("name", "selfie_model", "sam2_model", "checkpoint", "image_size", "device", "compile")
+    keys = ("name", "selfie_model", "sam2_model", "checkpoint", "image_size", "device", "compile",
+            "max_cond_frames")
     return any(getattr(old.engine, k) != getattr(new.engine, k) for k in keys)
 
 

@@ -124,3 +124,24 @@ def test_clicks_on_the_sam2_engine_are_checked_at_once_and_applied_between_frame
     out = processor.process(Frame(image, 1, 0.1))
     assert engine.mode == "user" and out.image.shape == image.shape
     assert engine.stats()["memory_bank_bytes"] > 0
+
+
+def test_engine_knobs_that_need_no_new_model_reach_the_running_engine() -> None:
+    """Re-anchoring thresholds change on the running SAM 2 engine (no reload, tracking
+    kept); a knob that shapes the model (the memory's frame cap) asks for a new one."""
+    from live.checkpoints import ModelMissingError
+    from live.config import EngineSettings
+    from live.segment.auto_prompt import AutoPromptedSAM2
+
+    engine_settings = EngineSettings(name="sam2", device="cpu", image_size=64)
+    engine = AutoPromptedSAM2.with_random_weights(engine_settings, precision="fp32")
+    settings = SELFIE.merged({"engine": {"name": "sam2", "device": "cpu", "image_size": 64}})
+    processor = FrameProcessor(settings, segmenter=engine)
+    processor.process(Frame(SyntheticSource(320, 240).render(0), 0, 0.0))
+    processor.update_settings(settings.merged({"engine": {"reanchor_iou": 0.9,
+                                                          "reanchor_frames": 3}}))
+    assert processor.segmenter is engine and engine.stream.frame_idx == 0
+    assert (engine.settings.reanchor_iou, engine.settings.reanchor_frames) == (0.9, 3)
+    with pytest.raises(ModelMissingError):  # a new model is built (and needs a checkpoint)
+        processor.update_settings(settings.merged({"engine": {"max_cond_frames": 8}}))
+    assert processor.segmenter is engine

@@ -39,6 +39,7 @@ class Prompt:
 @runtime_checkable
 class Segmenter(Protocol):
     name: str
+    settings: EngineSettings  # replaced between frames when a knob needs no new model
 
     def step(self, frame_bgr: np.ndarray, pyramid: Pyramid | None = None) -> np.ndarray:
         """Alpha in [0, 1], float32, HxW at the model's resolution, for this frame.
