@@ -46,7 +46,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from live import control
-from live.config import LOOPBACK_HOSTS, Settings
+from live.config import LOOPBACK_HOSTS, Settings, SettingsError
 from live.config import schema as config_schema
 from live.control import ProtocolError
 from live.pipeline import FrameProcessor, Pipeline
@@ -482,7 +482,12 @@ def serve(settings: Settings, passthrough: bool = False) -> None:
 
     async def main() -> None:
         server = ControlServer(settings, passthrough=passthrough)
-        await server.start()
+        try:
+            await server.start()
+        except OSError as exc:
+            where = f"{settings.server.host}:{settings.server.port}"
+            raise SettingsError(f"cannot listen on {where} ({exc.strerror or exc}): is another "
+                                "`live serve` running there? Pick another --port") from None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

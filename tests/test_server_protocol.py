@@ -497,3 +497,19 @@ def test_the_uploads_folder_is_made_on_first_upload_and_removed_at_stop(frames):
     finally:
         st_.close()
     assert not folder.exists()
+
+
+def test_serve_on_a_busy_port_says_so_without_a_traceback():
+    import subprocess
+    import sys
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "live.cli", "serve", "--port", str(port)],
+                              cwd=Path(__file__).resolve().parent.parent, capture_output=True,
+                              text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr and "--port" in proc.stderr
+    assert "Traceback" not in proc.stderr
