@@ -281,11 +281,14 @@ def _check_value(path: str, hint: Any, meta: Mapping[str, Any], value: Any) -> A
             raise SettingsError(f"{path} must be a number, got {value!r}")
         try:
             num = hint(value) if not isinstance(value, float) or hint is float else value
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: float(10**400)
             raise SettingsError(f"{path} must be a number, got {value!r}") from None
         if hint is int and (isinstance(num, float) and not float(num).is_integer()):
             raise SettingsError(f"{path} must be a whole number, got {value!r}")
-        num = hint(num)
+        try:
+            num = hint(num)
+        except OverflowError:
+            raise SettingsError(f"{path} must be a finite number, got {value!r}") from None
         if num != num or num in (float("inf"), float("-inf")):
             raise SettingsError(f"{path} must be a finite number, got {value!r}")
         lo, hi = meta.get("lo"), meta.get("hi")

@@ -15,7 +15,6 @@ import base64
 import binascii
 import io
 import json
-import math
 import time
 from typing import Any, Mapping
 
@@ -191,8 +190,8 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
-        and abs(v) < 1e6
+    # abs(v) < 1e6 is False for nan and inf; math.isfinite would overflow on a huge int
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e6
 
 
 # --------------------------------------------------------------------------- uploads

@@ -179,6 +179,8 @@ BAD_MESSAGES = [
     (_settings_set({"matte": {"feather": "wide"}}), "matte.feather must be a number"),
     (_settings_set({"matte": {"feather": 1000}}), "between 0 and 64"),
     (_settings_set({"matte": {"feather": 2.5}}), "whole number"),
+    ('{"type": "settings.set", "id": 1, "settings": {"matte": {"feather_eps": 1%s}}}' % ("0" * 400),
+     "matte.feather_eps must be a number"),                    # float() of it overflows
     (_settings_set({"background": {"color": "green"}}), "#RRGGBB"),
     (_settings_set({"background": {"mode": "sparkles"}}), "must be one of"),
     (_settings_set({"background": {"mode": "image"}}), "needs background.image"),
@@ -190,6 +192,7 @@ BAD_MESSAGES = [
     ('{"type": "prompt", "id": 1, "points": [[1, 2]]}', "each point"),
     ('{"type": "prompt", "id": 1, "points": [[1, 2, 7]]}', "each point"),
     ('{"type": "prompt", "id": 1, "points": [[-5, 2, 1]]}', "outside the frame"),
+    ('{"type": "prompt", "id": 1, "points": [[1%s, 2, 1]]}' % ("0" * 400), "each point"),
     ('{"type": "prompt", "id": 1, "points": "here"}', "points must be a list"),
     ('{"type": "prompt", "id": 1, "obj_id": 0, "points": [[1, 2, 1]]}', "obj_id"),
     ('{"type": "prompt", "id": 1, "box": [5, 5, 1, 1]}', "box must be"),
