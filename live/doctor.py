@@ -14,15 +14,18 @@ def _check(ok: bool, what: str, fix: str = "") -> bool:
     return ok
 
 
+def _v4l_name(device: str) -> str:
+    """The driver's name for /dev/videoN, or "?" (a device may vanish while we look)."""
+    try:
+        return (Path("/sys/class/video4linux") / Path(device).name / "name").read_text().strip()
+    except OSError:
+        return "?"
+
+
 def webcams() -> list[str]:
     """Capture devices on Linux; elsewhere, the first OpenCV indices that open."""
     if platform.system() == "Linux":
-        found = []
-        for dev in sorted(glob.glob("/dev/video*")):
-            name_file = Path("/sys/class/video4linux") / Path(dev).name / "name"
-            name = name_file.read_text().strip() if name_file.exists() else "?"
-            found.append(f"{dev} ({name})")
-        return found
+        return [f"{dev} ({_v4l_name(dev)})" for dev in sorted(glob.glob("/dev/video*"))]
     import cv2
 
     found = []
@@ -36,18 +39,16 @@ def webcams() -> list[str]:
 
 def loopback_devices() -> list[str]:
     """v4l2loopback devices are the ones whose driver is v4l2 loopback."""
-    devices = []
-    for sys_dir in sorted(glob.glob("/sys/devices/virtual/video4linux/video*")):
-        name = (Path(sys_dir) / "name").read_text().strip()
-        devices.append(f"/dev/{Path(sys_dir).name} ({name})")
-    return devices
+    return [f"/dev/{Path(d).name} ({_v4l_name(Path(d).name)})"
+            for d in sorted(glob.glob("/sys/devices/virtual/video4linux/video*"))]
 
 
 def run_doctor() -> int:
     print("cameras")
     cams = webcams()
     loop = loopback_devices()
-    real = [c for c in cams if not any(c.startswith(d.split()[0]) for d in loop)]
+    loop_paths = {d.split()[0] for d in loop}  # /dev/video1 must not hide /dev/video10
+    real = [c for c in cams if c.split()[0] not in loop_paths]
     _check(bool(real), f"webcam: {', '.join(real) or 'none found'}",
            "plug in a camera, or try `live run --source synthetic` / a video file")
     print("virtual camera")
@@ -74,6 +75,6 @@ def run_doctor() -> int:
         _check(is_valid(checkpoint_dir() / spec.name, spec), f"selfie {variant}: {spec.name}",
                "live fetch selfie (also fetched automatically on first use)")
     for model, (spec, _cfg) in SAM2_MODELS.items():
-        _check((checkpoint_dir() / spec.name).is_file(), f"SAM 2.1 {model}: {spec.name}",
+        _check(is_valid(checkpoint_dir() / spec.name, spec), f"SAM 2.1 {model}: {spec.name}",
                f"live fetch sam2 --model {model}")
     return 0

@@ -170,6 +170,7 @@ def test_missing_selfie_model_names_the_fix(tmp_path: Path, monkeypatch) -> None
 
 
 def test_doctor_reports_each_need_with_its_fix(tmp_path: Path) -> None:
+    (tmp_path / "sam2.1_hiera_tiny.pt").write_bytes(b"a partial download")  # not a checkpoint
     env = {**os.environ, "LIVE_CHECKPOINT_DIR": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-m", "live.cli", "doctor"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
