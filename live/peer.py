@@ -74,8 +74,7 @@ async def open_peer_session(server: ControlServer, settings: Settings,
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
     except BaseException:
-        await pc.close()
-        processor.close()
+        await server.close_session(session)  # the one teardown path (not yet registered)
         raise
     _drain_unsent_audio(session, pc)
     session.task = asyncio.create_task(_run(server, session), name=f"session-{session.id}")

@@ -35,7 +35,6 @@ import shutil
 import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -89,7 +88,6 @@ class Session:
         self.kind = kind
         self.processor = processor
         self.pipeline = pipeline
-        self.created = time.time()
         # WebRTC peers only:
         self.pc: Any = None
         self.output: Any = None
@@ -144,6 +142,7 @@ class ControlServer:
         self.rate, self.burst = rate, burst
         self.stats_interval = stats_interval
         self.max_peers, self.max_clients = max_peers, max_clients
+        self._opening = 0  # offers being answered: counted against max_peers already
         self.sessions: dict[str, Session] = {}
         self.clients: set[Client] = set()
         self.received: collections.Counter[str] = collections.Counter()  # by message type
@@ -224,8 +223,10 @@ class ControlServer:
         if task is not None and task is not asyncio.current_task():
             try:
                 await asyncio.wait_for(asyncio.shield(task), timeout=10)
-            except (asyncio.TimeoutError, Exception):
+            except asyncio.TimeoutError:
                 log.warning("session %s: pipeline did not stop in time", session.id)
+            except Exception as exc:  # the pipeline's own errors are in its metrics too
+                log.warning("session %s: pipeline ended with %r", session.id, exc)
         if session.pipeline is None or session.task is None:
             session.processor.close()  # Pipeline.run closes it otherwise
         log.info("session %s closed", session.id)
@@ -441,15 +442,18 @@ class ControlServer:
         sdp = control.offer_sdp(msg)
         if client.session is not None:  # a new offer replaces this client's old session
             await self.close_session(client.session)
-        peers = sum(1 for s in self.sessions.values() if s.kind == "webrtc")
+        peers = sum(1 for s in self.sessions.values() if s.kind == "webrtc") + self._opening
         if peers >= self.max_peers:
             raise ProtocolError(f"too many video sessions ({peers}); close one first")
-        session, answer = await open_peer_session(self, client.settings, sdp)
+        self._opening += 1  # answering takes a while (a model loads): others wait their turn
+        try:
+            session, answer = await open_peer_session(self, client.settings, sdp)
+        finally:
+            self._opening -= 1
         session.owner = client
         client.session = session
-        if session.task is not None:
-            self._peer_tasks.add(session.task)
-            session.task.add_done_callback(self._peer_tasks.discard)
+        self._peer_tasks.add(session.task)
+        session.task.add_done_callback(self._peer_tasks.discard)
         self.sessions[session.id] = session
         return {"session": session.id, "answer": {"type": "answer", "sdp": answer}}
 

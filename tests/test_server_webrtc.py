@@ -167,3 +167,23 @@ def test_a_peer_that_vanishes_is_cleaned_up():
                              and not server.clients, 45, "the vanished peer's cleanup")
 
     asyncio.run(scenario())
+
+
+def test_offers_racing_for_the_last_video_slot_admit_one(clip_path):
+    """Answering an offer takes a while (the model loads): two offers arriving together
+    must not both pass the session limit."""
+    frames = load_clip(clip_path, 10)
+
+    async def scenario() -> None:
+        async with running_server(max_peers=1) as server:
+            async with ControlClient(server.url) as a, ControlClient(server.url) as b:
+                results = await asyncio.gather(a.start_video(ClipTrack(frames)),
+                                               b.start_video(ClipTrack(frames)),
+                                               return_exceptions=True)
+                refused = [r for r in results if isinstance(r, Exception)]
+                assert len(refused) == 1 and "too many video sessions" in str(refused[0])
+                assert len(server.sessions) == 1
+            await wait_until(lambda: not server.sessions and not pipeline_threads(), 15,
+                             "teardown")
+
+    asyncio.run(scenario())
