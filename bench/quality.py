@@ -327,7 +327,8 @@ def stage_timings(data: Path, segmenter, tmp: Path, n_frames: int = 60,
                                              prepare=segmented))
             matte.reset()
             both_runs[mode].append(median_ms(
-                lambda i, p: comp.apply(frames[i], matte.apply(lows[i], frames[i], p), p), n,
+                lambda i, p: comp.apply(frames[i], matte.apply(lows[i], frames[i], p), p,
+                                        matte.boxes), n,  # (read after matte.apply ran)
                 prepare=segmented))
             comp.close()
 

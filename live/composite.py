@@ -25,7 +25,7 @@ import numpy as np
 from live.config import BackgroundSettings
 from live.frames import Pyramid, halve
 from live.sources import open_video
-from live.matte import Box, alpha_boxes, blob_boxes
+from live.matte import Box, blob_boxes
 
 MAX_IMAGE_PIXELS = 50_000_000  # the control panel uploads images: refuse decompression bombs
 MAX_VIDEO_PIXELS = 3840 * 2160
@@ -399,10 +399,12 @@ class Compositor:
         raise BackgroundError(f"unknown background mode {s.mode!r}")
 
     def apply(self, frame_bgr: np.ndarray, alpha_fullres: np.ndarray,
-              pyramid: Pyramid | None = None) -> np.ndarray:
+              pyramid: Pyramid | None = None, boxes: list[Box] | None = None) -> np.ndarray:
         """BGR uint8 HxWx3 (BGRA HxWx4 in transparent mode) with the background replaced.
 
         ``pyramid``: the frame's shared smaller copies (the blur starts from one).
+        ``boxes``: disjoint boxes outside which the alpha is 0 (``Matte.boxes``);
+        found here when not given.
         """
         if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
             raise ValueError(f"frame must be uint8 HxWx3 BGR, got {frame_bgr.dtype} "
@@ -416,10 +418,10 @@ class Compositor:
             out = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2BGRA)
             out[:, :, 3] = cv2.convertScaleAbs(alpha, alpha=255.0)
             return out
-        known = alpha_boxes(alpha_fullres)  # the matte's own boxes: no search needed
-        levels = AlphaLevels(alpha, known)
+        levels = AlphaLevels(alpha, boxes)
         bg = background.render(pyramid or Pyramid(frame_bgr), levels)
-        boxes = known if known is not None else person_boxes(levels)
+        if boxes is None:
+            boxes = person_boxes(levels)
         if boxes == [(0, 0, alpha.shape[1], alpha.shape[0])]:
             return blend(frame_bgr, bg, alpha)
         if background.fresh:

@@ -52,30 +52,12 @@ changes parameters between two frames and keeps history.
 
 from __future__ import annotations
 
-import threading
 
 import cv2
 import numpy as np
 
 from live.config import MatteSettings
 from live.frames import Pyramid
-
-_last = threading.local()  # (alpha, boxes) of this thread's latest Matte.apply
-
-
-def alpha_boxes(alpha: np.ndarray) -> list[tuple[int, int, int, int]] | None:
-    """Disjoint full-resolution boxes outside which ``alpha`` is 0, when ``alpha`` is the
-    array the latest ``Matte.apply`` on this thread returned (and still unmodified:
-    the compositor reads it right after); None when unknown.
-
-    The matte computes only inside these boxes anyway; handing them on spares
-    the compositor a search over the whole full-resolution alpha.
-    """
-    last = getattr(_last, "value", None)
-    if last is None or last[0] is not alpha:
-        return None
-    return last[1]
-
 
 def grid_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     """The coefficient grid: ``long_side`` on the longer axis, never finer than the frame."""
@@ -313,6 +295,10 @@ class Matte:
     def __init__(self, settings: MatteSettings | None = None):
         self.settings = settings or MatteSettings()
         self.temporal = TemporalFilter(self.settings)
+        # Disjoint full-resolution boxes outside which the latest alpha is 0 (None: not
+        # known). The matte computes only inside them anyway; handed to the compositor,
+        # they spare it a search over the whole full-resolution alpha.
+        self.boxes: list[Box] | None = None
 
     def update(self, settings: MatteSettings) -> None:
         """New parameters from the next frame on; history is kept so nothing jumps."""
@@ -358,7 +344,7 @@ class Matte:
         if s.edge_contrast != 1.0:  # (a - 0.5) * gain + 0.5, on a copy: history stays soft
             smoothed = smoothed * s.edge_contrast + 0.5 * (1.0 - s.edge_contrast)
             np.clip(smoothed, 0.0, 1.0, out=smoothed)
-        _last.value = None
+        self.boxes = None
         if s.feather <= 0:
             out = cv2.resize(smoothed, (w, h), interpolation=cv2.INTER_LINEAR)
             np.clip(out, 0.0, 1.0, out=out)
@@ -366,5 +352,5 @@ class Matte:
         boxes: list[Box] = []
         out = guided_upsample(smoothed, frame_bgr, guide, s.feather * gw / w, s.feather_eps,
                               boxes_out=boxes)
-        _last.value = (out, boxes)
+        self.boxes = boxes
         return out

@@ -150,7 +150,7 @@ class FrameProcessor:
             t1 = time.perf_counter()
             alpha = self.matte.apply(alpha, frame.image, pyramid)
             t2 = time.perf_counter()
-            image = self.compositor.apply(frame.image, alpha, pyramid)
+            image = self.compositor.apply(frame.image, alpha, pyramid, self.matte.boxes)
             t3 = time.perf_counter()
         timings = {"segment": (t1 - t0) * 1e3, "matte": (t2 - t1) * 1e3,
                    "composite": (t3 - t2) * 1e3}
