@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from live.config import BackgroundSettings
-from live.frames import Pyramid, halve
+from live.frames import Pyramid, check_bgr, halve
 from live.sources import open_video
 from live.matte import Box, blob_boxes
 
@@ -406,9 +406,7 @@ class Compositor:
         ``boxes``: disjoint boxes outside which the alpha is 0 (``Matte.boxes``);
         found here when not given.
         """
-        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
-            raise ValueError(f"frame must be uint8 HxWx3 BGR, got {frame_bgr.dtype} "
-                             f"{frame_bgr.shape}")
+        check_bgr(frame_bgr)
         if alpha_fullres.shape != frame_bgr.shape[:2]:
             raise ValueError(f"alpha {alpha_fullres.shape} does not match the frame "
                              f"{frame_bgr.shape[:2]}")

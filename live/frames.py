@@ -36,6 +36,16 @@ class Frame:
         return w, h
 
 
+def check_bgr(image: np.ndarray) -> None:
+    """Refuse anything but a uint8 HxWx3 BGR frame, clearly: a grey or float frame
+    would otherwise fail deep inside OpenCV or torch."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 \
+            or image.dtype != np.uint8:
+        desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) \
+            else type(image).__name__
+        raise ValueError(f"frame must be BGR uint8 HxWx3, got {desc}")
+
+
 def halve(image: np.ndarray, times: int = 1) -> np.ndarray:
     """``image`` shrunk by 2**times, each step an exact 2x2 mean (fast, alias-free).
 

@@ -57,7 +57,7 @@ import cv2
 import numpy as np
 
 from live.config import MatteSettings
-from live.frames import Pyramid
+from live.frames import Pyramid, check_bgr
 
 def grid_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     """The coefficient grid: ``long_side`` on the longer axis, never finer than the frame."""
@@ -318,9 +318,7 @@ class Matte:
         if alpha_lowres.ndim != 2 or alpha_lowres.size == 0:
             raise ValueError(f"alpha must be a non-empty 2-D array, got shape "
                              f"{alpha_lowres.shape}")
-        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
-            raise ValueError("frame must be uint8 HxWx3 BGR, got "
-                             f"{frame_bgr.dtype} {frame_bgr.shape}")
+        check_bgr(frame_bgr)
         s = self.settings
         # Values under TINY become 0 (a copy: the caller's array is left alone). The
         # selfie model emits many 1e-30s and even denormals; arithmetic on denormals is

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from live.config import SettingsError
+from live.frames import check_bgr
 from live.segment import Prompt, PromptError
 from live.segment.pil_resize import resize_like_pil
 
@@ -388,9 +389,7 @@ class StreamingSAM2:
         return self._features
 
     def _advance(self, frame_bgr: np.ndarray) -> list[torch.Tensor]:
-        if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3 or frame_bgr.dtype != np.uint8:
-            raise ValueError(f"expected a BGR uint8 HxWx3 frame, got {frame_bgr.dtype} "
-                             f"{frame_bgr.shape}")
+        check_bgr(frame_bgr)
         with self._inference():
             for bank in self._banks.values():  # corrections on the previous frame -> memory
                 self._finalize(bank)
