@@ -33,8 +33,11 @@ class SettingsError(ValueError):
 
 
 def _f(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
-       flag: str | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "lo": lo, "hi": hi, "flag": flag})
+       flag: str | None = None, form: tuple[re.Pattern[str], str] | None = None) -> Any:
+    """A setting: its default, help, numeric bounds, CLI flag, and for a string the
+    (pattern, how to say it) it must match."""
+    return field(default=default,
+                 metadata={"help": help, "lo": lo, "hi": hi, "flag": flag, "form": form})
 
 
 HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
@@ -122,7 +125,7 @@ class BackgroundSettings:
     mode: Literal["blur", "color", "image", "video", "transparent"] = _f(
         "blur", "what replaces the background")
     blur: int = _f(21, "blur strength (kernel radius in pixels at 720p)", lo=1, hi=200)
-    color: str = _f("#00b140", "solid colour as #RRGGBB")
+    color: str = _f("#00b140", "solid colour as #RRGGBB", form=(HEX_COLOR, "#RRGGBB"))
     image: str | None = _f(None, "background image file")
     video: str | None = _f(None, "background video file (loops)")
     fit: Literal["cover", "contain"] = _f(
@@ -300,8 +303,9 @@ def _check_value(path: str, hint: Any, meta: Mapping[str, Any], value: Any) -> A
             raise SettingsError(f"{path} must be a string, got {value!r}")
         if len(value) > 4096:
             raise SettingsError(f"{path} is too long")
-        if path == "background.color" and not HEX_COLOR.match(value):
-            raise SettingsError(f"{path} must look like #RRGGBB, got {value!r}")
+        form = meta.get("form")
+        if form is not None and not form[0].match(value):
+            raise SettingsError(f"{path} must look like {form[1]}, got {value!r}")
         return value
     raise TypeError(f"unsupported settings type {hint} for {path}")  # a bug in this module
 

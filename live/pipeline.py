@@ -190,9 +190,7 @@ class FrameProcessor:
             self._reset_requested = True
 
     def close(self) -> None:
-        close = getattr(self.compositor, "close", None)
-        if close:
-            close()
+        self.compositor.close()  # a video background's decoder thread and file
 
 
 def _engine_needs_rebuild(old: Settings, new: Settings) -> bool:
@@ -206,14 +204,13 @@ class Pipeline:
     """Reads a source, processes on a worker thread, writes to sinks, keeps metrics."""
 
     def __init__(self, source: Any, sinks: Sequence[Any], processor: FrameProcessor,
-                 *, lossless: bool | None = None, name: str = "pipeline",
-                 owns_processor: bool = True):
+                 *, name: str = "pipeline", owns_processor: bool = True):
         self.source = source
         self.sinks = list(sinks)
         self.processor = processor
         self.name = name
         self.owns_processor = owns_processor
-        self.lossless = (not getattr(source, "live", True)) if lossless is None else lossless
+        self.lossless = not getattr(source, "live", True)  # a file: process every frame
         self.times = StageTimes()
         self.frames_out = 0
         self.errors: deque[str] = deque(maxlen=20)

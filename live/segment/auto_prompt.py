@@ -111,9 +111,6 @@ class AutoPromptedSAM2:
             self.need_anchor = False
         self.stream.add_prompt(prompt)
 
-    def remove_object(self, obj_id: int) -> None:
-        self.stream.remove_object(obj_id)
-
     def step(self, frame_bgr: np.ndarray, pyramid: Pyramid | None = None) -> np.ndarray:
         if self.mode == "user":
             return self.stream.step(frame_bgr)
