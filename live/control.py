@@ -18,6 +18,7 @@ import json
 import time
 from typing import Any, Mapping
 
+from live.composite import MAX_IMAGE_PIXELS  # the compositor's limit: one rule for both
 from live.segment import Prompt
 
 #: A control message (anything but an upload) may not be larger than this.
@@ -26,8 +27,6 @@ MAX_CONTROL_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 16 << 20
 #: Decoded upload limit (base64 inflates by 4/3, so this fits MAX_MESSAGE_BYTES).
 MAX_UPLOAD_BYTES = 11 << 20
-#: An image larger than this is refused before it is decoded (a "pixel bomb").
-MAX_IMAGE_PIXELS = 50_000_000
 MAX_SDP_CHARS = 64 * 1024
 MAX_PROMPT_POINTS = 64
 MAX_OBJECTS = 64
@@ -200,10 +199,11 @@ def _is_number(v: Any) -> bool:
 def decode_image_upload(msg: Mapping[str, Any]) -> tuple[bytes, str]:
     """``(file bytes, suffix)`` of a base64 image that is known to decode, or ProtocolError.
 
-    The header is read first (Pillow, no pixel data) so a 50,000 x 50,000 PNG of a
-    few KB is refused before anything allocates its pixels; then the pixels are
-    decoded once with OpenCV, the same decoder the compositor uses, so a file
-    that passes here also loads there.
+    The header is read first (no pixel data) so a 50,000 x 50,000 PNG of a few KB
+    is refused before anything allocates its pixels; then the pixels are decoded
+    with Pillow, the decoder the compositor's ``load_image`` uses, so a file that
+    passes here also loads there (an upload made before any video session is
+    only loaded when one starts).
     """
     data = msg.get("data")
     if not isinstance(data, str) or not data:
@@ -220,22 +220,23 @@ def decode_image_upload(msg: Mapping[str, Any]) -> tuple[bytes, str]:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(blob)) as im:
-            fmt, (w, h) = im.format, im.size
+        image = Image.open(io.BytesIO(blob))
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
         raise ProtocolError("not a readable image; upload a PNG, JPEG, WebP or BMP file") \
             from None
-    if fmt not in IMAGE_FORMATS:
-        raise ProtocolError(f"{fmt} images are not supported; upload a PNG, JPEG, WebP or BMP")
-    if w * h > MAX_IMAGE_PIXELS:
-        raise ProtocolError(f"image is {w}x{h} = {w * h / 1e6:.0f} megapixels; the limit is "
-                            f"{MAX_IMAGE_PIXELS / 1e6:.0f}")
-    import cv2
-    import numpy as np
-
-    decoded = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_COLOR)
-    if decoded is None or decoded.size == 0:
-        raise ProtocolError("the image is damaged or truncated and could not be decoded")
+    with image:
+        fmt, (w, h) = image.format, image.size
+        if fmt not in IMAGE_FORMATS:
+            raise ProtocolError(f"{fmt} images are not supported; upload a PNG, JPEG, WebP "
+                                "or BMP")
+        if w * h > MAX_IMAGE_PIXELS:
+            raise ProtocolError(f"image is {w}x{h} = {w * h / 1e6:.0f} megapixels; the limit "
+                                f"is {MAX_IMAGE_PIXELS / 1e6:.0f}")
+        try:
+            image.load()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            raise ProtocolError("the image is damaged or truncated and could not be decoded") \
+                from None
     return blob, IMAGE_FORMATS[fmt]
 
 
