@@ -94,9 +94,8 @@ class StageTimes:
         out = {}
         for stage, values in self.samples.items():
             if values:
-                arr = np.fromiter(values, float)
-                out[stage] = {"p50": round(float(np.percentile(arr, 50)), 2),
-                              "p95": round(float(np.percentile(arr, 95)), 2)}
+                p50, p95 = np.percentile(np.fromiter(values, float), [50, 95])
+                out[stage] = {"p50": round(float(p50), 2), "p95": round(float(p95), 2)}
         return out
 
 

@@ -35,6 +35,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -143,6 +144,8 @@ class ControlServer:
         self.stats_interval = stats_interval
         self.max_peers, self.max_clients = max_peers, max_clients
         self._opening = 0  # offers being answered: counted against max_peers already
+        self._stats: list[tuple[Session, dict[str, Any]]] = []
+        self._stats_at = -float("inf")
         self.sessions: dict[str, Session] = {}
         self.clients: set[Client] = set()
         self.received: collections.Counter[str] = collections.Counter()  # by message type
@@ -330,12 +333,21 @@ class ControlServer:
     async def _push_stats(self, client: Client) -> None:
         while True:
             await asyncio.sleep(self.stats_interval)
-            sessions = [s for s in self.sessions.values() if s.pipeline is not None]
-            stats = [dict(s.stats(), own=s.owner is client) for s in sessions]
+            stats = [dict(st, own=s.owner is client) for s, st in self._running_stats()]
             try:
                 await client.ws.send(control.dumps({"type": "stats", "sessions": stats}))
             except ConnectionClosed:
                 return
+
+    def _running_stats(self) -> list[tuple[Session, dict[str, Any]]]:
+        """Each running session's stats, computed once per tick however many clients
+        are pushed them (a snapshot costs ~0.4 ms, on the event loop)."""
+        now = time.monotonic()
+        if now - self._stats_at >= self.stats_interval / 2:
+            self._stats = [(s, s.stats()) for s in self.sessions.values()
+                           if s.pipeline is not None]
+            self._stats_at = now
+        return self._stats
 
     def _target(self, client: Client, msg: dict[str, Any], *, required: bool) -> Session | None:
         """The session a message means: the one it names, else the client's own."""
