@@ -103,15 +103,14 @@ def check_virtual_camera(settings: Settings) -> None:
     import platform
 
     from live.doctor import loopback_devices
-    from live.sinks import SinkError
+    from live.sinks import V4L2LOOPBACK_FIX, SinkError
 
     target = settings.output.target
     if target != "vcam" or settings.output.vcam_backend or settings.output.vcam_device:
         return
     if platform.system() == "Linux" and not loopback_devices():
         raise SinkError(
-            "no virtual camera device. Load v4l2loopback: sudo apt install v4l2loopback-dkms && "
-            "sudo modprobe v4l2loopback devices=1 video_nr=10 card_label=live exclusive_caps=1 "
+            f"no virtual camera device. Load v4l2loopback: {V4L2LOOPBACK_FIX} "
             "(see the README). No driver? `live serve` (make run) shows the result in the "
             "browser, and --output preview in a window")
 

@@ -53,9 +53,9 @@ def run_doctor() -> int:
            "plug in a camera, or try `live run --source synthetic` / a video file")
     print("virtual camera")
     if platform.system() == "Linux":
-        _check(bool(loop), f"v4l2loopback: {', '.join(loop) or 'no device'}",
-               "sudo apt install v4l2loopback-dkms && sudo modprobe v4l2loopback devices=1 "
-               "video_nr=10 card_label='live' exclusive_caps=1")
+        from live.sinks import V4L2LOOPBACK_FIX
+
+        _check(bool(loop), f"v4l2loopback: {', '.join(loop) or 'no device'}", V4L2LOOPBACK_FIX)
     else:
         _check(True, "use the OBS Virtual Camera (install OBS Studio, start its virtual camera "
                "once) — live picks it through pyvirtualcam's 'obs' backend")

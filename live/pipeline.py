@@ -131,7 +131,8 @@ class FrameProcessor:
     def process(self, frame: Frame) -> Processed:
         with self._lock:
             if self.passthrough:
-                return Processed(frame.image, np.ones(frame.image.shape[:2], np.float32), frame)
+                opaque = np.broadcast_to(np.float32(1.0), frame.image.shape[:2])  # no 3.7 MB fill
+                return Processed(frame.image, opaque, frame)
             if self._reset_requested:
                 self.segmenter.reset()
                 self.selector.reset()

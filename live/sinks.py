@@ -241,12 +241,16 @@ class VideoOutputTrack(MediaStreamTrack):
 # --------------------------------------------------------------------------- virtual camera
 
 
+#: How to get a virtual camera on Linux (the README explains each option).
+V4L2LOOPBACK_FIX = ("sudo apt install v4l2loopback-dkms && "
+                    "sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label='live'")
+
+
 def _vcam_hint() -> str:
     """How to get a virtual camera device on this operating system."""
     system = platform.system()
     if system == "Linux":
-        return ("load v4l2loopback (Debian/Ubuntu package v4l2loopback-dkms): sudo modprobe "
-                "v4l2loopback devices=1 exclusive_caps=1 card_label='live'")
+        return f"load v4l2loopback: {V4L2LOOPBACK_FIX}"
     if system == "Windows":
         return ("install OBS Studio and start its Virtual Camera once (backend 'obs'), or "
                 "install Unity Capture (backend 'unitycapture')")
