@@ -33,9 +33,8 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 # OpenCV before PyAV: PyAV's wheel bundles its own libxcb, and when it is loaded first
 # OpenCV's Qt windows bind to it and cv2.imshow spins forever (PyAV issue #978).
@@ -49,6 +48,7 @@ from pyvirtualcam.camera import BACKENDS
 
 from live.config import OutputSettings, SettingsError
 from live.frames import Frame
+from live.worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -96,48 +96,6 @@ def _check_image(image: Any) -> np.ndarray:
                 else type(image).__name__)
         raise SinkError(f"a sink needs a uint8 BGR (HxWx3) or BGRA (HxWx4) image, got {desc}")
     return image
-
-
-class _Worker:
-    """One dedicated thread per sink: its calls run one at a time, in submission order.
-
-    It remembers the latest ``submit``ted call, so a sink that drops frames
-    rather than queueing them asks ``busy`` before submitting the next one.
-    """
-
-    def __init__(self, name: str):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-        self._last: asyncio.Future[Any] | None = None
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        self._last = asyncio.wrap_future(self._pool.submit(fn, *args))
-        return self._last
-
-    def busy(self) -> bool:
-        """Whether the latest call is still running; raises what it raised once done."""
-        if self._last is None:
-            return False
-        if not self._last.done():
-            return True
-        self._last.result()
-        return False
-
-    async def settle(self) -> BaseException | None:
-        """Wait for the latest call; the exception it raised, if any."""
-        if self._last is None:
-            return None
-        try:
-            await self._last
-        except Exception as exc:
-            return exc
-        return None
-
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call and wait (opening, closing): not a call that ``busy`` tracks."""
-        return await asyncio.wrap_future(self._pool.submit(fn, *args))
-
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=False)
 
 
 # --------------------------------------------------------------------------- null
@@ -291,7 +249,7 @@ class VirtualCameraSink:
         self.size: tuple[int, int] | None = None
         self.pixel_format: Any = None  # the pyvirtualcam.PixelFormat in use, once open
         self._camera: Any = None
-        self._worker = _Worker("live-vcam")
+        self._worker = Worker("live-vcam")
         self._resizing = False
         self._closed = False
 
@@ -446,7 +404,7 @@ class RecorderSink:
         self._offset = 0.0
         self._last_t = -np.inf
         self._last_ticks = -1
-        self._worker = _Worker("live-recorder")
+        self._worker = Worker("live-recorder")
         self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._resizing = False
         self._closed = False
@@ -617,7 +575,7 @@ class PreviewSink:
         self.frames = 0
         self.dropped = 0
         self._inline = platform.system() == "Darwin"
-        self._worker = _Worker("live-preview")
+        self._worker = Worker("live-preview")
         self._opened = False
         self._closed = False
 

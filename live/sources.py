@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +23,7 @@ import numpy as np
 
 from live.config import SettingsError, SourceSettings
 from live.frames import EndOfStream, Frame
+from live.worker import Worker
 
 log = logging.getLogger("live.sources")
 
@@ -67,29 +67,16 @@ def open_video(path: str | Path, max_pixels: int | None = None) -> Any:
     return container
 
 
-class _Threaded:
-    """One private reader thread: device calls stay off the event loop and in order."""
-
-    def __init__(self, name: str):
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"live-src-{name}")
-
-    async def _call(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
-
-    def _shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-
 # ---------------------------------------------------------------- webcam
 
-class WebcamSource(_Threaded):
+class WebcamSource:
     """An OpenCV camera that survives being unplugged: it reports and re-opens with backoff."""
 
     live = True
     BACKOFF = (0.5, 1.0, 2.0, 4.0, 5.0)
 
     def __init__(self, device: int | str, width: int, height: int, fps: float):
-        super().__init__("webcam")
+        self._worker = Worker("live-src-webcam")  # device calls off the loop, in order
         self.device, self.width, self.height, self.fps = device, width, height, fps
         self.cap: cv2.VideoCapture | None = None
         self.index = 0
@@ -127,7 +114,7 @@ class WebcamSource(_Threaded):
     async def read(self) -> Frame:
         while not self._closed:
             try:
-                image = await self._call(self._grab)
+                image = await self._worker.run(self._grab)
             except SourceError as exc:
                 if self.index == 0:  # never worked: no camera here, say so at once
                     raise
@@ -146,21 +133,24 @@ class WebcamSource(_Threaded):
             await asyncio.sleep(delay)
         raise EndOfStream
 
+    def _release(self) -> None:  # worker thread: after any grab in flight, even a re-open
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+
     async def close(self) -> None:
         self._closed = True
-        if self.cap is not None:
-            cap, self.cap = self.cap, None
-            await self._call(cap.release)
-        self._shutdown()
+        await self._worker.run(self._release)
+        self._worker.shutdown()
 
 
 # ---------------------------------------------------------------- video file
 
-class FileSource(_Threaded):
+class FileSource:
     """A video file decoded with PyAV; optionally looped and paced like a camera."""
 
     def __init__(self, path: str | Path, loop: bool = False, realtime: bool = False):
-        super().__init__("file")
+        self._worker = Worker("live-src-file")
         self.path = Path(path)
         try:
             self.container = open_video(self.path)
@@ -194,7 +184,7 @@ class FileSource(_Threaded):
         return None
 
     async def read(self) -> Frame:
-        got = await self._call(self._next)
+        got = await self._worker.run(self._next)
         if got is None:
             raise EndOfStream
         image, pts = got
@@ -209,8 +199,8 @@ class FileSource(_Threaded):
         return Frame(image, self.index - 1, pts)
 
     async def close(self) -> None:
-        await self._call(self.container.close)
-        self._shutdown()
+        await self._worker.run(self.container.close)
+        self._worker.shutdown()
 
 
 # ---------------------------------------------------------------- synthetic

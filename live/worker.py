@@ -1,0 +1,50 @@
+"""The private thread every source and sink does its blocking work on."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+
+class Worker:
+    """One dedicated thread for a source or a sink: device and codec calls stay off
+    the event loop and run one at a time, in submission order.
+
+    It remembers the latest ``submit``ted call, so a sink that drops frames
+    rather than queueing them asks ``busy`` before submitting the next one.
+    """
+
+    def __init__(self, name: str):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._last: asyncio.Future[Any] | None = None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        self._last = asyncio.wrap_future(self._pool.submit(fn, *args))
+        return self._last
+
+    def busy(self) -> bool:
+        """Whether the latest call is still running; raises what it raised once done."""
+        if self._last is None:
+            return False
+        if not self._last.done():
+            return True
+        self._last.result()
+        return False
+
+    async def settle(self) -> BaseException | None:
+        """Wait for the latest call; the exception it raised, if any."""
+        if self._last is None:
+            return None
+        try:
+            await self._last
+        except Exception as exc:
+            return exc
+        return None
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call and wait (opening, closing): not a call that ``busy`` tracks."""
+        return await asyncio.wrap_future(self._pool.submit(fn, *args))
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False)
