@@ -79,6 +79,25 @@ def flatten_alpha(image: np.ndarray) -> np.ndarray:
     return image
 
 
+def _positive_fps(fps: float, what: str) -> float:
+    if not fps or not np.isfinite(fps) or fps <= 0:
+        raise SinkError(f"{what} fps must be a positive number, got {fps!r}")
+    return float(fps)
+
+
+def _to_open_size(sink: Any, image: np.ndarray, what: str) -> np.ndarray:
+    """``image`` at the size ``sink`` opened with (``sink.size``): a consumer such as Zoom,
+    or a file, cannot follow a size change. Said once, in the log (``sink._resizing``)."""
+    h, w = image.shape[:2]
+    if (w, h) == sink.size:
+        return image
+    if not sink._resizing:
+        log.warning("frame size changed to %dx%d; resizing to the %s's %dx%d", w, h, what,
+                    *sink.size)
+        sink._resizing = True
+    return cv2.resize(image, sink.size, interpolation=cv2.INTER_AREA)
+
+
 def even_crop(image: np.ndarray) -> np.ndarray:
     """Drop the last column/row of an odd-sized image (a view, no copy).
 
@@ -235,14 +254,12 @@ class VirtualCameraSink:
 
     def __init__(self, device: str | None = None, backend: str | None = None,
                  fps: float = 30.0, *, pace: bool = False) -> None:
-        if not fps or not np.isfinite(fps) or fps <= 0:
-            raise SinkError(f"virtual camera fps must be a positive number, got {fps!r}")
+        self.fps = _positive_fps(fps, "virtual camera")
         if backend is not None and backend not in BACKENDS:  # pyvirtualcam would KeyError
             raise SinkError(f"no virtual camera backend {backend!r} on this system (available: "
                             f"{sorted(BACKENDS) or 'none'}); {_vcam_hint()}")
         self.device = device
         self.backend = backend
-        self.fps = float(fps)
         self.pace = pace
         self.frames = 0
         self.dropped = 0
@@ -268,14 +285,7 @@ class VirtualCameraSink:
             await sent
 
     def _send(self, image: np.ndarray) -> None:  # worker thread
-        image = even_crop(flatten_alpha(image))
-        h, w = image.shape[:2]
-        if (w, h) != self.size:
-            if not self._resizing:
-                log.warning("frame size changed to %dx%d; resizing to the virtual camera's "
-                            "%dx%d", w, h, *self.size)
-                self._resizing = True
-            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        image = _to_open_size(self, even_crop(flatten_alpha(image)), "virtual camera")
         if self.pixel_format is pyvirtualcam.PixelFormat.RGB:
             image = image[..., ::-1]
         try:
@@ -389,12 +399,10 @@ class RecorderSink:
             raise SinkError(f"this PyAV build has no {self.codec.name} encoder for {suffix}; "
                             "install the PyAV wheel from PyPI (pip install av) or pick "
                             "another file type")
-        if not fps or not np.isfinite(fps) or fps <= 0:
-            raise SinkError(f"recording fps must be a positive number, got {fps!r}")
+        self.fps = _positive_fps(fps, "recording")
         if not self.path.parent.is_dir():
             raise SinkError(f"cannot record to {self.path}: folder {self.path.parent} "
                             "does not exist")
-        self.fps = float(fps)
         self.transparent = transparent
         self.frames = 0
         self.size: tuple[int, int] | None = None
@@ -449,13 +457,7 @@ class RecorderSink:
         else:
             image = flatten_alpha(image)
         image = even_crop(image)
-        h, w = image.shape[:2]
-        if (w, h) != self.size:
-            if not self._resizing:
-                log.warning("frame size changed to %dx%d; resizing to the recording's %dx%d",
-                            w, h, *self.size)
-                self._resizing = True
-            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        image = _to_open_size(self, image, "recording")
         vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(image),
                                         format="bgra" if image.shape[2] == 4 else "bgr24")
         vf = vf.reformat(format=self.codec.pix_fmt, dst_colorspace=Colorspace.ITU709,
@@ -537,9 +539,8 @@ def _checkerboard(height: int, width: int, square: int = 16) -> np.ndarray:
 def over_checkerboard(image: np.ndarray) -> np.ndarray:
     """BGRA → BGR over a grey checkerboard, the usual picture of "transparent"."""
     alpha = cv2.cvtColor(cv2.extractChannel(image, 3), cv2.COLOR_GRAY2BGR)
-    front = cv2.multiply(cv2.cvtColor(image, cv2.COLOR_BGRA2BGR), alpha, scale=1 / 255)
     back = cv2.multiply(_checkerboard(*image.shape[:2]), 255 - alpha, scale=1 / 255)
-    return cv2.add(front, back)
+    return cv2.add(flatten_alpha(image), back)
 
 
 def _imported_before(first: str, second: str) -> bool:
