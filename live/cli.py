@@ -134,12 +134,15 @@ async def run_pipeline(settings: Settings, max_frames: int | None = None, quiet:
 
     check_virtual_camera(settings)
     source = open_source(settings.source)
-    processor = FrameProcessor(settings)
+    processor = None
     try:
+        processor = FrameProcessor(settings)  # may fail: a model or background file
         sink = create_sink(settings.output, source.fps,
                            transparent=settings.background.mode == "transparent",
                            pace=not source.live)  # a file played into a camera: real time
     except Exception:
+        if processor is not None:
+            processor.close()
         await source.close()
         raise
     if max_frames is not None:
