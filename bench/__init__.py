@@ -1,0 +1,38 @@
+"""Benchmarks. Each prints one JSON object as the last line of its output, also
+when it fails: ``{"error": "why"}`` then, and exit status 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+#: The evaluation data (davis-*/, clips/): $LIVE_DATA_DIR, else ../shared/data.
+DATA = Path(os.environ.get("LIVE_DATA_DIR",
+                           Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def report(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``measure`` and print its result as one JSON line; on failure print
+    ``{"error": ...}`` instead and exit 1, so the last line is always JSON."""
+    try:
+        result = measure()
+    except SystemExit as exc:
+        if exc.code in (0, None):  # --help
+            raise
+        _fail(exc.code if isinstance(exc.code, str)
+              else f"exit status {exc.code} (see the messages above)")
+    except Exception as exc:
+        traceback.print_exc()
+        _fail(f"{type(exc).__name__}: {exc}")
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def _fail(why: str) -> None:
+    print(f"error: {why}", file=sys.stderr)
+    print(json.dumps({"error": why}), flush=True)
+    sys.exit(1)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import time
@@ -21,13 +20,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from bench import DATA, report
 from live.config import Settings, parse_background
 from live.frames import Frame
 from live.pipeline import FrameProcessor, Pipeline, StageTimes
 from live.sinks import NullSink
 from live.sources import FileSource
 
-DATA = Path(os.environ.get("LIVE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def rss_mb() -> float:
@@ -92,14 +91,13 @@ async def run(args: argparse.Namespace) -> dict:
     await pipeline.run()
     wall = time.perf_counter() - t0
     rss_end = rss_mb()
-    samples = pipeline.times.samples
-    total = np.array(samples["total"])
+    samples, stages = pipeline.times.samples, pipeline.times.summary()
     return {
         "width": w, "height": h, "frames": pipeline.frames_out,
         "background": settings.background.mode,
-        "ms_per_frame_p50": round(float(np.percentile(total, 50)), 2),
-        "ms_per_frame_p95": round(float(np.percentile(total, 95)), 2),
-        "stage_ms_p50": {k: round(float(np.percentile(samples[k], 50)), 2)
+        "ms_per_frame_p50": stages["total"]["p50"],
+        "ms_per_frame_p95": stages["total"]["p95"],
+        "stage_ms_p50": {k: stages[k]["p50"]
                          for k in ("read", "segment", "matte", "composite", "sink")},
         "matte_plus_composite_ms_p50": round(float(np.percentile(
             np.array(samples["matte"]) + np.array(samples["composite"]), 50)), 2),
@@ -112,7 +110,7 @@ async def run(args: argparse.Namespace) -> dict:
     }
 
 
-def main() -> None:
+def measure() -> dict:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--frames", type=int, default=3000)
     parser.add_argument("--size", default="1280x720")
@@ -121,8 +119,8 @@ def main() -> None:
     args = parser.parse_args()
     if not Path(args.source).is_file():
         sys.exit(f"source clip {args.source} not found (set LIVE_DATA_DIR or pass --source)")
-    print(json.dumps(asyncio.run(run(args))))
+    return asyncio.run(run(args))
 
 
 if __name__ == "__main__":
-    main()
+    report(measure)

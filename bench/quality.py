@@ -23,8 +23,6 @@ one JSON object; PNG plots go to ``--out``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
 import time
@@ -34,9 +32,11 @@ from typing import Callable, Iterable
 import cv2
 import numpy as np
 
+from bench import DATA, report
 from live.config import EngineSettings, MatteSettings
 from live.frames import Pyramid
 from live.matte import Matte
+from live.segment.auto_prompt import mask_iou
 from live.subjects import SubjectSelector
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,11 +49,7 @@ FLAT_BGR = (64, 177, 0)  # green-screen colour: a halo or a ghost shows against 
 
 def iou(alpha: np.ndarray, gt: np.ndarray) -> float:
     """IoU of ``alpha > 0.5`` and the boolean ground truth (1 when both are empty)."""
-    pred = alpha > 0.5
-    union = np.count_nonzero(pred | gt)
-    if union == 0:
-        return 1.0
-    return float(np.count_nonzero(pred & gt) / union)
+    return mask_iou(alpha > 0.5, gt)
 
 
 def boundary_map(mask: np.ndarray) -> np.ndarray:
@@ -420,10 +416,14 @@ def evaluate_sequence(seq: Path, segmenter, max_frames: int | None, out: Path | 
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Print the result as the last line (and return it)."""
+    return report(lambda: measure(argv))
+
+
+def measure(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.quality",
                                      description=__doc__.split("\n\n")[0])
-    default_data = Path(os.environ.get("LIVE_DATA_DIR", REPO.parent / "shared" / "data"))
-    parser.add_argument("--data", type=Path, default=default_data,
+    parser.add_argument("--data", type=Path, default=DATA,
                         help="folder holding davis-*/ (default $LIVE_DATA_DIR or ../shared/data)")
     parser.add_argument("--engine", default="selfie", help="segmenter: selfie, sam2, ...")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "quality",
@@ -457,7 +457,6 @@ def main(argv: list[str] | None = None) -> dict:
               "mean": mean}
     with tempfile.TemporaryDirectory() as tmp:
         result.update(stage_timings(args.data, segmenter, Path(tmp), args.timing_frames))
-    print(json.dumps(result))
     return result
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -29,13 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench import DATA, report
 from live.checkpoints import sam2_config_name
 from live.segment import Prompt
 from live.segment.sam2_stream import (StreamingSAM2, build_model, pick_device, pick_precision,
                                       tensor_bytes)
 
-DATA = Path(os.environ.get("LIVE_DATA_DIR",
-                           Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def prepare_frames(data: Path, n: int, folder: Path
@@ -79,7 +76,7 @@ def prepare_frames(data: Path, n: int, folder: Path
     return frames, click
 
 
-def main(argv: list[str] | None = None) -> None:
+def measure(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--frames", type=int, default=300)
@@ -200,8 +197,8 @@ def main(argv: list[str] | None = None) -> None:
         "stream_ms_per_frame_p50_excl_preprocess": round(statistics.median(
             [a - b for a, b in zip(ours_ms, ours_pre)]), 2),
     }
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":
-    main()
+    report(measure)

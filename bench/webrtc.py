@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -33,9 +32,9 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from bench import DATA, report
 from live.client import ControlClient
 
-DATA = Path(os.environ.get("LIVE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 BITS = 16
 
 
@@ -231,15 +230,19 @@ def main() -> None:
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--passthrough", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve:
+    if args.serve:  # the server half, started by the benchmark itself
         serve_child(args.passthrough)
         return
-    if not Path(args.clip).is_file():
-        sys.exit(f"clip not found: {args.clip} (set LIVE_DATA_DIR or pass --clip)")
-    if args.frames >= 1 << BITS:
-        sys.exit(f"--frames must be below {1 << BITS}")
-    args.load_at_start = round(os.getloadavg()[0], 2)  # other work on the machine skews figures
-    print(json.dumps(asyncio.run(run(args))))
+
+    def measure() -> dict:
+        if not Path(args.clip).is_file():
+            sys.exit(f"clip not found: {args.clip} (set LIVE_DATA_DIR or pass --clip)")
+        if args.frames >= 1 << BITS:
+            sys.exit(f"--frames must be below {1 << BITS}")
+        args.load_at_start = round(os.getloadavg()[0], 2)  # other load skews figures
+        return asyncio.run(run(args))
+
+    report(measure)
 
 
 if __name__ == "__main__":

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def data_root() -> Path:
-    return Path(os.environ.get("LIVE_DATA_DIR", REPO.parent / "shared" / "data"))
-
+from bench import DATA
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    """``$LIVE_DATA_DIR`` or ``../shared/data``; tests needing real video skip without it."""
-    root = data_root()
+    """``$LIVE_DATA_DIR`` or ``../shared/data`` (bench.DATA); tests needing real video
+    skip without it."""
+    root = DATA
     if not root.is_dir():
         pytest.skip(f"evaluation data not found at {root} (set LIVE_DATA_DIR to the shared/data "
                     "folder that holds davis-*/ and clips/)")

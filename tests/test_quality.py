@@ -99,3 +99,11 @@ def test_benchmark_json_has_every_key(data_dir, tmp_path, capsys) -> None:
     pngs = {p.name for p in tmp_path.glob("*.png")}
     assert "davis-hike_curves.png" in pngs
     assert any(name.endswith("side_by_side.png") for name in pngs)
+
+
+def test_a_failing_benchmark_still_ends_with_a_json_line(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "no davis-*/ folders" in last["error"]

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from bench.quality import iou, load_sequence
 from live.checkpoints import SELFIE_FILES, selfie_model_path, sha256_of
 from live.config import EngineSettings
 from live.frames import Pyramid
@@ -28,19 +29,11 @@ def sequence(data_dir: Path, name: str) -> tuple[list[np.ndarray], list[np.ndarr
     folder = data_dir / f"davis-{name}"
     if not folder.is_dir():
         pytest.skip(f"{folder} is missing from the evaluation data")
-    frames = [cv2.imread(str(p)) for p in sorted((folder / "frames").glob("*.jpg"))]
-    masks = [cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) > 127
-             for p in sorted((folder / "masks").glob("*.png"))]
-    assert frames and len(frames) == len(masks)
-    return frames, masks
+    return load_sequence(folder, None)
 
 
-def iou(a: np.ndarray, b: np.ndarray) -> float:
-    return float((a & b).sum() / max(1, (a | b).sum()))
-
-
-def model_mask(alpha: np.ndarray, frame: np.ndarray) -> np.ndarray:
-    return cv2.resize(alpha, (frame.shape[1], frame.shape[0])) > 0.5
+def at_frame_size(alpha: np.ndarray, frame: np.ndarray) -> np.ndarray:
+    return cv2.resize(alpha, (frame.shape[1], frame.shape[0]))
 
 
 def test_iou_on_davis_hike_stays_above_the_measured_floor(data_dir: Path) -> None:
@@ -50,8 +43,8 @@ def test_iou_on_davis_hike_stays_above_the_measured_floor(data_dir: Path) -> Non
     for frame, gt in zip(frames, truth):
         pyramid = Pyramid(frame)
         low = engine.step(frame, pyramid)
-        raw.append(iou(model_mask(low, frame), gt))
-        matted.append(iou(matte.apply(low, frame, pyramid) > 0.5, gt))
+        raw.append(iou(at_frame_size(low, frame), gt))
+        matted.append(iou(matte.apply(low, frame, pyramid), gt))
     assert engine.last_variant == "landscape"  # 854x480 is wider than 4:3
     assert np.mean(raw) >= HIKE_MEAN_FLOOR, f"mean IoU {np.mean(raw):.3f}"
     assert min(raw) >= HIKE_FRAME_FLOOR, f"worst frame IoU {min(raw):.3f}"
@@ -64,8 +57,8 @@ def test_the_model_is_fed_rgb(data_dir: Path) -> None:
     the swap happens to score higher, so hike cannot tell the two apart)."""
     frames, truth = sequence(data_dir, "lucia")
     engine = SelfieSegmenter()
-    right = np.mean([iou(model_mask(engine.step(f), f), gt) for f, gt in zip(frames, truth)])
-    swapped = np.mean([iou(model_mask(engine.step(np.ascontiguousarray(f[:, :, ::-1])), f), gt)
+    right = np.mean([iou(at_frame_size(engine.step(f), f), gt) for f, gt in zip(frames, truth)])
+    swapped = np.mean([iou(at_frame_size(engine.step(np.ascontiguousarray(f[:, :, ::-1])), f), gt)
                        for f, gt in zip(frames, truth)])
     assert right >= swapped + 0.02, (right, swapped)
 
