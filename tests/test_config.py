@@ -48,7 +48,7 @@ def test_merge_returns_a_new_object_and_coerces_strings() -> None:
     base = Settings()
     new = base.merged({"matte": {"feather": "3"}, "source": {"loop": "yes"}})
     assert new.matte.feather == 3 and new.source.loop is True
-    assert base.matte.feather != 3 or base is not new
+    assert new is not base and base == Settings()  # the original is left as it was
     assert new.server.allow_remote is False
     assert Settings().merged({"server": {"host": "0.0.0.0", "allow_remote": True}}).server.host \
         == "0.0.0.0"

@@ -144,11 +144,9 @@ def test_page_replaces_background_sends_clicks_and_follows_the_panel(browser, cl
             wait_for(lambda: page.text_content("#message") == "tracking reset", 5, "the reset")
             assert page.text_content("#prompt-status") == ""
 
-            # The colour picker changes the output within about a second.
+            # The colour picker changes the output within a few seconds (wait_for fails after 5).
             page.fill("#bg-color", "#ff0000")
-            t0 = time.monotonic()
             wait_for(lambda: (frac((255, 0, 0)) or 0) > 0.4, 5, "the background to turn red")
-            assert time.monotonic() - t0 < 5
             session = next(iter(server.sessions.values()))
             assert session.processor.settings.background.color == "#ff0000"
             message = page.text_content("#message")
