@@ -19,8 +19,6 @@ const state = {
   ownSession: null,     // id of this page's WebRTC session
   selected: "",         // session the panel steers ("" = this page's own)
   settings: null,       // settings of the steered session, as last confirmed
-  lastReply: null,
-  lastStats: null,
   ready: false,         // socket open and settings received
   sessionKinds: new Map(),  // session id -> "webrtc" | "run" | ...
   limits: null,         // from hello
@@ -166,10 +164,7 @@ async function request(type, fields = {}) {
     msg.session = state.selected;
   }
   return new Promise((resolve) => {
-    state.pending.set(id, (reply) => {
-      state.lastReply = reply;
-      resolve(reply);
-    });
+    state.pending.set(id, resolve);
     ws.send(JSON.stringify(msg));
   });
 }
@@ -262,7 +257,6 @@ function stopCamera() {
   $("preview").srcObject = null;
   $("preview").hidden = true;
   // Nothing of the old session stays up: its figures, clicks and errors.
-  state.lastStats = null;
   $("stats").textContent = "";
   $("prompt-status").textContent = "";
   showMessage("");
@@ -418,9 +412,7 @@ function wireSettings() {
       showMessage(VIDEO_PATH_NEEDED, true);
       return;
     }
-    const reply = await request("settings.set", { settings: { background: { mode: "video", video: path } } });
-    if (reply.type === "ok") showSettings(reply.settings);
-    showMessage(reply.type === "ok" ? `background video: ${path}` : reply.error, reply.type !== "ok");
+    await setBackground({ mode: "video", video: path }, `background video: ${path}`);
   });
   $("bg-image").addEventListener("change", uploadImage);
 }
@@ -532,7 +524,6 @@ function showStats(sessions) {
   if (others.join() !== listed.join()) refreshSessions();
   const wanted = state.selected || state.ownSession;
   const s = sessions.find((x) => x.session === wanted);
-  state.lastStats = s || null;
   if (!s) {
     $("stats").textContent = "";
     return;
