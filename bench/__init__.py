@@ -36,3 +36,24 @@ def _fail(why: str) -> None:
     print(f"error: {why}", file=sys.stderr)
     print(json.dumps({"error": why}), flush=True)
     sys.exit(1)
+
+
+def load_frames(path: Path, count: int | None = None, size: tuple[int, int] | None = None,
+                start: int = 0) -> list[Any]:
+    """BGR frames ``start`` to ``start + count`` (all by default) of a video file,
+    resized to ``size`` (w, h) when given: the clips benchmarks and tests replay."""
+    import cv2  # before av: the other order can make OpenCV's windows hang (PyAV #978)
+    import av
+
+    frames = []
+    with av.open(str(path)) as container:
+        for i, vf in enumerate(container.decode(video=0)):
+            if i < start:
+                continue
+            image = vf.to_ndarray(format="bgr24")
+            if size is not None and (image.shape[1], image.shape[0]) != size:
+                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+            frames.append(image)
+            if len(frames) == count:
+                break
+    return frames

@@ -27,12 +27,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import cv2  # before av: the other order can make OpenCV spin (PyAV issue #978)
+import cv2  # noqa: F401  (before av: the other order can make OpenCV spin, PyAV #978)
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from bench import DATA, report
+from bench import DATA, load_frames, report
 from live.client import ControlClient
 
 BITS = 16
@@ -89,17 +89,6 @@ class StampedClip(MediaStreamTrack):
         frame.pts, frame.time_base = int(i * 90_000 / self.fps), Fraction(1, 90_000)
         self.sent[i] = time.monotonic()  # handed to the encoder now
         return frame
-
-
-def load_frames(clip: Path, size: tuple[int, int], count: int = 120) -> list[np.ndarray]:
-    out = []
-    with av.open(str(clip)) as container:
-        for vf in container.decode(video=0):
-            out.append(cv2.resize(vf.to_ndarray(format="bgr24"), size,
-                                  interpolation=cv2.INTER_AREA))
-            if len(out) == count:
-                break
-    return out
 
 
 def start_server(passthrough: bool) -> tuple[subprocess.Popen[str], str]:
@@ -172,7 +161,7 @@ def pct(values: list[float], q: float) -> float | None:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     w, h = (int(v) for v in args.size.lower().split("x"))
-    frames = load_frames(Path(args.clip), (w, h))
+    frames = load_frames(Path(args.clip), 120, (w, h))
     results = {}
     for name, passthrough in (("passthrough", True), ("processed", False)):
         proc, url = start_server(passthrough)

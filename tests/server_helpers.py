@@ -11,11 +11,12 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
-import cv2  # before av: the other order can make OpenCV spin (PyAV issue #978)
+import cv2  # noqa: F401  (before av: the other order can make OpenCV spin, PyAV #978)
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
+from bench import load_frames
 from live.client import ControlClient
 from live.config import Settings
 from live.server import ControlServer
@@ -26,16 +27,7 @@ TEST_SIZE = (640, 360)  # small enough for VP8 both ways on two shared cores
 def load_clip(path: Path, count: int, size: tuple[int, int] = TEST_SIZE,
               start: int = 0) -> list[np.ndarray]:
     """``count`` BGR frames of a real clip from frame ``start``, resized to ``size``."""
-    frames = []
-    with av.open(str(path)) as container:
-        for i, vf in enumerate(container.decode(video=0)):
-            if i < start:
-                continue
-            frames.append(cv2.resize(vf.to_ndarray(format="bgr24"), size,
-                                     interpolation=cv2.INTER_AREA))
-            if len(frames) == count:
-                break
-    return frames
+    return load_frames(path, count, size, start)
 
 
 class ClipTrack(MediaStreamTrack):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench import load_frames
 from live.config import EngineSettings
 from live.segment import Prompt, PromptError
 from live.segment.auto_prompt import (AUTO_OBJ_ID, MIN_PERSON_FRACTION, AutoPromptedSAM2,
@@ -30,15 +31,7 @@ def model() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def frames(clip_path: Path) -> list[np.ndarray]:
-    import av
-
-    with av.open(str(clip_path)) as container:
-        out = []
-        for frame in container.decode(video=0):
-            out.append(frame.to_ndarray(format="bgr24"))
-            if len(out) == 24:
-                break
-    return out
+    return load_frames(clip_path, 24)
 
 
 def make_engine(model, **settings) -> AutoPromptedSAM2:

@@ -9,11 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import pytest
 
+from bench import load_frames
 from live.checkpoints import ModelMissingError, selfie_model_path
 from live.composite import BackgroundError
 from live.config import Settings
@@ -27,16 +27,6 @@ REPO = Path(__file__).resolve().parent.parent
 FRAMES = 48
 
 
-def decode(path: Path, limit: int | None = None) -> list[np.ndarray]:
-    with av.open(str(path)) as container:
-        out = []
-        for vf in container.decode(video=0):
-            out.append(vf.to_ndarray(format="bgr24"))
-            if limit and len(out) >= limit:
-                break
-        return out
-
-
 def test_live_run_file_to_file_replaces_the_background(clip_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.mp4"
     cmd = [sys.executable, "-m", "live.cli", "run", "--source", str(clip_path), "--output",
@@ -44,8 +34,8 @@ def test_live_run_file_to_file_replaces_the_background(clip_path: Path, tmp_path
            "--frames", str(FRAMES), "--quiet", "--no-control"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    result = decode(out)
-    source = decode(clip_path, FRAMES)
+    result = load_frames(out)
+    source = load_frames(clip_path, FRAMES)
     assert len(result) == FRAMES                       # every frame, none dropped
     assert result[0].shape == source[0].shape == (720, 1280, 3)
 
@@ -99,7 +89,7 @@ def test_source_failing_mid_stream_is_reported_and_the_file_is_finalised(
     pipe = asyncio.run(main())
     assert pipe.frames_out == 10
     assert any("device reset by driver" in e for e in pipe.errors)
-    assert len(decode(out)) == 10                       # playable, nothing lost
+    assert len(load_frames(out)) == 10                       # playable, nothing lost
 
 
 def test_unreadable_background_image_keeps_the_running_background(
@@ -109,7 +99,7 @@ def test_unreadable_background_image_keeps_the_running_background(
     settings = Settings().merged({"engine": {"name": "selfie"},
                                   "background": {"mode": "color", "color": "#0000ff"}})
     processor = FrameProcessor(settings)
-    frame = Frame(decode(clip_path, 1)[0], 0, 0.0)
+    frame = Frame(load_frames(clip_path, 1)[0], 0, 0.0)
     before = processor.process(frame).image
     with pytest.raises(BackgroundError, match="corrupt.png"):
         processor.update_settings(settings.merged({"background": {"mode": "image",
