@@ -3,6 +3,8 @@
     python -m bench.stream [--image-size 256] [--frames 300] [--model tiny]
                            [--checkpoint PATH] [--data DIR_OR_CLIP] [--device auto]
                            [--precision auto|fp32|bf16]
+    python -m bench.stream --sessions K [--frames 12] [--rounds 3] [--image-size 256] ...
+
 
 Both predictors get one click on frame 0 and track every frame. They run
 interleaved, frame by frame (ours: ``track`` on the decoded frame, preprocessing
@@ -11,15 +13,26 @@ up front), so the logits are compared as they come and machine load hits both
 alike. Random weights unless ``--checkpoint`` is given. The official predictor
 only reads JPEG folders, so a clip is first written out as JPEGs, and both read
 those. Prints one JSON object as its last line.
+
+With ``--sessions K`` it measures instead K sessions on one shared model (each
+its own DAVIS sequence and click): frames per second with their stateless steps
+batched (K threads, as K pipelines step, taking turns on the model's compute
+lane; live.segment.sam2_batch) vs the same K sessions stepped one after the
+other in one thread, in interleaved rounds (the order flips each round, so
+machine load hits both alike), and the max |logit difference| of every
+session's frames between the two. Only one thread computes at a time in both
+modes, so a loaded machine's scheduler favours neither.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -30,9 +43,9 @@ from PIL import Image
 from bench import DATA, report
 from live.checkpoints import sam2_config_name
 from live.segment import Prompt
+from live.segment.sam2_batch import SAM2Batcher
 from live.segment.sam2_stream import (StreamingSAM2, build_model, pick_device, pick_precision,
                                       tensor_bytes)
-
 
 
 def prepare_frames(data: Path, n: int, folder: Path
@@ -79,7 +92,8 @@ def prepare_frames(data: Path, n: int, folder: Path
 def measure(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--image-size", type=int, default=256)
-    ap.add_argument("--frames", type=int, default=300)
+    ap.add_argument("--frames", type=int, default=None,
+                    help="frames per session (default 300, or 12 with --sessions)")
     ap.add_argument("--model", default="tiny", choices=["tiny", "small", "base_plus", "large"])
     ap.add_argument("--checkpoint", default=None,
                     help="SAM 2.1 checkpoint (default: random weights)")
@@ -89,7 +103,13 @@ def measure(argv: list[str] | None = None) -> dict:
     ap.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16"],
                     help="both predictors run under the same autocast (default fp32)")
     ap.add_argument("--max-cond-frames", type=int, default=4)
+    ap.add_argument("--sessions", type=int, default=None,
+                    help="K sessions on one model: batched vs one after the other")
+    ap.add_argument("--rounds", type=int, default=3, help="with --sessions: interleaved rounds")
     args = ap.parse_args(argv)
+    if args.sessions is not None:
+        return measure_sessions(args)
+    args.frames = args.frames or 300
 
     device = pick_device(args.device)
     precision = pick_precision(device, args.precision)
@@ -198,6 +218,115 @@ def measure(argv: list[str] | None = None) -> dict:
             [a - b for a, b in zip(ours_ms, ours_pre)]), 2),
     }
     return result
+
+
+SEQUENCES = ("hike", "lucia", "parkour", "breakdance", "dance-twirl")
+
+
+def measure_sessions(args: argparse.Namespace) -> dict:
+    k, n = args.sessions, args.frames or 12
+    if k < 1 or n < 1 or args.rounds < 1:
+        sys.exit("--sessions, --frames and --rounds must be at least 1")
+    device = pick_device(args.device)
+    precision = pick_precision(device, args.precision)
+    torch.manual_seed(0)
+    model = build_model(sam2_config_name(args.model), args.checkpoint, args.image_size, device)
+    model.max_cond_frames_in_attn = args.max_cond_frames
+    with tempfile.TemporaryDirectory() as tmp:
+        clips = []
+        for i in range(k):
+            seq = SEQUENCES[i % len(SEQUENCES)]
+            folder = Path(tmp) / f"{i}-{seq}"
+            folder.mkdir()
+            clips.append(prepare_frames(Path(args.data).parent / f"davis-{seq}"
+                                        if Path(args.data).is_dir() else args.data, n, folder))
+
+    def sessions(batcher: SAM2Batcher | None) -> list[StreamingSAM2]:
+        out = []
+        for frames, (x, y) in clips:
+            s = StreamingSAM2(model, max_cond_frames=args.max_cond_frames, precision=precision,
+                              batcher=batcher)
+            s.add_prompt(Prompt(obj_id=1, points=((x, y, 1),)))
+            out.append(s)
+        return out
+
+    def play(stream: StreamingSAM2, frames: list[np.ndarray], sink: list) -> None:
+        try:
+            for frame in frames:
+                stream.step(frame)
+                sink.append(stream.low_res_logits()[1])
+        finally:
+            if stream.batcher is not None:  # done: the others must not wait for it
+                stream.batcher.unregister(stream)
+
+    def sequential(frames_n: int) -> tuple[float, list[list[torch.Tensor]]]:
+        streams, logits = sessions(None), [[] for _ in range(k)]
+        t0 = time.perf_counter()
+        for i in range(frames_n):
+            for s, (frames, _), sink in zip(streams, clips, logits):
+                play(s, frames[i:i + 1], sink)
+        return time.perf_counter() - t0, logits
+
+    batchers: list[SAM2Batcher] = []
+
+    def batched(frames_n: int) -> tuple[float, list[list[torch.Tensor]]]:
+        batcher = SAM2Batcher(model, precision=precision, max_batch=k, idle_s=60.0)
+        batchers.append(batcher)
+        streams, logits = sessions(batcher), [[] for _ in range(k)]
+        threads = [threading.Thread(target=play, args=(s, frames[:frames_n], sink))
+                   for s, (frames, _), sink in zip(streams, clips, logits)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t0
+        if any(len(sink) != frames_n for sink in logits):
+            raise RuntimeError("a batched session failed (see the traceback above)")
+        return elapsed, logits
+
+    sequential(2)  # warm-up: first-call allocations and kernel choices
+    batched(2)
+    batchers.clear()
+    seq_fps, bat_fps, worst = [], [], 0.0
+    cpu = {"sequential": 0.0, "batched": 0.0}
+    for r in range(args.rounds):
+        runs = {}
+        for mode in (("sequential", "batched") if r % 2 == 0 else ("batched", "sequential")):
+            c0 = time.process_time()
+            runs[mode] = (sequential if mode == "sequential" else batched)(n)
+            cpu[mode] += time.process_time() - c0
+        seq_fps.append(k * n / runs["sequential"][0])
+        bat_fps.append(k * n / runs["batched"][0])
+        for alone, together in zip(runs["sequential"][1], runs["batched"][1]):
+            for a, b in zip(alone, together):
+                worst = max(worst, float((a - b).abs().max()))
+    steps = {step for b in batchers for step in b.counts}
+    mean_batch = {step: round(sum(b.counts[step][1] for b in batchers)
+                              / sum(b.counts[step][0] for b in batchers), 2) for step in steps}
+    return {
+        "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(),
+        "torch_threads": torch.get_num_threads(),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+        "precision": precision,
+        "model": args.model,
+        "weights": args.checkpoint or "random",
+        "image_size": args.image_size,
+        "sessions": k,
+        "frames_per_session": n,
+        "rounds": args.rounds,
+        "fps_batched": [round(x, 3) for x in bat_fps],
+        "fps_sequential": [round(x, 3) for x in seq_fps],
+        "fps_batched_median": round(statistics.median(bat_fps), 3),
+        "fps_sequential_median": round(statistics.median(seq_fps), 3),
+        "speedup_median": round(statistics.median(b / s for b, s in zip(bat_fps, seq_fps)), 3),
+        "mean_batch": mean_batch,
+        # process CPU seconds per frame (both cores count): what load cannot skew
+        "cpu_s_per_frame_batched": round(cpu["batched"] / (args.rounds * k * n), 3),
+        "cpu_s_per_frame_sequential": round(cpu["sequential"] / (args.rounds * k * n), 3),
+        "max_abs_logit_diff": worst,
+        "bit_identical": worst == 0.0,
+    }
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def inside_point(mask: np.ndarray, label: int = 1) -> tuple[float, float, int]:
 @dataclass
 class Event:
     frame: int
-    kind: str  # "next": prompt before the frame is tracked; "correct": after it
+    kind: str  # "next": prompt before the frame is tracked; "correct": after it; "reset"
     prompt: Prompt
 
 
@@ -125,6 +125,8 @@ def run_stream(stream: StreamingSAM2, clip: Clip, events: list[Event], n: int
                ) -> tuple[dict[int, torch.Tensor], list[torch.Tensor]]:
     outputs, corrections = {}, []
     for i in range(n):
+        if any(ev.frame == i and ev.kind == "reset" for ev in events):
+            stream.reset()
         for ev in events:
             if ev.frame == i and ev.kind == "next":
                 stream.add_prompt(ev.prompt)

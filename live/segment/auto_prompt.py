@@ -66,7 +66,8 @@ class AutoPromptedSAM2:
             stream = StreamingSAM2.build(
                 sam2_config_name(settings.sam2_model), checkpoint,
                 image_size=settings.image_size, device=settings.device,
-                max_cond_frames=settings.max_cond_frames, compile_encoder=settings.compile)
+                max_cond_frames=settings.max_cond_frames, compile_encoder=settings.compile,
+                shared=True)  # one model per process; its sessions' encoder passes batched
         self.stream = stream
         self.selfie = selfie or SelfieSegmenter(settings)
         self.reset()

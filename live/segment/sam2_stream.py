@@ -35,7 +35,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -46,6 +46,9 @@ from live.config import SettingsError
 from live.frames import check_bgr
 from live.segment import Prompt, PromptError
 from live.segment.pil_resize import resize_like_pil
+
+if TYPE_CHECKING:
+    from live.segment.sam2_batch import SAM2Batcher
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +203,9 @@ class StreamingSAM2:
 
     def __init__(self, model: torch.nn.Module, *, max_cond_frames: int = 4,
                  precision: str = "auto", compile_encoder: bool = False,
-                 resize_on_device: bool | None = None):
+                 resize_on_device: bool | None = None, batcher: "SAM2Batcher | None" = None):
+        """``batcher``: the model's front shared with other sessions, which runs their
+        stateless steps as batches (live.segment.sam2_batch); the memory bank stays here."""
         if max_cond_frames < 2:
             # select_closest_cond_frames asserts >= 2 once there are more cond frames than this
             raise SettingsError(f"engine.max_cond_frames must be at least 2, got {max_cond_frames}")
@@ -209,6 +214,10 @@ class StreamingSAM2:
         self.model.max_cond_frames_in_attn = int(max_cond_frames)
         self.device = next(model.parameters()).device
         self.precision = pick_precision(self.device, precision)
+        if batcher is not None and (batcher.model is not model
+                                    or batcher.precision != self.precision):
+            raise ValueError("a batcher serves the sessions of its own model and precision")
+        self.batcher = batcher
         self.image_size = int(model.image_size)
         self._fill_holes = model.fill_hole_area > 0 and _has_hole_filling_kernel()
         # PIL is faster on the CPU; on a GPU the exact integer port saves ~9 ms of CPU a frame
@@ -223,8 +232,9 @@ class StreamingSAM2:
         self._lut = ((unit - mean) / std).reshape(-1)
         self._lut_np = self._lut.cpu().numpy().reshape(3, 256)  # torch's CPU gather is slow
         self._lut_offsets = (torch.arange(3, device=self.device) * 256)[:, None, None]
-        if compile_encoder:
+        if compile_encoder and not getattr(model, "_live_compiled", False):
             if self.device.type == "cuda":
+                model._live_compiled = True  # a shared model is compiled once
                 model.image_encoder.forward = torch.compile(model.image_encoder.forward,
                                                             mode="max-autotune", dynamic=False)
             else:
@@ -232,11 +242,24 @@ class StreamingSAM2:
         self._pos_enc: list[torch.Tensor] | None = None  # THE shared memory positional encoding
         self._lock = threading.RLock()
         self.reset()
+        if batcher is not None:
+            batcher.register(self)
 
     @classmethod
     def build(cls, config: str, checkpoint: str | Path | None, *, image_size: int | None = None,
               device: str = "auto", max_cond_frames: int = 4, precision: str = "auto",
-              compile_encoder: bool = False) -> "StreamingSAM2":
+              compile_encoder: bool = False, shared: bool = False) -> "StreamingSAM2":
+        """``shared``: take the process's one model for these settings (loaded on first
+        use) and batch its stateless steps with the other sessions on it."""
+        if shared:
+            from live.segment.sam2_batch import shared_batcher
+
+            batcher = shared_batcher(config, checkpoint, image_size=image_size, device=device,
+                                     max_cond_frames=max_cond_frames, precision=precision,
+                                     compile_encoder=compile_encoder)
+            return cls(batcher.model, max_cond_frames=max_cond_frames,
+                       precision=batcher.precision, compile_encoder=compile_encoder,
+                       batcher=batcher)
         dev = pick_device(device)
         size = check_image_size(image_size) if image_size is not None else default_image_size(dev)
         return cls(build_model(config, checkpoint, size, dev), max_cond_frames=max_cond_frames,
@@ -335,6 +358,12 @@ class StreamingSAM2:
         return {obj_id: bank.object_score for obj_id, bank in self._banks.items()}
 
     @_locked
+    def low_res_logits(self) -> dict[int, torch.Tensor]:
+        """Each object's logits on the last frame, at the decoder's resolution (S/4)."""
+        return {obj_id: bank.pred_masks for obj_id, bank in self._banks.items()
+                if bank.pred_masks is not None}
+
+    @_locked
     def state_bytes(self) -> dict[str, Any]:
         """Bytes held across frames: per object, the one shared encoding, and the total."""
         seen: set[int] = set()
@@ -383,7 +412,10 @@ class StreamingSAM2:
         """Backbone features of the current frame, computed at most once per frame."""
         if self._features is None or self._features.frame_idx != self._frame_idx:
             image = self.preprocess(self._frame_bgr)
-            backbone_out = self.model.forward_image(image)
+            if self.batcher is not None:
+                backbone_out = self.batcher.encode(image)
+            else:
+                backbone_out = self.model.forward_image(image)
             _, feats, pos, sizes = self.model._prepare_backbone_features(backbone_out)
             self._features = _Features(self._frame_idx, feats, pos, sizes)
         return self._features
@@ -638,6 +670,8 @@ class StreamingSAM2:
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
+            if self.batcher is not None:  # take turns on the shared model, batch with the others
+                stack.enter_context(self.batcher.serving(self))
             stack.enter_context(torch.inference_mode())
             if self.precision == "bf16":
                 stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
