@@ -106,7 +106,9 @@ class SAM2Batcher:
                 self._touch(session)
 
     def stats(self) -> dict[str, Any]:
-        return {"sessions": len(self._live(time.monotonic())),
+        with self._seen_lock:
+            sessions = len(self._seen)
+        return {"sessions": sessions, "active": len(self._live(time.monotonic())),
                 "mean_batch": {step: round(calls / batches, 2)
                                for step, (batches, calls) in self.counts.items()}}
 
@@ -279,7 +281,7 @@ def _install_routers(model: torch.nn.Module) -> None:
             object.__setattr__(model, name, router(model._modules[name]))
 
 
-def shared_batcher(config: str, checkpoint: str | Path, *, image_size: int | None = None,
+def shared_batcher(config: str, checkpoint: str | Path | None, *, image_size: int | None = None,
                    device: str = "auto", max_cond_frames: int = 4, precision: str = "auto",
                    compile_encoder: bool = False) -> SAM2Batcher:
     """The process's one model (and batcher) for these settings: loaded once, shared.
@@ -287,6 +289,8 @@ def shared_batcher(config: str, checkpoint: str | Path, *, image_size: int | Non
     The key holds everything the built model depends on, ``max_cond_frames``
     included because SAM 2 reads it from the model itself.
     """
+    if checkpoint is None:  # random weights depend on a seed the key does not hold
+        raise ValueError("a shared SAM 2 model needs a checkpoint")
     dev = pick_device(device)
     size = check_image_size(image_size) if image_size is not None else default_image_size(dev)
     prec = pick_precision(dev, precision)

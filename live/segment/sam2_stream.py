@@ -386,6 +386,8 @@ class StreamingSAM2:
             "image_size": self.image_size, "frames": self._frame_idx + 1, "objects": self.obj_ids,
             "memory_bank_bytes": sizes["total"], "memory_bank_bytes_per_object": sizes["objects"],
             "cond_frames": {k: sorted(b.cond) for k, b in self._banks.items()}}
+        if self.batcher is not None:  # the model is shared: with how many, how well batched
+            self._stats["shared_model"] = self.batcher.stats()
 
     # ------------------------------------------------------------------ frames
 
