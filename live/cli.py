@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="do not open the control panel websocket")
 
     serve = sub.add_parser("serve", help="serve the WebRTC page and control panel")
-    add_cli_arguments(serve, sections=("engine", "matte", "background", "server"))
+    add_cli_arguments(serve, sections=("engine", "matte", "background", "server", "webrtc"))
 
     fetch = sub.add_parser("fetch", help="download model files into checkpoints/")
     fetch.add_argument("what", choices=["selfie", "sam2"],

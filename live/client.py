@@ -33,6 +33,7 @@ class ControlClient:
         self.ws: ClientConnection | None = None
         self.pc: Any = None
         self.session: str | None = None
+        self.answer_sdp: str | None = None  # as the server sent it (aiortc drops b= lines)
         self.remote: dict[str, Any] = {}  # kind -> track coming back from the server
         self.stats: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self._ids = itertools.count(1)
@@ -116,7 +117,7 @@ class ControlClient:
         reply = await self.request("offer", sdp=pc.localDescription.sdp)
         if reply["type"] != "ok":
             raise RuntimeError(f"offer refused: {reply['error']}")
-        self.session = reply["session"]
+        self.session, self.answer_sdp = reply["session"], reply["answer"]["sdp"]
         await pc.setRemoteDescription(RTCSessionDescription(**reply["answer"]))
         return await asyncio.wait_for(incoming, 10)
 

@@ -164,6 +164,24 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class WebRTCSettings:
+    """What a browser peer sends and gets back. The operator's (clients read, never
+    change them): the bitrate bounds also bound aiortc's encoders process-wide."""
+
+    codec: Literal["VP8", "H264"] = _f(
+        "VP8", "video codec both ways when the browser offers it (else the browser's first)")
+    max_width: int = _f(1280, "widest video asked of the browser's camera and sent back",
+                        lo=160, hi=3840)
+    max_height: int = _f(720, "tallest video asked of the browser's camera and sent back",
+                         lo=90, hi=2160)
+    max_bitrate_kbps: int = _f(
+        2500, "video bitrate ceiling each way (lower it for a slow link)", lo=100, hi=50_000)
+    min_bitrate_kbps: int = _f(
+        1000, "video bitrate floor each way: the bandwidth estimate never goes below it, so "
+        "the resolution holds (at most max_bitrate_kbps)", lo=50, hi=50_000)
+
+
+@dataclass(frozen=True)
 class Settings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     matte: MatteSettings = field(default_factory=MatteSettings)
@@ -171,6 +189,7 @@ class Settings:
     source: SourceSettings = field(default_factory=SourceSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    webrtc: WebRTCSettings = field(default_factory=WebRTCSettings)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -208,6 +227,10 @@ class Settings:
         size = self.engine.image_size
         if size is not None and size % 32:
             raise SettingsError(f"engine.image_size must be a multiple of 32, got {size}")
+        rtc = self.webrtc
+        if rtc.min_bitrate_kbps > rtc.max_bitrate_kbps:
+            raise SettingsError(f"webrtc.min_bitrate_kbps ({rtc.min_bitrate_kbps}) must not "
+                                f"exceed webrtc.max_bitrate_kbps ({rtc.max_bitrate_kbps})")
         if not self.server.allow_remote and self.server.host not in LOOPBACK_HOSTS:
             raise SettingsError(f"server.host {self.server.host!r} is not loopback; pass "
                                 "--allow-remote to expose the service on the network")

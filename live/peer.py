@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole
 
+from live import rtc_media
 from live.config import Settings
 from live.control import ProtocolError
 from live.pipeline import FrameProcessor, Pipeline
@@ -38,6 +39,8 @@ async def open_peer_session(server: ControlServer, settings: Settings,
 
     processor = await asyncio.to_thread(FrameProcessor, settings)  # may load a model
     processor.passthrough = server.passthrough
+    rtc_media.bound_encoders(settings.webrtc)
+    offer_sdp = rtc_media.prefer_codec(offer_sdp, settings.webrtc.codec)
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     session = Session(processor, kind="webrtc")
     session.pc = pc
@@ -78,7 +81,7 @@ async def open_peer_session(server: ControlServer, settings: Settings,
         raise
     _drain_unsent_audio(session, pc)
     session.task = asyncio.create_task(_run(server, session), name=f"session-{session.id}")
-    return session, pc.localDescription.sdp
+    return session, rtc_media.tune_answer(pc.localDescription.sdp, settings.webrtc)
 
 
 def _drain_unsent_audio(session: Session, pc: RTCPeerConnection) -> None:

@@ -373,6 +373,7 @@ class ControlServer:
                 "schema": config_schema(control.CLIENT_SECTIONS),
                 "sessions": [s.describe(client) for s in self.sessions.values()],
                 "passthrough": self.passthrough,
+                "webrtc": self.settings.to_dict()["webrtc"],  # the page's camera and sender caps
                 "limits": {"control_bytes": control.MAX_CONTROL_BYTES,
                            "upload_bytes": control.MAX_UPLOAD_BYTES,
                            "image_pixels": control.MAX_IMAGE_PIXELS,

@@ -22,6 +22,7 @@ const state = {
   ready: false,         // socket open and settings received
   sessionKinds: new Map(),  // session id -> "webrtc" | "run" | ...
   limits: null,         // from hello
+  media: null,          // hello.webrtc: the camera and sender caps ([webrtc] settings)
 };
 window.liveClient = state;
 
@@ -66,6 +67,7 @@ function connectSocket() {
     const hello = await request("hello");
     if (hello.type === "ok") {
       state.limits = hello.limits || {};
+      state.media = hello.webrtc;
       setRateLimit(state.limits.messages_per_second);
       applySchema(hello.schema);
       showSettings(hello.settings);
@@ -192,11 +194,7 @@ async function startCamera() {
   try {
     const deviceId = $("camera-select").value;
     state.camera = await navigator.mediaDevices.getUserMedia({
-      video: {
-        deviceId: deviceId ? { exact: deviceId } : undefined,
-        width: { ideal: 1280 },
-        height: { ideal: 720 },
-      },
+      video: cameraConstraints(deviceId),
       audio: $("with-audio").checked,
     });
     $("preview").srcObject = state.camera;
@@ -205,7 +203,7 @@ async function startCamera() {
 
     const pc = new RTCPeerConnection({ iceServers: [] });
     state.pc = pc;
-    state.camera.getTracks().forEach((t) => pc.addTrack(t, state.camera));
+    addCameraTracks(pc, state.camera);
     pc.ontrack = (event) => {
       if (event.track.kind === "video") {
         $("processed").srcObject = new MediaStream([event.track]);
@@ -221,6 +219,7 @@ async function startCamera() {
     if (reply.type !== "ok") throw new Error(reply.error);
     state.ownSession = reply.session;
     await pc.setRemoteDescription(reply.answer);
+    await keepResolution(pc);
     $("disconnect").disabled = false;
     showMessage("camera connected");
     refreshSessions();
@@ -230,6 +229,54 @@ async function startCamera() {
     showMessage(`could not start: ${why}`, true, helpFor(why, "press Start again"));
   }
 }
+
+// ---- media: what the camera sends (issue 9). Left to itself Chrome starts near
+// 300 kbps and scales a 1280x720 camera down to 320x180 within seconds. The
+// server's answer sets a bitrate floor and ceiling (live/rtc_media.py); here the
+// camera is asked for the operator's size (hello.webrtc, the [webrtc] settings),
+// the sender gets the same ceiling and is told never to scale down, and to drop
+// frames rather than resolution when it must.
+
+function cameraConstraints(deviceId) {
+  return {
+    deviceId: deviceId ? { exact: deviceId } : undefined,
+    width: { ideal: state.media.max_width },
+    height: { ideal: state.media.max_height },
+    frameRate: { ideal: 30 },
+  };
+}
+
+function addCameraTracks(pc, camera) {
+  for (const track of camera.getTracks()) {
+    if (track.kind !== "video") {
+      pc.addTrack(track, camera);
+      continue;
+    }
+    track.contentHint = "detail";   // Chrome: keep the resolution under pressure
+    const { width = 0, height = 0 } = track.getSettings();
+    const scale = Math.max(1, width / state.media.max_width, height / state.media.max_height);
+    pc.addTransceiver(track, {
+      direction: "sendrecv",
+      streams: [camera],
+      sendEncodings: [{ maxBitrate: state.media.max_bitrate_kbps * 1000, scaleResolutionDownBy: scale }],
+    });
+  }
+}
+
+async function keepResolution(pc) {
+  for (const sender of pc.getSenders()) {
+    if (!sender.track || sender.track.kind !== "video") continue;
+    const params = sender.getParameters();
+    params.degradationPreference = "maintain-resolution";
+    try {
+      await sender.setParameters(params);
+    } catch (err) {   // older browsers: the track's contentHint still says so
+      console.warn(`degradationPreference not set: ${err.message || err}`);
+    }
+  }
+}
+
+// ---- end of media
 
 // No trickle ICE: the offer goes out with its candidates (host ones are instant).
 function iceGatheringDone(pc, timeoutMs = 3000) {
