@@ -310,7 +310,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def serve_child(argv: list[str], passthrough: bool) -> None:
     """``--serve``: ``live serve`` on a free port with the benchmark's settings flags."""
     from live.config import add_cli_arguments, settings_from_args
-    from live.server import serve
+    from live.serve.server import serve
 
     parser = argparse.ArgumentParser()
     add_cli_arguments(parser, sections=SERVER_SECTIONS)

@@ -11,7 +11,7 @@ import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.codecs import h264, vpx
 
-from live.client import ControlClient
+from live.serve.client import ControlClient
 from live.config import SettingsError
 from live.rtc_media import prefer_codec, tune_answer
 from server_helpers import ClipTrack, load_clip, recv_frames, running_server, test_settings
