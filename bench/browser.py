@@ -24,7 +24,9 @@ background mode that keeps the picture (blur, the pass-through server).
   sender's size and ``qualityLimitationReason`` once a second (``getStats``);
 * ``first_frame_s``: Start pressed → first processed frame presented, on a
   server started for this run;
-* the server's CPU (user + system of its process, % of one core) after warm-up.
+* the CPU of the server process and of chromium (user + system, % of one core)
+  after the warm-up: on two cores the browser's encoder and decoder compete
+  with the server.
 
 Prints one JSON object as its last line. The first ``--warmup`` seconds (5)
 are left out of the size, fps and latency figures: that is the ramp the issue
@@ -149,6 +151,7 @@ RTC_STATS_JS = """async () => {
         encoder: r.encoderImplementation, sent_codec: codec(r.codecId) });
     } else if (r.type === "inbound-rtp" && r.kind === "video") {
       Object.assign(out, { recv_bytes: r.bytesReceived, recv_dropped: r.framesDropped,
+        recv_frames: r.framesReceived, recv_keyframes: r.keyFramesDecoded,
         decoder: r.decoderImplementation, recv_codec: codec(r.codecId) });
     }
   });
@@ -158,26 +161,35 @@ RTC_STATS_JS = """async () => {
 }"""
 
 
-class CpuClock:
-    """User + system CPU seconds of a process, read from /proc (Linux), else None."""
+def cpu_seconds(procs: list[Any]) -> float:
+    """User + system CPU seconds of ``procs`` (psutil.Process), those still running."""
+    import psutil
 
-    def __init__(self, pid: int):
-        self.path = Path(f"/proc/{pid}/stat")
-        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-    def read(self) -> float | None:
+    total = 0.0
+    for p in procs:
         try:
-            fields = self.path.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        return (int(fields[11]) + int(fields[12])) / self.tick  # utime, stime
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
+def chromium_processes() -> list[Any]:
+    """This benchmark's chromium processes (under Playwright's driver, under us)."""
+    import psutil
+
+    return [p for p in psutil.Process().children(recursive=True)
+            if "chrom" in p.name().lower()]
 
 
 def run_phase(browser: Any, args: argparse.Namespace, passthrough: bool,
               screenshot: Path | None) -> dict[str, Any]:
     """One fresh server, one page: Start, watch ``args.duration`` seconds, Stop."""
+    import psutil
+
     proc, url = start_server(passthrough, "bench.browser", args.server_args)
-    cpu = CpuClock(proc.pid)
+    server_proc = [psutil.Process(proc.pid)]
     page = browser.new_page(viewport=VIEWPORT)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -193,13 +205,14 @@ def run_phase(browser: Any, args: argparse.Namespace, passthrough: bool,
             time.sleep(0.05)
         started = time.monotonic()
         rtc: list[dict[str, Any]] = []
-        cpu0 = t_cpu0 = None
+        cpu0: tuple[float, float, float] | None = None  # server, chromium, wall
         while time.monotonic() - started < args.duration:
             time.sleep(1.0)
             rtc.append(page.evaluate(RTC_STATS_JS) or {})
             if cpu0 is None and time.monotonic() - started >= args.warmup:
-                cpu0, t_cpu0 = cpu.read(), time.monotonic()
-        cpu1, t_cpu1 = cpu.read(), time.monotonic()
+                cpu0 = (cpu_seconds(server_proc), cpu_seconds(chromium_processes()),
+                        time.monotonic())
+        cpu1 = (cpu_seconds(server_proc), cpu_seconds(chromium_processes()), time.monotonic())
         server = page.evaluate("window.liveClient.request('stats')").get("stats", {})
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
@@ -213,13 +226,13 @@ def run_phase(browser: Any, args: argparse.Namespace, passthrough: bool,
         proc.wait(10)
     if errors:
         raise RuntimeError(f"the page raised: {errors[:3]}")
-    cpu_percent = (round(100 * (cpu1 - cpu0) / (t_cpu1 - t_cpu0), 1)
-                   if None not in (cpu0, cpu1, t_cpu0) and t_cpu1 > t_cpu0 else None)
-    return summarise(m, rtc, server, args, cpu_percent)
+    cpu = None if cpu0 is None else [round(100 * (b - a) / (cpu1[2] - cpu0[2]), 1)
+                                     for a, b in zip(cpu0[:2], cpu1[:2])]
+    return summarise(m, rtc, server, args, cpu)
 
 
 def summarise(m: dict[str, Any], rtc: list[dict[str, Any]], server: dict[str, Any],
-              args: argparse.Namespace, cpu_percent: float | None) -> dict[str, Any]:
+              args: argparse.Namespace, cpu: list[float] | None) -> dict[str, Any]:
     """The phase's figures after the warm-up, from the page's per-frame records."""
     w, h = args.width, args.height
     start = m["first"] + args.warmup * 1000
@@ -263,10 +276,16 @@ def summarise(m: dict[str, Any], rtc: list[dict[str, Any]], server: dict[str, An
         "browser_decoder": last.get("decoder"),
         "degradation_preference": last.get("degradation"),
         "browser_frames_dropped": last.get("recv_dropped"),
+        # frames of the processed stream that reached the browser (before its decoder)
+        "browser_received_fps": round((later[-1]["recv_frames"] - later[0]["recv_frames"])
+                                      / ((later[-1]["t"] - later[0]["t"]) / 1000), 1)
+        if len(later) > 1 and later[-1].get("recv_frames") is not None else None,
+        "browser_keyframes_received": last.get("recv_keyframes"),
         "server_frames_dropped": server.get("dropped"),
         "server_fps": server.get("fps"),
         "server_stage_ms_p50": {k: v["p50"] for k, v in server.get("stage_ms", {}).items()},
-        "server_cpu_percent": cpu_percent,
+        "server_cpu_percent": cpu and cpu[0],  # % of one core, after the warm-up
+        "browser_cpu_percent": cpu and cpu[1],  # every chromium process of the run
     }
 
 
@@ -296,7 +315,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if base is not None:
         for key in ("glass_to_glass_ms_p50", "glass_to_glass_ms_p95", "fps", "first_frame_s",
                     "full_size_share", "received_width", "received_height",
-                    "server_cpu_percent"):
+                    "server_cpu_percent", "browser_cpu_percent"):
             out[f"passthrough_{key}"] = base[key]
         if None not in (out["glass_to_glass_ms_p50"], base["glass_to_glass_ms_p50"]):
             out["added_ms_p50"] = round(out["glass_to_glass_ms_p50"]
