@@ -234,7 +234,7 @@ def run_phase(browser: Any, args: argparse.Namespace, passthrough: bool,
 def summarise(m: dict[str, Any], rtc: list[dict[str, Any]], server: dict[str, Any],
               args: argparse.Namespace, cpu: list[float] | None) -> dict[str, Any]:
     """The phase's figures after the warm-up, from the page's per-frame records."""
-    w, h = args.width, args.height
+    w, h = args.full
     start = m["first"] + args.warmup * 1000
     frames = [f for f in m["frames"] if f[0] >= start]
     if len(frames) < 2:
@@ -309,7 +309,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 browser.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    out = dict(phases["processed"], width=args.width, height=args.height,
+    out = dict(phases["processed"], camera=f"{args.width}x{args.height}",
+               full_width=args.full[0], full_height=args.full[1],
                duration_s=args.duration, warmup_s=args.warmup)
     base = phases.get("passthrough")
     if base is not None:
@@ -360,7 +361,7 @@ def main() -> None:
                         help="skip the pass-through baseline (half the time, no added_ms)")
     parser.add_argument("--screenshot", type=Path, default=OUT / "page.png",
                         help="the page at 1366x768 at the end of the processed run")
-    from live.config import add_cli_arguments
+    from live.config import add_cli_arguments, settings_from_args
 
     add_cli_arguments(parser, sections=SERVER_SECTIONS)
     args = parser.parse_args()
@@ -374,6 +375,9 @@ def main() -> None:
         if not Path(args.clip).is_file():
             sys.exit(f"clip not found: {args.clip} (set LIVE_DATA_DIR or pass --clip)")
         args.width, args.height = (int(v) for v in args.size.lower().split("x"))
+        rtc = settings_from_args(args).webrtc  # full size: the camera within the caps
+        scale = max(1.0, args.width / rtc.max_width, args.height / rtc.max_height)
+        args.full = (round(args.width / scale), round(args.height / scale))
         if not 2 <= args.loop_frames < 1 << BITS:
             sys.exit(f"--loop-frames must be between 2 and {(1 << BITS) - 1}")
         args.load_at_start = round(os.getloadavg()[0], 2)  # other load skews figures
