@@ -177,11 +177,19 @@ class WebRTCSettings:
                         lo=160, hi=3840)
     max_height: int = _f(720, "tallest video asked of the browser's camera and sent back",
                          lo=90, hi=2160)
-    max_bitrate_kbps: int = _f(
-        2500, "video bitrate ceiling each way (lower it for a slow link)", lo=100, hi=50_000)
-    min_bitrate_kbps: int = _f(
-        1000, "video bitrate floor each way: the bandwidth estimate never goes below it, so "
-        "the resolution holds (at most max_bitrate_kbps)", lo=50, hi=50_000)
+    max_bitrate_kbps: int | None = _f(
+        None, "video bitrate ceiling each way; lower it for a slow link (default: sized to "
+        "max_width x max_height, 0.09 bits per pixel at 30 fps: 2488 at 1280x720)",
+        lo=100, hi=50_000)
+    min_bitrate_kbps: int | None = _f(
+        None, "video bitrate floor each way: the bandwidth estimate never goes below it, so "
+        "the resolution holds (default: 40 % of the ceiling)", lo=50, hi=50_000)
+
+    def resolved(self) -> "WebRTCSettings":
+        """These settings with the bitrate bounds that were left to their defaults filled in."""
+        hi = self.max_bitrate_kbps or round(self.max_width * self.max_height * 30 * 0.09 / 1000)
+        lo = self.min_bitrate_kbps or round(hi * 0.4)
+        return dataclasses.replace(self, max_bitrate_kbps=hi, min_bitrate_kbps=lo)
 
 
 @dataclass(frozen=True)
@@ -230,8 +238,8 @@ class Settings:
         size = self.engine.image_size
         if size is not None and size % 32:
             raise SettingsError(f"engine.image_size must be a multiple of 32, got {size}")
-        rtc = self.webrtc
-        if rtc.min_bitrate_kbps > rtc.max_bitrate_kbps:
+        rtc = self.webrtc.resolved()
+        if rtc.min_bitrate_kbps > rtc.max_bitrate_kbps:  # type: ignore[operator]
             raise SettingsError(f"webrtc.min_bitrate_kbps ({rtc.min_bitrate_kbps}) must not "
                                 f"exceed webrtc.max_bitrate_kbps ({rtc.max_bitrate_kbps})")
         if not self.server.allow_remote and self.server.host not in LOOPBACK_HOSTS:

@@ -17,9 +17,9 @@ WebRTC applications widen both with the same tools, gathered here:
 * aiortc's encoders start at the ceiling and follow the browser's REMB only
   between floor and ceiling (``bound_encoders``).
 
-The defaults (1.0-2.5 Mbps) are sized for 1280x720 at 30 fps, about 0.09
-bits per pixel; an operator on a slow link lowers them and the size
-(``[webrtc]`` in live/config.py). If the server cannot keep up, frames are
+The ceiling is sized to the largest picture (0.09 bits per pixel at 30 fps:
+2.5 Mbps at 1280x720), the floor is 40 % of it; an operator on a slow link
+lowers the size or the bitrates (``[webrtc]`` in live/config.py). If the server cannot keep up, frames are
 dropped at the pipeline's mailbox, never the resolution.
 """
 
@@ -68,6 +68,7 @@ def prefer_codec(offer_sdp: str, codec: str) -> str:
 
 def tune_answer(answer_sdp: str, rtc: WebRTCSettings) -> str:
     """``answer_sdp`` with the bitrate ceiling and floor the browser's sender obeys."""
+    rtc = rtc.resolved()
     lo, hi = rtc.min_bitrate_kbps, rtc.max_bitrate_kbps
     google = f"x-google-min-bitrate={lo};x-google-start-bitrate={hi};x-google-max-bitrate={hi}"
 
@@ -101,6 +102,7 @@ def bound_encoders(rtc: WebRTCSettings) -> None:
     """
     from aiortc.codecs import h264, vpx
 
+    rtc = rtc.resolved()
     for module in (vpx, h264):
         module.MIN_BITRATE = rtc.min_bitrate_kbps * 1000
         module.MAX_BITRATE = module.DEFAULT_BITRATE = rtc.max_bitrate_kbps * 1000

@@ -92,12 +92,19 @@ def test_an_offer_without_the_codec_keeps_its_order():
 def test_the_caps_are_the_operators_and_checked():
     with pytest.raises(SettingsError, match="min_bitrate_kbps"):
         test_settings(webrtc={"min_bitrate_kbps": 3000, "max_bitrate_kbps": 1000})
+    with pytest.raises(SettingsError, match="min_bitrate_kbps"):  # over the sized ceiling
+        test_settings(webrtc={"min_bitrate_kbps": 3000})
+    # Left to their defaults, the bounds follow the size (a slow link lowers the size).
+    small = test_settings(webrtc={"max_width": 640, "max_height": 360}).webrtc.resolved()
+    assert (small.min_bitrate_kbps, small.max_bitrate_kbps) == (249, 622)
 
     async def scenario() -> None:
         async with running_server() as server:
             async with ControlClient(server.url) as client:
                 hello = await client.request("hello")
-                assert hello["webrtc"]["max_width"] == 1280  # the page sizes its camera by it
+                caps = hello["webrtc"]  # the page sizes its camera and sender by them
+                assert (caps["max_width"], caps["max_height"]) == (1280, 720)
+                assert (caps["min_bitrate_kbps"], caps["max_bitrate_kbps"]) == (995, 2488)
                 reply = await client.request("settings.set",
                                              settings={"webrtc": {"max_bitrate_kbps": 50_000}})
                 assert reply["type"] == "error" and "cannot be changed" in reply["error"]

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import secrets
 import signal
@@ -231,7 +232,8 @@ class ControlServer:
                 "schema": config_schema(protocol.CLIENT_SECTIONS),
                 "sessions": [s.describe(client) for s in self.sessions.values()],
                 "passthrough": self.passthrough,
-                "webrtc": self.settings.to_dict()["webrtc"],  # the page's camera and sender caps
+                # the page's camera and sender caps
+                "webrtc": dataclasses.asdict(self.settings.webrtc.resolved()),
                 "limits": {"control_bytes": protocol.MAX_CONTROL_BYTES,
                            "upload_bytes": protocol.MAX_UPLOAD_BYTES,
                            "image_pixels": protocol.MAX_IMAGE_PIXELS,
