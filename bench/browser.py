@@ -254,6 +254,9 @@ def summarise(m: dict[str, Any], rtc: list[dict[str, Any]], server: dict[str, An
         "received_width": statistics.median(f[1] for f in frames),
         "received_height": statistics.median(f[2] for f in frames),
         "full_size_share": round(sum(f[1] == w and f[2] == h for f in frames) / len(frames), 3),
+        # Start → the first processed frame at full size (the ramp, warm-up included)
+        "full_size_after_s": next((round((f[0] - m["t0"]) / 1000, 2) for f in m["frames"]
+                                   if f[1] == w and f[2] == h), None) if m["t0"] else None,
         "fps": round((frames[-1][3] - frames[0][3]) / span, 1) if span > 0 else 0.0,
         "glass_to_glass_ms_p50": pct(latency, 50),
         "glass_to_glass_ms_p95": pct(latency, 95),
@@ -315,7 +318,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     base = phases.get("passthrough")
     if base is not None:
         for key in ("glass_to_glass_ms_p50", "glass_to_glass_ms_p95", "fps", "first_frame_s",
-                    "full_size_share", "received_width", "received_height",
+                    "full_size_share", "full_size_after_s", "received_width", "received_height",
                     "server_cpu_percent", "browser_cpu_percent"):
             out[f"passthrough_{key}"] = base[key]
         if None not in (out["glass_to_glass_ms_p50"], base["glass_to_glass_ms_p50"]):

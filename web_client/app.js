@@ -258,7 +258,10 @@ function addCameraTracks(pc, camera) {
     pc.addTransceiver(track, {
       direction: "sendrecv",
       streams: [camera],
-      sendEncodings: [{ maxBitrate: state.media.max_bitrate_kbps * 1000, scaleResolutionDownBy: scale }],
+      sendEncodings: [{
+        maxBitrate: state.media.max_bitrate_kbps * 1000,
+        scaleResolutionDownBy: scale,
+      }],
     });
   }
 }
