@@ -20,8 +20,10 @@ background mode that keeps the picture (blur, the pass-through server).
   ``requestVideoFrameCallback``: the same clock, one page);
 * the same for a pass-through server (same code, frames returned untouched) in
   the same run, and the difference ``added_ms_p50``;
-* the received size and frame rate of every presented processed frame, the
-  sender's size and ``qualityLimitationReason`` once a second (``getStats``);
+* the received size and frame rate of every presented processed frame
+  (``full_size_share``: the share at the camera's size, or at the largest the
+  ``[webrtc]`` caps allow), the sender's size and ``qualityLimitationReason``
+  once a second (``getStats``);
 * ``first_frame_s``: Start pressed → first processed frame presented, on a
   server started for this run;
 * the CPU of the server process and of chromium (user + system, % of one core)
@@ -29,8 +31,9 @@ background mode that keeps the picture (blur, the pass-through server).
   with the server.
 
 Prints one JSON object as its last line. The first ``--warmup`` seconds (5)
-are left out of the size, fps and latency figures: that is the ramp the issue
-allows. A page screenshot at 1366x768 goes to ``--screenshot``.
+are left out of the size, fps and latency figures: that is the ramp allowed
+(issue 9). A page screenshot at 1366x768 goes to ``--screenshot``. The default
+run takes about 2 minutes (two servers, 40 s each after their first frame).
 """
 
 from __future__ import annotations
