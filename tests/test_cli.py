@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from live.checkpoints import SELFIE_FILES, selfie_model_path
-from live.client import ControlClient
+from live.serve.client import ControlClient
 
 REPO = Path(__file__).resolve().parent.parent
 
