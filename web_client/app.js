@@ -659,6 +659,7 @@ function showStats(sessions) {
 // Frames the page actually painted, counted per video frame the browser presents
 // (requestVideoFrameCallback), so the fps shown is what the user sees.
 const shown = { fps: null, times: [], generation: 0 };
+state.shown = shown;
 
 function countShownFrames() {
   const video = $("processed");
