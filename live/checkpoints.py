@@ -138,15 +138,30 @@ def require_sam2_software() -> None:
     leaves out (~1 GB more; several GB with CUDA): say exactly how to add them."""
     import importlib.util
 
-    missing = [m for m in ("torch", "sam2") if importlib.util.find_spec(m) is None]
+    def absent(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is None
+        except (ImportError, ValueError):  # a broken or half-removed install
+            return True
+
+    importlib.invalidate_caches()  # installed while live runs: found without a restart
+    missing = [m for m in ("torch", "sam2") if absent(m)]
     if not missing:
         return
     repo = Path(__file__).resolve().parent.parent
     if (repo / "pyproject.toml").is_file():  # a checkout (make setup installs it editable)
         fix = (f"`make sam2` in {repo} (or `{sys.executable} -m pip install -e "
                f"'{repo}[sam2]'`)")
-    else:
-        fix = f"`{sys.executable} -m pip install 'live[sam2]'`"
+    else:  # installed from a wheel: the extra's own requirements, as pyproject.toml lists them
+        from importlib import metadata
+
+        try:
+            wanted = [r.split(";")[0].strip() for r in metadata.requires("live") or ()
+                      if "extra" in r and "sam2" in r.split(";")[1]]
+        except metadata.PackageNotFoundError:
+            wanted = []
+        fix = f"`{sys.executable} -m pip install " + " ".join(
+            f"'{r}'" for r in wanted or missing) + "`"
     raise ModelMissingError(f"the sam2 engine needs {' and '.join(missing)}, which the default "
                             f"install leaves out. Fix: {fix}, then pick sam2 again")
 

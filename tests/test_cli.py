@@ -147,3 +147,30 @@ def test_run_beside_serve_opens_its_control_panel_on_the_next_free_port(tmp_path
                     await proc.wait()
 
     asyncio.run(main())
+
+
+# `live run --engine sam2` in an install without the [sam2] extra (torch and sam2 hidden).
+WITHOUT_SAM2 = """
+import sys
+
+class Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in ("torch", "sam2"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+sys.meta_path.insert(0, Hide())
+from live.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sam2_without_its_extra_names_the_command_that_installs_it(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_SAM2, "run", "--engine", "sam2", "--source", "synthetic",
+         "--output", str(tmp_path / "o.mp4"), "--frames", "2", "--no-control"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    message = proc.stderr.strip().splitlines()[-1]
+    assert "needs torch and sam2" in message, message
+    assert f"make sam2` in {REPO}" in message and f"pip install -e '{REPO}[sam2]'" in message
+    assert "Traceback" not in proc.stderr
