@@ -295,6 +295,7 @@ function steeredKind() {
 function updateModeChoices() {
   const webrtc = steeredKind() === "webrtc";
   const option = $("bg-mode").querySelector("option[value='transparent']");
+  if (!option) return;   // no schema yet: no choices to mark
   option.disabled = webrtc;
   option.textContent = webrtc ? "transparent (live run only)" : "transparent";
   $("transparent-note").hidden = !webrtc;
