@@ -32,10 +32,9 @@ $(SAM2): $(BASE)
 	$(PY) -m pip install --progress-bar on -e '.[sam2]'
 	touch $(SAM2)
 
-$(STAMP): $(BASE)
-	$(PY) -m pip install --progress-bar on $(TORCH_SPEC)
+$(STAMP): $(SAM2)
 	$(PY) -m pip install --progress-bar on -e '.[test,sam2]'
-	touch $(SAM2) $(STAMP)
+	touch $(STAMP)
 
 models: setup
 	$(VENV)/bin/live fetch selfie
