@@ -388,9 +388,19 @@ def add_cli_arguments(parser: argparse.ArgumentParser,
     config file's value, is the only default there is; the help shows it.
     """
     groups: dict[str, Any] = {}
-    for section, f, hint in _setting_fields(sections):
+
+    def group(section: str) -> Any:
         if section not in groups:
             groups[section] = parser.add_argument_group(section)
+            if section == "background":  # the shorthand first: it is what people type
+                groups[section].add_argument(
+                    "--background", dest="background_spec", default=None, metavar="BACKGROUND",
+                    help="shorthand: blur, blur:N, #RRGGBB, transparent, IMAGE or VIDEO")
+        return groups[section]
+
+    for section in sections or ():  # help lists the groups in the order asked for
+        group(section)
+    for section, f, hint in _setting_fields(sections):
         meta = f.metadata
         names = [f"--{section}-{f.name}".replace("_", "-")]
         if meta.get("flag"):
@@ -404,10 +414,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser,
             if choices:
                 kwargs["choices"] = choices
             kwargs["metavar"] = None if choices else f.name.upper()
-        groups[section].add_argument(*names, **kwargs)
-    if sections is None or "background" in sections:
-        parser.add_argument("--background", dest="background_spec", default=None,
-                            help="shorthand: blur, blur:N, #RRGGBB, transparent, IMAGE or VIDEO")
+        group(section).add_argument(*names, **kwargs)
     parser.add_argument("--config", default=None, help="TOML config file (sections as tables)")
 
 

@@ -36,6 +36,8 @@ class ControlClient:
         self.answer_sdp: str | None = None  # as the server sent it (aiortc drops b= lines)
         self.remote: dict[str, Any] = {}  # kind -> track coming back from the server
         self.stats: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
+        # {"type": "settings", "session", "settings"}: another connection changed a session
+        self.settings_pushed: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self._ids = itertools.count(1)
         self._pending: dict[Any, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -58,8 +60,9 @@ class ControlClient:
         try:
             async for raw in self.ws:
                 msg = json.loads(raw)
-                if msg.get("type") == "stats":
-                    self.stats.append(msg)
+                if "id" not in msg:  # a push, not a reply
+                    pushes = self.stats if msg.get("type") == "stats" else self.settings_pushed
+                    pushes.append(msg)
                     continue
                 future = self._pending.pop(msg.get("id"), None)
                 if future is not None and not future.done():

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from websockets.asyncio.server import Server, ServerConnection, serve as ws_serve
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -268,7 +268,12 @@ class ControlServer:
             await asyncio.to_thread(session.processor.update_settings, new)
         if session.owner is client:
             client.settings = new
-        return {"session": session.id, "settings": client_settings(new)}
+        shown = client_settings(new)
+        # Every other panel showing this session hears of it (the sender has its reply):
+        # two tabs steering one session never disagree about what runs.
+        broadcast([c.ws for c in self.clients if c is not client],
+                  protocol.dumps({"type": "settings", "session": session.id, "settings": shown}))
+        return {"session": session.id, "settings": shown}
 
     async def _on_prompt(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
         prompt = protocol.prompt_from(msg)
