@@ -101,6 +101,19 @@ def test_reset_and_prompts_in_one_session_leave_the_others_alone(model, data_dir
     assert streams[0].stats()["frames"] == n - 3 and streams[1].stats()["frames"] == n
 
 
+def test_a_stalled_session_does_not_block_the_others(model, data_dir, tmp_path):
+    """A live session that stops stepping (its peer sends nothing) costs the others
+    at most max_wait_ms per step: they go on alone, with the same outputs."""
+    clip = make_clip(data_dir, tmp_path, "hike", 2)
+    events = [Event(0, "next", Prompt(obj_id=1, points=(inside_point(clip.masks[0]),)))]
+    batcher = SAM2Batcher(model, max_batch=2, max_wait_ms=1, idle_s=600)
+    stalled = StreamingSAM2(model, precision="fp32", batcher=batcher)  # never steps
+    active = StreamingSAM2(model, precision="fp32", batcher=batcher)
+    got = run_stream(active, clip, events, 2)[0]
+    assert batcher.counts["encoder"] == [2, 2] and stalled.frame_idx == -1
+    assert max_diff(got, run_alone(model, clip, events, 2)) <= TOLERANCE
+
+
 def test_a_failing_step_reaches_its_caller_and_the_batcher_recovers(model):
     batcher = SAM2Batcher(model, max_batch=2, max_wait_ms=0)
     with pytest.raises(RuntimeError):

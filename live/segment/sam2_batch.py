@@ -14,9 +14,10 @@ it computes and lets go of it while it waits for a batch. So the threads never
 fight for the cores (torch's intra-op threads already use them all), and the
 batches form without a thread of their own: when every live session waits on
 some step, the step of the oldest waiting call runs for all who wait on it,
-by whichever thread notices. A session stalled elsewhere (no frame from its
-peer) delays the others by at most ``max_wait_ms``, and stops counting as live
-after ``idle_s`` without a step.
+by whichever thread notices. A session queued for the lane is on its way; one
+stalled elsewhere (no frame from its peer) delays the others by at most
+``max_wait_ms`` of idle lane, and stops counting as live after ``idle_s``
+without a step.
 
 On the CPU in fp32 a session's outputs this way are bit-identical to those of
 the session run alone (tests/test_sam2_batch.py checks it at 2 and 4 sessions;
@@ -29,6 +30,7 @@ import contextlib
 import threading
 import time
 import weakref
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterator
@@ -40,7 +42,7 @@ from live.segment.sam2_stream import (build_model, check_image_size, default_ima
                                       pick_device, pick_precision)
 
 DEFAULT_MAX_BATCH = 8
-DEFAULT_MAX_WAIT_MS = 10.0
+DEFAULT_MAX_WAIT_MS = 20.0
 DEFAULT_IDLE_S = 1.0
 
 _serving = threading.local()  # .batcher, .session: what the current thread computes for
@@ -52,7 +54,8 @@ class _Call:
     key: Hashable  # calls with equal keys batch together (same step, same shapes)
     run: Callable[[list[Any]], list[Any]]  # a batch of payloads -> their results
     payload: Any
-    queued_at: float
+    thread: int = 0  # the caller's; another thread that runs the call marks it returning
+    returning: bool = False
     result: Any = None
     error: BaseException | None = None
     done: bool = False
@@ -77,6 +80,9 @@ class SAM2Batcher:
         self._queue: list[_Call] = []
         self._seen: "weakref.WeakKeyDictionary[Any, float]" = weakref.WeakKeyDictionary()
         self._seen_lock = threading.Lock()
+        # id(session) -> its threads queued for the lane, or woken with their call done
+        self._wanting: Counter = Counter()
+        self._idle_since = time.monotonic()  # when the lane last stopped computing
         self.counts: dict[str, list[int]] = {}  # step -> [batches, calls]
         _install_routers(model)
 
@@ -96,7 +102,9 @@ class SAM2Batcher:
     def serving(self, session: Any) -> Iterator[None]:
         """Hold the compute lane for ``session``; its batched steps go through this batcher."""
         self._touch(session)
+        self._want(session, +1)
         with self._lane:
+            self._want(session, -1)
             before = getattr(_serving, "batcher", None), getattr(_serving, "session", None)
             _serving.batcher, _serving.session = self, session
             try:
@@ -104,6 +112,7 @@ class SAM2Batcher:
             finally:
                 _serving.batcher, _serving.session = before
                 self._touch(session)
+                self._idle_since = time.monotonic()
 
     def stats(self) -> dict[str, Any]:
         with self._seen_lock:
@@ -128,20 +137,29 @@ class SAM2Batcher:
     def _submit(self, key: Hashable, payload: Any,
                 run: Callable[[list[Any]], list[Any]]) -> Any:
         session = getattr(_serving, "session", None)
-        call = _Call(session, key, run, payload, time.monotonic())
+        call = _Call(session, key, run, payload, threading.get_ident())
         with self._lane:
             self._queue.append(call)
+            self._idle_since = time.monotonic()  # this thread stops computing
             while not call.done:
                 group = self._ready_group()
                 if group is None:
                     self._lane.wait(self._timeout())
                     continue
                 self._run(group)
+                self._idle_since = time.monotonic()
+            if call.returning:  # back on the lane
+                self._want(session, -1)
         if call.error is not None:
             raise call.error
         return call.result
 
     # ------------------------------------------------------------------ internals
+
+    def _want(self, session: Any, n: int) -> None:
+        with self._seen_lock:
+            self._wanting[id(session)] += n
+            self._wanting += Counter()  # drop zero counts
 
     def _touch(self, session: Any) -> None:
         with self._seen_lock:
@@ -150,6 +168,7 @@ class SAM2Batcher:
     def _live(self, now: float) -> set[int]:
         with self._seen_lock:
             live = {id(s) for s, t in self._seen.items() if now - t < self.idle_s}
+            live |= set(self._wanting)
         return live | {id(c.session) for c in self._queue}
 
     def _ready_group(self) -> list[_Call] | None:
@@ -159,7 +178,10 @@ class SAM2Batcher:
         now = time.monotonic()
         oldest = self._queue[0]
         waiting = {id(c.session) for c in self._queue}
-        ripe = (waiting >= self._live(now) or now - oldest.queued_at >= self.max_wait)
+        with self._seen_lock:
+            on_its_way = bool(self._wanting)
+        ripe = (waiting >= self._live(now)
+                or (not on_its_way and now - self._idle_since >= self.max_wait))
         for c in self._queue:
             group = [d for d in self._queue if d.key == c.key][:self.max_batch]
             if len(group) == self.max_batch or (ripe and c is oldest):
@@ -167,11 +189,11 @@ class SAM2Batcher:
         return None
 
     def _timeout(self) -> float:
-        """Until the oldest call's wait runs out, or the next live session goes idle."""
+        """Until the idle lane's wait runs out, or the next live session goes idle."""
         now = time.monotonic()
         with self._seen_lock:
             idle_at = [t + self.idle_s for t in self._seen.values() if t + self.idle_s > now]
-        ends = idle_at + [self._queue[0].queued_at + self.max_wait] if self._queue else idle_at
+        ends = idle_at + [self._idle_since + self.max_wait]
         return max(0.0, min(ends, default=now + self.idle_s) - now) + 1e-4
 
     def _run(self, group: list[_Call]) -> None:
@@ -187,8 +209,12 @@ class SAM2Batcher:
             step = str(group[0].key[0])
             batches, calls = self.counts.get(step, (0, 0))
             self.counts[step] = [batches + 1, calls + len(group)]
+        me = threading.get_ident()
         for c, r in zip(group, results):
             c.result, c.error, c.done = r, error, True
+            if c.thread != me:  # its thread must take the lane back: it is on its way
+                c.returning = True
+                self._want(c.session, +1)
         self._lane.notify_all()
 
     @contextlib.contextmanager
