@@ -1,12 +1,15 @@
 """Several SAM 2 sessions on one model: their heavy steps run as one batch.
 
 At 256 px on a CPU a frame's time goes ~50 % to the image encoder, ~25 % to
-memory attention and ~10 % to the memory encoder, all on matrices too small to
-keep two cores busy one image at a time. None of those three has state of its
-own: the calls of K sessions that reach the same step with the same shapes go
-through it as one batch of K, and each session gets its slice back. What is
-per session (its memory bank, which memories a frame reads, prompts, the mask
-decoder) stays in the session's own thread and object.
+memory attention and ~10 % to the memory encoder. None of those three has
+state of its own: the calls of K sessions that reach the same step with the
+same shapes go through it as one batch of K, and each session gets its slice
+back. What is per session (its memory bank, which memories a frame reads,
+prompts, the mask decoder) stays in the session's own thread and object.
+What a batch buys depends on the device: little on this project's 2-core CPU
+(~7-10 % less CPU a frame at 4 sessions, see ``bench.stream --sessions``);
+more, projected but not measured here, where one image leaves the device idle
+between small kernels (a GPU).
 
 Sessions step in their own pipeline threads, and take turns on one compute
 lane per model (the lock of ``SAM2Batcher``): a session holds the lane while
