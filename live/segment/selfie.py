@@ -21,7 +21,7 @@ from live.segment import Prompt, PromptError
 from live.segment.tracks import Box, PersonTracks
 from live.subjects import THRESHOLD
 
-GRID = 512  # long side of the returned alpha, in cells (2x the model's: crops are finer)
+GRID = 256  # long side of the returned alpha, in cells (2x the model's: crops are finer)
 CROP_MARGIN = 0.2  # context around the tracked people, as a share of their box's long side
 MIN_CROP = 0.35  # a crop is at least this share of the frame's height (context, and no
 #                  blown-up specks)

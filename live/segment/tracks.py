@@ -33,6 +33,10 @@ DROP_RATIO = 0.3  # a mask under this share of its running median has "dropped o
 # picture "barely changed": sensor noise and compression stay near 0.01; a person leaving
 # a box they filled moves it by several times this.
 STILL_CHANGE = 0.03
+# Only a mask this large (share of the frame) is a person the guard keeps: a 720p person
+# 72 x 128 px, or a distant one standing a third of the frame tall. Smaller blobs are props
+# and false positives (a patch of floor on a webcam clip), which may come and go.
+PERSON_FRACTION = 0.01
 HISTORY = 30  # frames of area kept for the running median (1 s at 30 fps)
 PAD = 0.15  # a track looks for its person in its box grown by this share of its size
 
@@ -80,7 +84,8 @@ class PersonTracks:
         """Has this person's mask dropped out while the picture there stood still?"""
         if not track.areas or track.gray is None:
             return False
-        if area_in(fg, track.region(fg.shape)) >= DROP_RATIO * float(np.median(track.areas)):
+        usual = float(np.median(track.areas))
+        if usual < PERSON_FRACTION * fg.size or area_in(fg, track.region(fg.shape)) >= DROP_RATIO * usual:
             return False
         x0, y0, x1, y1 = track.box
         change = cv2.absdiff(gray[y0:y1, x0:x1], track.gray)
