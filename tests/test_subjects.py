@@ -71,16 +71,33 @@ def test_main_switches_only_after_a_clearly_bigger_blob_persists() -> None:
     assert kept(outs[-1], big_right) and not kept(outs[-1], LEFT)  # it took over
 
 
-def test_main_picks_another_when_the_subject_leaves_and_reset_forgets() -> None:
-    sel = SubjectSelector("main")
+def test_main_waits_for_a_missing_subject_before_taking_another_and_reset_forgets() -> None:
+    sel = SubjectSelector("main", switch_frames=5)
     sel.apply(people(LEFT, (40, 180, 50, 30)))
-    out = sel.apply(people((40, 180, 50, 30)))  # the main subject left the frame
+    for _ in range(5):  # the main subject is gone: the bystander is not shown meanwhile
+        assert not sel.apply(people((40, 180, 50, 30))).any()
+    out = sel.apply(people((40, 180, 50, 30)))  # gone for longer than switch_frames
     assert kept(out, (40, 180, 50, 30))
     assert not sel.apply(np.zeros((H, W), np.float32)).any()
     sel.apply(people(RIGHT))
     sel.reset()
     out = sel.apply(people(LEFT, (40, 180, 50, 30)))  # fresh choice: the largest
     assert kept(out, LEFT)
+
+
+def test_main_never_gives_the_main_subject_up_for_a_bystander_it_lost_for_a_moment() -> None:
+    """The model loses the main person for two frames (a dropout) while a bigger
+    bystander stays: the bystander is never shown, and the main person comes back."""
+    sel = SubjectSelector("main")
+    bystander = (10, 150, 130, 100)  # bigger than the main subject
+    main = (40, 20, 80, 40)
+    sel.apply(people(main))  # the main subject is alone at first
+    script = [people(main, bystander)] * 3 + [people(bystander)] * 2 + \
+        [people((40, 30, 80, 40), bystander)] * 5  # back, having moved a little
+    for alpha in script:
+        out = sel.apply(alpha)
+        assert not kept(out, bystander)
+    assert kept(out, (40, 30, 80, 40))
 
 
 def test_bad_mode_is_refused() -> None:
