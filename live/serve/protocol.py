@@ -2,7 +2,7 @@
 
 Everything here is synchronous and knows nothing about sockets or WebRTC, so
 each rule (sizes, rates, shapes of a message) can be read, tested and fuzzed
-on its own. ``live/server.py`` turns the checked messages into actions.
+on its own. ``live/serve/server.py`` turns the checked messages into actions.
 
 A message is a JSON object with a ``type`` and an ``id``; the reply is
 ``{"type": "ok", "id": ...}`` or ``{"type": "error", "id": ..., "error": ...}``.
@@ -135,7 +135,7 @@ def settings_patch(msg: Mapping[str, Any]) -> dict[str, Any]:
                             '{"background": {"mode": "color", "color": "#00ff00"}}')
     for section in patch:
         if section not in CLIENT_SECTIONS:
-            if section in ("source", "output", "server"):
+            if section in ("source", "output", "server", "webrtc"):
                 raise ProtocolError(f"{section} settings are fixed when the server starts and "
                                     "cannot be changed from the control panel")
             raise ProtocolError(f"unknown settings section {str(section)[:40]!r}; expected one "
