@@ -1,9 +1,22 @@
 """The embedded default engine: MediaPipe selfie segmentation on LiteRT.
 
 Two tiny models (256x256 square, 144x256 landscape, ~250 KB each) that run in
-about 2 ms on two CPU cores. The frame is stretched to the model's input (as
-MediaPipe does), so the alpha maps back onto the frame by a plain resize.
-It is stateless across frames: temporal behaviour belongs to the matte stage.
+about 2 ms (landscape) and 4 ms (square) on two CPU cores. They were made for a
+person filling a selfie frame; on a whole 16:9 frame at 256x144 a person a
+third of the frame tall is ~50 model pixels, and the model loses limbs, or the
+person. So the engine looks where the people are: it tracks them
+(``PersonTracks``), runs the model on a crop around them at its full input size
+(the square model for a standing person, the landscape one for a wide group)
+and pastes the result into an alpha of the frame's aspect (``output_grid``).
+The whole frame is searched again every ``selfie_refresh_frames`` frames, when
+the people run into a side of the crop, and when nobody is tracked, so people
+coming in are found. Measured on DAVIS (``python -m bench.quality``): the
+model's own mask gains 6.5 IoU points on the mean, 10 on a man running
+across the frame. A crop is sampled from the frame's shared ``Pyramid`` by one
+affine warp, so it costs the model's input size, not the frame's.
+
+The tracks also guard against dropouts (see ``live.segment.tracks``). Smoothing
+over time still belongs to the matte stage.
 """
 
 from __future__ import annotations
