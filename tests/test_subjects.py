@@ -62,13 +62,12 @@ def test_main_follows_the_subject_as_it_moves() -> None:
         assert kept(out, (20, 20 + dx, 100, 60))
 
 
-def test_main_switches_only_after_a_clearly_bigger_blob_persists() -> None:
-    sel = SubjectSelector("main", switch_ratio=1.5, switch_frames=5)
+def test_main_keeps_its_subject_however_big_a_bystander_grows() -> None:
+    sel = SubjectSelector("main", switch_frames=5)
     sel.apply(people(LEFT, (20, 170, 80, 40)))
-    big_right = (10, 150, 130, 100)
-    outs = [sel.apply(people(LEFT, big_right)) for _ in range(6)]
-    assert kept(outs[0], LEFT) and kept(outs[3], LEFT)  # not yet
-    assert kept(outs[-1], big_right) and not kept(outs[-1], LEFT)  # it took over
+    big_right = (10, 150, 130, 100)  # walks up to the camera: 2.6x the main subject
+    outs = [sel.apply(people(LEFT, big_right)) for _ in range(30)]
+    assert all(kept(o, LEFT) and not kept(o, big_right) for o in outs)
 
 
 def test_main_waits_for_a_missing_subject_before_taking_another_and_reset_forgets() -> None:
