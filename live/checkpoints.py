@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import sys
-import tempfile
-import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from live.config import EngineSettings
+if TYPE_CHECKING:  # live.config reads the model list from here
+    from live.config import EngineSettings
 
 
 class ModelMissingError(RuntimeError):
@@ -54,6 +51,7 @@ MEDIAPIPE_WHEEL = "mediapipe==0.10.21"
 MEDIAPIPE_MEMBER_DIR = "mediapipe/modules/selfie_segmentation/"
 
 SAM2_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+#: The one list of SAM 2.1 sizes: the settings schema, ``live fetch`` and ``live doctor`` read it.
 SAM2_MODELS = {
     "tiny": (ModelFile("sam2.1_hiera_tiny.pt", 156_008_466, None), "configs/sam2.1/sam2.1_hiera_t.yaml"),
     "small": (ModelFile("sam2.1_hiera_small.pt", 184_416_285, None), "configs/sam2.1/sam2.1_hiera_s.yaml"),
@@ -93,6 +91,10 @@ def selfie_model_path(variant: str, fetch: bool = True) -> Path:
 
 def fetch_selfie(log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> list[Path]:
     """Take both .tflite files out of the mediapipe wheel (fetched with pip, no install)."""
+    import subprocess
+    import tempfile
+    import zipfile
+
     dest = checkpoint_dir()
     dest.mkdir(parents=True, exist_ok=True)
     wanted = {spec.name: spec for spec in SELFIE_FILES.values()}
@@ -154,6 +156,8 @@ def require_sam2_checkpoint(settings: EngineSettings) -> Path:
 
 def fetch_sam2(model: str, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> Path:
     """Download one SAM 2.1 checkpoint with a progress line, verified by size."""
+    import urllib.request
+
     spec = SAM2_MODELS[model][0]
     dest = checkpoint_dir() / spec.name
     if is_valid(dest, spec):

@@ -14,11 +14,13 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from typing import Any
 
-from live.config import Settings, SettingsError, add_cli_arguments, settings_from_args
+from live.checkpoints import SAM2_MODELS
+from live.config import (EngineSettings, Settings, SettingsError, add_cli_arguments,
+                         settings_from_args)
+from live.signals import install_stop_signals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("what", choices=["selfie", "sam2"],
                        help="selfie: the embedded models (from the mediapipe wheel on PyPI); "
                        "sam2: a SAM 2.1 checkpoint from Meta")
-    fetch.add_argument("--model", default="tiny", choices=["tiny", "small", "base_plus", "large"],
+    fetch.add_argument("--model", default=EngineSettings().sam2_model, choices=list(SAM2_MODELS),
                        help="SAM 2.1 size (default tiny: 156 MB; large: 898 MB)")
 
     sub.add_parser("doctor", help="check cameras, virtual camera, GPU and model files")
@@ -134,12 +136,7 @@ async def run_pipeline(settings: Settings, max_frames: int | None = None, quiet:
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("live.pipeline").setLevel(logging.CRITICAL)  # printed below instead
 
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, pipeline.stop)
-        except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
-            pass
+    install_stop_signals(pipeline.stop)
     control_server = await _start_control(settings, processor, pipeline) if control else None
     status = asyncio.create_task(_status_line(pipeline, sink, quiet))
     try:

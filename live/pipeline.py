@@ -28,7 +28,7 @@ from typing import Any, Generic, Sequence, TypeVar
 import numpy as np
 
 from live.composite import Compositor
-from live.config import Settings
+from live.config import Settings, needs_new_engine
 from live.frames import EndOfStream, Frame, Pyramid
 from live.matte import Matte
 from live.segment import Prompt, PromptError, Segmenter, create_segmenter
@@ -160,7 +160,7 @@ class FrameProcessor:
         """Swap to ``settings`` (already validated) between two frames."""
         old = self.settings
         segmenter = None
-        if settings.engine != old.engine and _engine_needs_rebuild(old, settings):
+        if needs_new_engine(old.engine, settings.engine):
             segmenter = create_segmenter(settings.engine)  # may raise: nothing swapped yet
         if settings.background != old.background:
             # loads and checks a new image/video first (tens of ms), then swaps atomically;
@@ -191,13 +191,6 @@ class FrameProcessor:
 
     def close(self) -> None:
         self.compositor.close()  # a video background's decoder thread and file
-
-
-def _engine_needs_rebuild(old: Settings, new: Settings) -> bool:
-    """Only the knobs that change the model itself need a new segmenter."""
-    keys = ("name", "selfie_model", "sam2_model", "checkpoint", "image_size", "device", "compile",
-            "max_cond_frames")
-    return any(getattr(old.engine, k) != getattr(new.engine, k) for k in keys)
 
 
 class Pipeline:

@@ -18,10 +18,10 @@ import torch
 from PIL import Image
 
 from live.checkpoints import ModelMissingError
-from live.config import EngineSettings, SettingsError
+from live.config import EngineSettings, SettingsError, check_engine_setting
 from live.segment import Prompt, PromptError
 from live.segment.pil_resize import resize_like_pil
-from live.segment.sam2_stream import StreamingSAM2, check_image_size, tensor_bytes
+from live.segment.sam2_stream import StreamingSAM2, tensor_bytes
 
 CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 SIZE = 128
@@ -290,8 +290,8 @@ def test_clear_errors(model, data_dir, tmp_path):
     with pytest.raises(PromptError, match="unknown object id 42"):
         stream.remove_object(42)
     with pytest.raises(SettingsError, match="multiple of 32"):
-        check_image_size(100)
-    with pytest.raises(SettingsError, match="at least 2"):
+        check_engine_setting("image_size", 100)
+    with pytest.raises(SettingsError, match="max_cond_frames must be between 2 and"):
         StreamingSAM2(model, max_cond_frames=1)
     with pytest.raises(ValueError, match="BGR uint8"):
         stream.step(np.zeros((4, 4), np.uint8))

@@ -62,20 +62,30 @@ class Segmenter(Protocol):
         """Engine-specific live figures for the status line (e.g. memory bank bytes)."""
 
 
+def gpu_device() -> str | None:
+    """``"cuda"`` or ``"mps"`` when torch sees one, else None (also when torch is missing
+    or broken: the embedded engine still works). The one GPU check of ``live``."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+    except Exception:
+        pass
+    return None
+
+
 def resolve_engine_name(settings: EngineSettings) -> str:
-    """``auto`` means SAM 2 only when it can run well: a checkpoint and a GPU."""
+    """``auto`` means SAM 2 only when it can run well: a checkpoint and a GPU (the
+    checkpoint is looked for first: without one, torch is not even imported)."""
     if settings.name != "auto":
         return settings.name
     from live.checkpoints import sam2_checkpoint_path
 
-    try:
-        import torch
-
-        has_gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
-    except Exception:  # torch missing or broken: the embedded engine still works
-        has_gpu = False
     has_ckpt = sam2_checkpoint_path(settings).is_file()
-    return "sam2" if (has_gpu and has_ckpt) else "selfie"
+    return "sam2" if (has_ckpt and gpu_device() is not None) else "selfie"
 
 
 def create_segmenter(settings: EngineSettings) -> Segmenter:

@@ -30,7 +30,6 @@ import asyncio
 import collections
 import logging
 import secrets
-import signal
 import sys
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ from live.serve.http import WEB_ROOT, HttpGate
 from live.serve.protocol import ProtocolError
 from live.serve.session import Client, Session, client_settings
 from live.serve.uploads import Uploads
+from live.signals import install_stop_signals
 
 log = logging.getLogger("live.serve")
 
@@ -346,12 +346,7 @@ def serve(settings: Settings, passthrough: bool = False) -> None:
             raise SettingsError(f"cannot listen on {where} ({exc.strerror or exc}): is another "
                                 "`live serve` running there? Pick another --port") from None
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-            except (NotImplementedError, RuntimeError, ValueError):  # Windows, or not main thread
-                pass
+        install_stop_signals(stop.set)
         print(f"live: serving on {server.url}\nlive: open that URL in a browser "
               "(Ctrl-C stops)", flush=True)
         try:
