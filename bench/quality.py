@@ -299,7 +299,7 @@ def stage_timings(data: Path, segmenter, tmp: Path, n_frames: int = 60,
         return pyramid
 
     matte = Matte(MatteSettings())
-    alphas = [matte.apply(low, f) for low, f in zip(lows, frames)]
+    alphas = [matte.apply(low, f).alpha for low, f in zip(lows, frames)]
     n = len(frames)
     image = tmp / "background.jpg"
     cv2.imwrite(str(image), cv2.resize(frames[n // 2], (1920, 1080)))
@@ -323,9 +323,8 @@ def stage_timings(data: Path, segmenter, tmp: Path, n_frames: int = 60,
                                              prepare=segmented))
             matte.reset()
             both_runs[mode].append(median_ms(
-                lambda i, p: comp.apply(frames[i], matte.apply(lows[i], frames[i], p), p,
-                                        matte.boxes), n,  # (read after matte.apply ran)
-                prepare=segmented))
+                lambda i, p: comp.apply(frames[i], (m := matte.apply(lows[i], frames[i], p)).alpha,
+                                        p, m.boxes), n, prepare=segmented))
             comp.close()
 
     def med(runs: dict[str, list[float]]) -> dict[str, float]:

@@ -132,18 +132,18 @@ async def run_pipeline(settings: Settings, max_frames: int | None = None, quiet:
                        control: bool = True) -> int:
     """``live run``: one pipeline, its status line, Ctrl-C to stop with files finalised."""
     pipeline = await build_pipeline(settings, max_frames)
-    processor, sink = pipeline.processor, pipeline.sinks[0]
+    processor = pipeline.processor
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("live.pipeline").setLevel(logging.CRITICAL)  # printed below instead
 
     install_stop_signals(pipeline.stop)
     control_server = await _start_control(settings, processor, pipeline) if control else None
-    status = asyncio.create_task(_status_line(pipeline, sink, quiet))
+    status = asyncio.create_task(_status_line(pipeline)) if not quiet else None
     try:
         await pipeline.run()
     finally:
-        status.cancel()
-        if not quiet:
+        if status is not None:
+            status.cancel()
             print(file=sys.stderr)
         if control_server is not None:
             await control_server.stop()
@@ -221,14 +221,10 @@ def format_status(m: dict[str, Any]) -> str:
             f"{m['dropped']}{age}")
 
 
-async def _status_line(pipeline: Any, sink: Any, quiet: bool) -> None:
-    """Once a second: the status line, and a stop when the preview window was closed."""
+async def _status_line(pipeline: Any) -> None:
+    """Once a second, the status line."""
     while True:
         await asyncio.sleep(1.0)
-        if getattr(sink, "closed_by_user", False):
-            pipeline.stop()
-        if quiet:
-            continue
         print("\r" + format_status(pipeline.metrics()).ljust(90), end="", file=sys.stderr,
               flush=True)
 

@@ -44,7 +44,7 @@ def test_iou_on_davis_hike_stays_above_the_measured_floor(data_dir: Path) -> Non
         pyramid = Pyramid(frame)
         low = engine.step(frame, pyramid)
         raw.append(iou(at_frame_size(low, frame), gt))
-        matted.append(iou(matte.apply(low, frame, pyramid), gt))
+        matted.append(iou(matte.apply(low, frame, pyramid).alpha, gt))
     assert engine.last_variant == "landscape"  # 854x480 is wider than 4:3
     assert np.mean(raw) >= HIKE_MEAN_FLOOR, f"mean IoU {np.mean(raw):.3f}"
     assert min(raw) >= HIKE_FRAME_FLOOR, f"worst frame IoU {min(raw):.3f}"

@@ -489,7 +489,7 @@ PREVIEW_SCRIPT = """
 import asyncio, ctypes, json, sys
 import numpy as np
 from live.io.preview import PreviewSink  # first: it loads OpenCV before PyAV
-from live.frames import Frame
+from live.frames import EndOfStream, Frame
 
 def press(keysym):
     x11, xtst = ctypes.CDLL("libX11.so.6"), ctypes.CDLL("libXtst.so.6")
@@ -509,13 +509,15 @@ async def main():
     for i in range(150):
         img = np.zeros((240, 320, 4 if i % 2 else 3), np.uint8)
         img[..., -1] = i
-        await sink.write(img, Frame(img, i, i / 30))
+        try:
+            await sink.write(img, Frame(img, i, i / 30))
+        except EndOfStream:  # closed by the key: this output has ended
+            assert sink.closed_by_user
+            break
         written += 1
         await asyncio.sleep(0.01)
         if i == 10:
             press(sys.argv[1])
-        if sink.closed_by_user:
-            break
     await sink.close()
     await sink.close()
     print(json.dumps({"written": written, "frames": sink.frames, "dropped": sink.dropped,
