@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import sys
+import tempfile
+import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
-if TYPE_CHECKING:  # live.config reads the model list from here
-    from live.config import EngineSettings
+from live.config import SAM2_SIZES, EngineSettings
 
 
 class ModelMissingError(RuntimeError):
@@ -51,14 +54,15 @@ MEDIAPIPE_WHEEL = "mediapipe==0.10.21"
 MEDIAPIPE_MEMBER_DIR = "mediapipe/modules/selfie_segmentation/"
 
 SAM2_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
-#: The one list of SAM 2.1 sizes: the settings schema, ``live fetch`` and ``live doctor`` read it.
-SAM2_MODELS = {
-    "tiny": (ModelFile("sam2.1_hiera_tiny.pt", 156_008_466, None), "configs/sam2.1/sam2.1_hiera_t.yaml"),
-    "small": (ModelFile("sam2.1_hiera_small.pt", 184_416_285, None), "configs/sam2.1/sam2.1_hiera_s.yaml"),
-    "base_plus": (ModelFile("sam2.1_hiera_base_plus.pt", 323_606_802, None),
-                  "configs/sam2.1/sam2.1_hiera_b+.yaml"),
-    "large": (ModelFile("sam2.1_hiera_large.pt", 898_083_611, None), "configs/sam2.1/sam2.1_hiera_l.yaml"),
-}
+#: The checkpoint file and model config of each SAM 2.1 size, in the order of the
+#: schema's one list of sizes (``live.config.SAM2_SIZES``).
+SAM2_MODELS = dict(zip(SAM2_SIZES, [
+    (ModelFile("sam2.1_hiera_tiny.pt", 156_008_466, None), "configs/sam2.1/sam2.1_hiera_t.yaml"),
+    (ModelFile("sam2.1_hiera_small.pt", 184_416_285, None), "configs/sam2.1/sam2.1_hiera_s.yaml"),
+    (ModelFile("sam2.1_hiera_base_plus.pt", 323_606_802, None),
+     "configs/sam2.1/sam2.1_hiera_b+.yaml"),
+    (ModelFile("sam2.1_hiera_large.pt", 898_083_611, None), "configs/sam2.1/sam2.1_hiera_l.yaml"),
+], strict=True))
 
 
 def sha256_of(path: Path) -> str:
@@ -91,10 +95,6 @@ def selfie_model_path(variant: str, fetch: bool = True) -> Path:
 
 def fetch_selfie(log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> list[Path]:
     """Take both .tflite files out of the mediapipe wheel (fetched with pip, no install)."""
-    import subprocess
-    import tempfile
-    import zipfile
-
     dest = checkpoint_dir()
     dest.mkdir(parents=True, exist_ok=True)
     wanted = {spec.name: spec for spec in SELFIE_FILES.values()}
@@ -156,8 +156,6 @@ def require_sam2_checkpoint(settings: EngineSettings) -> Path:
 
 def fetch_sam2(model: str, log: Callable[[str], None] = lambda m: print(m, file=sys.stderr)) -> Path:
     """Download one SAM 2.1 checkpoint with a progress line, verified by size."""
-    import urllib.request
-
     spec = SAM2_MODELS[model][0]
     dest = checkpoint_dir() / spec.name
     if is_valid(dest, spec):

@@ -17,9 +17,8 @@ import os
 import sys
 from typing import Any
 
-from live.checkpoints import SAM2_MODELS
-from live.config import (EngineSettings, Settings, SettingsError, add_cli_arguments,
-                         settings_from_args)
+from live.config import (SAM2_SIZES, EngineSettings, Settings, SettingsError,
+                         add_cli_arguments, settings_from_args)
 from live.signals import install_stop_signals
 
 
@@ -43,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("what", choices=["selfie", "sam2"],
                        help="selfie: the embedded models (from the mediapipe wheel on PyPI); "
                        "sam2: a SAM 2.1 checkpoint from Meta")
-    fetch.add_argument("--model", default=EngineSettings().sam2_model, choices=list(SAM2_MODELS),
+    fetch.add_argument("--model", default=EngineSettings().sam2_model, choices=SAM2_SIZES,
                        help="SAM 2.1 size (default tiny: 156 MB; large: 898 MB)")
 
     sub.add_parser("doctor", help="check cameras, virtual camera, GPU and model files")

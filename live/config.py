@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from live.checkpoints import SAM2_MODELS
-
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -46,7 +44,8 @@ def _f(default: Any, help: str, *, lo: float | None = None, hi: float | None = N
                                             "rebuild": rebuild})
 
 
-SAM2_SIZES = tuple(SAM2_MODELS)
+#: The SAM 2.1 sizes: the one list (checkpoints, ``live fetch`` and ``live doctor`` read it).
+SAM2_SIZES = ("tiny", "small", "base_plus", "large")
 HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from live.cli import to_toml
 from live.checkpoints import SAM2_MODELS
-from live.config import (EngineSettings, Settings, SettingsError, add_cli_arguments,
+from live.config import (SAM2_SIZES, EngineSettings, Settings, SettingsError, add_cli_arguments,
                          check_engine_setting, load_toml, needs_new_engine, parse_background,
                          schema, settings_from_args)
 
@@ -115,7 +115,8 @@ def test_only_settings_marked_rebuild_need_a_new_engine() -> None:
 
 
 def test_the_sam2_sizes_are_the_checkpoint_list() -> None:
-    assert schema(("engine",))["engine"]["sam2_model"]["choices"] == list(SAM2_MODELS)
+    choices = schema(("engine",))["engine"]["sam2_model"]["choices"]
+    assert choices == list(SAM2_SIZES) == list(SAM2_MODELS)
     with pytest.raises(SettingsError, match="one of"):
         Settings().merged({"engine": {"sam2_model": "huge"}})
 

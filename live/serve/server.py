@@ -19,9 +19,10 @@ created it goes away; everything it held (tracks, thread, model) goes with it.
 sessions={"run": (processor, pipeline)})`` (or a list of ``Session``), so the
 same page steers it.
 
-Security: loopback only unless ``server.allow_remote``; a random token (printed
-in the URL, as Jupyter does) guards the websocket; a browser's Origin must be
-the page's own; message sizes and rates are bounded per connection.
+Security (``http.py``, ``protocol.py``): loopback only unless
+``server.allow_remote``; a random token (printed in the URL, as Jupyter does)
+guards the websocket; a browser's Origin must be the page's own; message sizes
+and rates are bounded per connection.
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ class ControlServer:
         """Close every peer session and connection; attached sessions are left to their owner."""
         for session in list(self.sessions.values()):
             if session.kind == "webrtc":
-                await self.close_session(session)
+                await session.close()
         if self._server is not None:
             self._server.close()  # ends every control connection, hence their sessions
             await self._server.wait_closed()
@@ -130,10 +131,6 @@ class ControlServer:
             await asyncio.wait(pending, timeout=10)
         self._server = None
         self.uploads.close()
-
-    async def close_session(self, session: Session) -> None:
-        """Close a session (it releases what it owns); safe to call more than once."""
-        await session.close()
 
     def _forget(self, session: Session) -> None:
         """A peer session closed: it is no longer listed, nor its client's."""
@@ -166,7 +163,7 @@ class ControlServer:
             await asyncio.gather(pusher, return_exceptions=True)
             self.clients.discard(client)
             if client.session is not None:
-                await self.close_session(client.session)
+                await client.session.close()
 
     async def _reply(self, client: Client, raw: str | bytes) -> dict[str, Any]:
         """The reply to one message; every failure becomes an error reply, never a crash."""
@@ -300,7 +297,7 @@ class ControlServer:
 
         sdp = protocol.offer_sdp(msg)
         if client.session is not None:  # a new offer replaces this client's old session
-            await self.close_session(client.session)
+            await client.session.close()
         peers = sum(1 for s in self.sessions.values() if s.kind == "webrtc") + self._opening
         if peers >= self.max_peers:
             raise ProtocolError(f"too many video sessions ({peers}); close one first")
