@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 
 from bench import DATA, report
+from bench.data import load_davis
 from live.config import EngineSettings, MatteSettings
 from live.frames import Pyramid
 from live.matte import Matte
@@ -230,19 +231,6 @@ def find_sequences(data: Path, only: list[str] | None) -> list[Path]:
     return seqs
 
 
-def load_sequence(seq: Path, max_frames: int | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    frames_p = sorted((seq / "frames").glob("*.jpg"))[:max_frames]
-    frames, gts = [], []
-    for fp in frames_p:
-        mp = seq / "masks" / (fp.stem + ".png")
-        frame, mask = cv2.imread(str(fp)), cv2.imread(str(mp), cv2.IMREAD_GRAYSCALE)
-        if frame is None or mask is None:
-            raise SystemExit(f"cannot read {fp} or its mask {mp}")
-        frames.append(frame)
-        gts.append(mask > 127)
-    return frames, gts
-
-
 # ---------------------------------------------------------------- timing
 
 def clip_frames(data: Path, n: int = 60) -> list[np.ndarray]:
@@ -394,7 +382,8 @@ def plot_curves(out: Path, seq: str, series: dict[str, dict[str, list]]) -> None
 
 def evaluate_sequence(seq: Path, segmenter, max_frames: int | None, out: Path | None,
                       subjects: str = "all", n_examples: int = 3) -> dict:
-    frames, gts = load_sequence(seq, max_frames)
+    clip = load_davis(seq, max_frames)
+    frames, gts = clip.frames, clip.masks
     segmenter.reset()
     selector = SubjectSelector(subjects)  # the pipeline's step between segment and matte
     lows = [selector.apply(segmenter.step(f)) for f in frames]

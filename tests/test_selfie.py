@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.quality import iou, load_sequence
+from bench.data import load_davis
+from bench.quality import iou
 from live.checkpoints import SELFIE_FILES, selfie_model_path, sha256_of
 from live.config import EngineSettings
 from live.frames import Pyramid
@@ -29,7 +30,8 @@ def sequence(data_dir: Path, name: str) -> tuple[list[np.ndarray], list[np.ndarr
     folder = data_dir / f"davis-{name}"
     if not folder.is_dir():
         pytest.skip(f"{folder} is missing from the evaluation data")
-    return load_sequence(folder, None)
+    clip = load_davis(folder)
+    return clip.frames, clip.masks
 
 
 def at_frame_size(alpha: np.ndarray, frame: np.ndarray) -> np.ndarray:
