@@ -18,7 +18,7 @@ import json
 import time
 from typing import Any, Mapping
 
-from live.composite import MAX_IMAGE_PIXELS  # the compositor's limit: one rule for both
+from live.composite import MAX_IMAGE_PIXELS, check_image_size  # the compositor's rule: one for both
 from live.segment import Prompt
 
 #: A control message (anything but an upload) may not be larger than this.
@@ -229,9 +229,9 @@ def decode_image_upload(msg: Mapping[str, Any]) -> tuple[bytes, str]:
         if fmt not in IMAGE_FORMATS:
             raise ProtocolError(f"{fmt} images are not supported; upload a PNG, JPEG, WebP "
                                 "or BMP")
-        if w * h > MAX_IMAGE_PIXELS:
-            raise ProtocolError(f"image is {w}x{h} = {w * h / 1e6:.0f} megapixels; the limit "
-                                f"is {MAX_IMAGE_PIXELS / 1e6:.0f}")
+        refused = check_image_size(w, h)
+        if refused:
+            raise ProtocolError(f"image refused: {refused}")
         try:
             image.load()
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
