@@ -152,9 +152,10 @@ async def run_pipeline(settings: Settings, max_frames: int | None = None, quiet:
         logging.getLogger("live.pipeline").setLevel(logging.CRITICAL)  # printed below instead
 
     loop = asyncio.get_running_loop()
+    stopper = _Stopper(pipeline, settings.output.target, loop)
     for sig in (signal.SIGINT, signal.SIGTERM):
         try:
-            loop.add_signal_handler(sig, pipeline.stop)
+            loop.add_signal_handler(sig, stopper.stop)
         except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
             pass
     control_server = await _start_control(settings, processor, pipeline) if control else None
@@ -162,14 +163,57 @@ async def run_pipeline(settings: Settings, max_frames: int | None = None, quiet:
     try:
         await pipeline.run()
     finally:
+        stopper.done()
         status.cancel()
         if not quiet:
             print(file=sys.stderr)
         if control_server is not None:
             await control_server.stop()
-    if pipeline.errors:
-        print("live: " + "\nlive: ".join(pipeline.errors), file=sys.stderr)
-    return 1 if pipeline.frames_out == 0 and pipeline.errors else 0
+    return _outcome(pipeline)
+
+
+def _outcome(pipeline: Any) -> int:
+    """The exit status, with the reason on stderr: a source or output that failed (a full
+    disk, a broken file) is a failure, however many frames made it out before."""
+    for message in pipeline.errors:
+        print(f"live: {message}", file=sys.stderr)
+    corrupt = pipeline.metrics().get("corrupt_packets")
+    if corrupt:
+        print(f"live: {corrupt} damaged packet(s) of the source were skipped", file=sys.stderr)
+    if pipeline.failures or (pipeline.frames_out == 0 and pipeline.errors):
+        reason = (pipeline.failures or list(pipeline.errors))[0]
+        print(f"live: FAILED after {pipeline.frames_out} frames: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _Stopper:
+    """Ctrl-C / SIGTERM: stop the pipeline, and if it has not finished within
+    ``GRACE_S`` (an output blocked in a write: an unread pipe, a hung device), or on
+    a second signal, exit at once with status 1. A recording keeps every frame it
+    wrote (it is written in fragments)."""
+
+    GRACE_S = 0.8
+
+    def __init__(self, pipeline: Any, target: str, loop: asyncio.AbstractEventLoop):
+        self.pipeline, self.target, self.loop = pipeline, target, loop
+        self._timer: asyncio.TimerHandle | None = None
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._force()
+        self.pipeline.stop()
+        self._timer = self.loop.call_later(self.GRACE_S, self._force)
+
+    def done(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _force(self) -> None:
+        print(f"\nlive: stopped; the output ({self.target}) did not finish within "
+              f"{self.GRACE_S:g} s (it is blocked) and may be incomplete", file=sys.stderr,
+              flush=True)
+        os._exit(1)  # a thread blocked in write() cannot be joined: leave without it
 
 
 async def _start_control(settings: Settings, processor: Any, pipeline: Any) -> Any:
@@ -205,6 +249,9 @@ class _Limited:
 
     async def close(self) -> None:
         await self._source.close()
+
+    def stats(self) -> dict[str, Any]:
+        return self._source.stats() if hasattr(self._source, "stats") else {}
 
 
 def format_status(m: dict[str, Any]) -> str:

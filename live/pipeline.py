@@ -214,6 +214,9 @@ class Pipeline:
         self.times = StageTimes()
         self.frames_out = 0
         self.errors: deque[str] = deque(maxlen=20)
+        # What made the output incomplete (a source or sink that failed, a file not
+        # finalised): `live run` exits non-zero with these, never "success".
+        self.failures: list[str] = []
         self._mailbox: Mailbox[Frame] = Mailbox()
         self._stop = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"live-{name}")
@@ -237,7 +240,7 @@ class Pipeline:
                 try:
                     await closer()
                 except Exception as exc:  # a close must not hide the others
-                    self._error(f"closing: {exc}")
+                    self._error(f"closing: {exc}", failed=True)
             self._executor.shutdown(wait=True, cancel_futures=True)
             if self.owns_processor:
                 self.processor.close()
@@ -260,7 +263,7 @@ class Pipeline:
         except EndOfStream:
             pass
         except Exception as exc:
-            self._error(f"source: {exc}")
+            self._error(f"source: {exc}", failed=True)
         finally:
             self._mailbox.close()
 
@@ -285,7 +288,7 @@ class Pipeline:
                 try:
                     await sink.write(result.image, frame)
                 except Exception as exc:
-                    self._error(f"sink {type(sink).__name__}: {exc}")
+                    self._error(f"sink {type(sink).__name__}: {exc}", failed=True)
                     self.sinks.remove(sink)
                     await _quiet_close(sink)
             if not self.sinks:
@@ -299,9 +302,11 @@ class Pipeline:
             self._out_stamps.append(now)
             self.frames_out += 1
 
-    def _error(self, message: str) -> None:
+    def _error(self, message: str, failed: bool = False) -> None:
         log.error("%s: %s", self.name, message)
         self.errors.append(message)
+        if failed and len(self.failures) < 20:
+            self.failures.append(message)
 
     @property
     def dropped(self) -> int:
@@ -321,6 +326,7 @@ class Pipeline:
             "engine": self.processor.segmenter.stats(),
             "errors": list(self.errors),
             "running": self.running,
+            **(self.source.stats() if hasattr(self.source, "stats") else {}),
         }
 
 

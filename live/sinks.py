@@ -356,6 +356,17 @@ _PRORES_4444 = _Codec("prores_ks", "yuva444p10le", {"profile": "4444"},
 # accurate rounding with full-resolution chroma input costs ~0.5 ms more per 720p frame.
 _ACCURATE = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INP
 
+# Container options that keep a recording playable up to its last written frame when the
+# process is killed or the disk fills up (no index at the end to lose): MP4/MOV in
+# fragments, one per frame; Matroska/WebM in clusters of at most half a second. And
+# every packet handed to the OS at once (`flush_packets`), not kept in a buffer.
+_FRAGMENTED_MP4 = {"movflags": "frag_every_frame+empty_moov+default_base_moof",
+                   "flush_packets": "1"}
+_SHORT_CLUSTERS = {"cluster_time_limit": "500", "flush_packets": "1"}
+CONTAINER_OPTIONS = {".mp4": _FRAGMENTED_MP4, ".mov": _FRAGMENTED_MP4,
+                     ".webm": _SHORT_CLUSTERS, ".mkv": _SHORT_CLUSTERS}
+CONTAINER_FORMATS = {".mp4": "mp4", ".mov": "mov", ".webm": "webm", ".mkv": "matroska"}
+
 # suffix → (codec for opaque video, codec for transparent video or None)
 RECORD_FORMATS: dict[str, tuple[_Codec, _Codec | None]] = {
     ".mp4": (_H264, None),
@@ -376,9 +387,10 @@ class RecorderSink:
     frame period after the previous one. Colours are converted and tagged as
     BT.709. Encoding runs on the sink's worker thread with at most
     ``MAX_PENDING`` frames queued, so the pipeline is not held up by each
-    encode and memory stays bounded. ``close`` flushes the encoder and writes
-    the index, so the file plays after Ctrl-C (the pipeline closes sinks in a
-    ``finally``). A recording that got no frame leaves no file.
+    encode and memory stays bounded. The file is written in fragments
+    (``CONTAINER_OPTIONS``), so it plays up to the last frame written even if
+    the process is killed or the disk fills up; ``close`` flushes the encoder
+    and finishes it. A recording that got no frame leaves no file.
     """
 
     MAX_PENDING = 4
@@ -407,6 +419,7 @@ class RecorderSink:
         self.frames = 0
         self.size: tuple[int, int] | None = None
         self._container: Any = None
+        self._file: Any = None
         self._stream: Any = None
         self._first_pts: float | None = None
         self._offset = 0.0
@@ -471,9 +484,17 @@ class RecorderSink:
         self.frames += 1
 
     def _open(self, width: int, height: int) -> None:
+        # Written through a Python file, not by FFmpeg itself: FFmpeg's own write()
+        # holds the GIL, so an output that blocks (an unread pipe) froze the whole
+        # process, Ctrl-C included; Python's write releases it while it waits.
+        suffix = self.path.suffix.lower()
         try:
-            container = av.open(str(self.path), "w")
+            self._file = open(self.path, "wb")
+            container = av.open(self._file, "w", format=CONTAINER_FORMATS[suffix],
+                                options=CONTAINER_OPTIONS[suffix])
         except (OSError, av.FFmpegError) as exc:
+            if self._file is not None:
+                self._file.close()
             raise SinkError(f"cannot create {self.path}: {exc}") from exc
         try:
             rate = fractions.Fraction(self.fps).limit_denominator(1001)
@@ -487,6 +508,7 @@ class RecorderSink:
             ctx.open()  # fails here, not on the first frame, if the encoder rejects a setting
         except (av.FFmpegError, ValueError) as exc:
             container.close()
+            self._file.close()
             self.path.unlink(missing_ok=True)
             raise SinkError(f"cannot start the {self.codec.name} encoder for {self.path} "
                             f"({width}x{height}): {exc}") from exc
@@ -501,8 +523,11 @@ class RecorderSink:
             for packet in self._stream.encode(None):
                 self._container.mux(packet)
         finally:
-            self._container.close()
-            self._container = None
+            container, self._container = self._container, None
+            try:
+                container.close()
+            finally:
+                self._file.close()
 
     async def close(self) -> None:
         """Encode what is queued, flush the encoder, finalise the file; safe to call twice."""

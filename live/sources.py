@@ -12,6 +12,7 @@ never waits on a device.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from fractions import Fraction
@@ -147,7 +148,15 @@ class WebcamSource:
 # ---------------------------------------------------------------- video file
 
 class FileSource:
-    """A video file decoded with PyAV; optionally looped and paced like a camera."""
+    """A video file decoded with PyAV; optionally looped and paced like a camera.
+
+    Packets are decoded one by one, so a damaged one (a bad sector, a cut
+    download) is skipped and counted in ``corrupt`` instead of ending the file:
+    the frames after it still come (with artefacts until the next keyframe).
+    Only ``MAX_BAD_RUN`` damaged packets in a row end it.
+    """
+
+    MAX_BAD_RUN = 250
 
     def __init__(self, path: str | Path, loop: bool = False, realtime: bool = False):
         self._worker = Worker("live-src-file")
@@ -159,29 +168,53 @@ class FileSource:
         self.stream = self.container.streams.video[0]
         self.fps = float(self.stream.average_rate or 30)
         self.loop, self.live = loop, realtime
-        self._frames = self.container.decode(self.stream)
+        self._packets = self.container.demux(self.stream)
+        self._decoded: collections.deque[Any] = collections.deque()
+        self.corrupt = 0  # damaged packets skipped
+        self._bad_run = 0
         self.index = 0
         self._offset = 0.0  # pts added per completed loop so time keeps increasing
         self._last_pts = 0.0
         self._start: float | None = None
 
-    def _next(self) -> tuple[np.ndarray, float] | None:
+    def _next_frame(self) -> Any:
+        """The next decoded av.VideoFrame, None at the end; skips damaged packets."""
         import av
 
-        for _attempt in range(2):
+        while not self._decoded:
             try:
-                vf = next(self._frames)
+                packet = next(self._packets)
+            except StopIteration:
+                return None
+            except av.error.FFmpegError as exc:  # the container itself is broken here
+                raise SourceError(f"reading {self.path} failed: {exc}") from None
+            try:
+                self._decoded.extend(packet.decode())
+                self._bad_run = 0
+            except av.error.FFmpegError as exc:
+                self.corrupt += 1
+                self._bad_run += 1
+                log.warning("%s: damaged packet skipped (%s)", self.path, exc)
+                if self._bad_run > self.MAX_BAD_RUN:
+                    raise SourceError(f"decoding {self.path} failed: {self._bad_run} damaged "
+                                      f"packets in a row ({exc})") from None
+        return self._decoded.popleft()
+
+    def _next(self) -> tuple[np.ndarray, float] | None:
+        for _attempt in range(2):
+            vf = self._next_frame()
+            if vf is not None:
                 pts = float(vf.pts * vf.time_base) if vf.pts is not None else self.index / self.fps
                 return vf.to_ndarray(format="bgr24"), pts
-            except StopIteration:
-                if not self.loop:
-                    return None
-                self._offset = self._last_pts + 1.0 / self.fps
-                self.container.seek(0)
-                self._frames = self.container.decode(self.stream)
-            except av.error.FFmpegError as exc:
-                raise SourceError(f"decoding {self.path} failed: {exc}") from None
+            if not self.loop:
+                return None
+            self._offset = self._last_pts + 1.0 / self.fps
+            self.container.seek(0)
+            self._packets = self.container.demux(self.stream)
         return None
+
+    def stats(self) -> dict[str, Any]:
+        return {"corrupt_packets": self.corrupt}
 
     async def read(self) -> Frame:
         got = await self._worker.run(self._next)

@@ -115,3 +115,120 @@ def test_a_background_that_cannot_be_applied_keeps_the_previous_one(tmp_path: Pa
     assert comp.settings.mode == "color"
     assert comp.apply(frame, alpha)[0, 0].tolist() == [0, 255, 0]
     comp.close()
+
+
+# ------------------------------------------------------------------ 6. `live run` tells the truth
+
+
+def live_run(*args: str, preexec=None, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "live.cli", "run", "--engine", "selfie", "--quiet",
+           "--no-control", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          preexec_fn=preexec)
+
+
+def decodable_frames(path: Path) -> int:
+    """Frames a player gets out of ``path``: a cut-off last packet is skipped, as players do."""
+    import av
+
+    frames = 0
+    with av.open(str(path)) as container:
+        for packet in container.demux(video=0):
+            try:
+                frames += len(packet.decode())
+            except av.error.FFmpegError:
+                pass
+    return frames
+
+
+def damage(src: Path, dst: Path) -> None:
+    """Three 64 KB runs of random bytes in the middle of the file (as the finding did)."""
+    data = bytearray(src.read_bytes())
+    rng = np.random.default_rng(1)
+    for frac in (0.4, 0.5, 0.6):
+        at = int(len(data) * frac)
+        data[at:at + 65536] = rng.integers(0, 256, 65536, dtype=np.uint8).tobytes()
+    dst.write_bytes(bytes(data))
+
+
+def test_a_damaged_packet_is_skipped_not_the_end_of_the_file(clip_path: Path,
+                                                              tmp_path: Path) -> None:
+    import av
+
+    bad = tmp_path / "damaged.mp4"
+    damage(clip_path, bad)
+    with av.open(str(bad)) as container:  # what a plain decode loop gets: it stops early
+        stopped_at = 0
+        with pytest.raises(av.error.FFmpegError):
+            for _ in container.decode(video=0):
+                stopped_at += 1
+    out = tmp_path / "out.mp4"
+    done = live_run("--source", str(bad), "--output", str(out), "--background", "#00ff00")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "damaged packet(s) of the source were skipped" in done.stderr
+    assert decodable_frames(out) > stopped_at + 50  # the frames after the damage came through
+
+
+def test_a_full_disk_is_a_failure_and_leaves_a_playable_file(tmp_path: Path) -> None:
+    """RLIMIT_FSIZE stands in for a full disk (works as any user, in any CI): past the
+    limit every write fails with EFBIG (Python ignores SIGXFSZ), as on ENOSPC."""
+    import resource
+
+    out = tmp_path / "out.mp4"
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    done = live_run("--source", "synthetic", "--source-width", "640", "--source-height", "480",
+                    "--frames", "600", "--output", str(out), preexec=limit_file_size)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "FAILED after" in done.stderr
+    assert 0 < out.stat().st_size <= 100_000
+    assert decodable_frames(out) > 10  # playable up to the last fragment written
+
+
+def test_a_killed_recording_plays_up_to_its_last_frames(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    out = tmp_path / "out.webm"
+    proc = subprocess.Popen([sys.executable, "-m", "live.cli", "run", "--engine", "selfie",
+                             "--no-control", "--source", "synthetic", "--source-width", "320",
+                             "--source-height", "240", "--output", str(out)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stderr is not None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 20_000):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert decodable_frames(out) > 10
+
+
+def test_sigint_stops_a_run_whose_output_is_blocked(tmp_path: Path) -> None:
+    """An output nobody reads (a FIFO) blocks its writer forever; Ctrl-C must still end
+    the run, promptly and with a non-zero status."""
+    import os
+    import signal
+    import time
+
+    fifo = tmp_path / "out.mp4"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([sys.executable, "-m", "live.cli", "run", "--engine", "selfie",
+                             "--no-control", "--source", "synthetic", "--source-width", "320",
+                             "--source-height", "240", "--output", str(fifo)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stderr is not None
+    time.sleep(5)  # by now the model is loaded and the recorder is stuck opening the FIFO
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=20)  # generous: this is about blocking forever, not speed
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("SIGINT did not stop a run whose output blocks: "
+                    + proc.stderr.read()[-1500:].replace("\r", "\n"))
+    assert proc.returncode == 1
+    assert "did not finish" in proc.stderr.read()
