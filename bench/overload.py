@@ -29,7 +29,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from bench import DATA, load_frames, report
 from bench.webrtc import StampedClip, pct, read_stamp, start_server
-from live.client import ControlClient
+from live.serve.client import ControlClient
 
 ROOT = Path(__file__).resolve().parents[1]
 WARMUP_S = 2.0  # frames sent in the first seconds (model load, bitrate ramp) are not judged
