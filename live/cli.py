@@ -234,7 +234,7 @@ async def _start_control(settings: Settings, processor: Any, pipeline: Any) -> A
     except OSError as exc:
         print(f"live: control panel not started ({exc}); continuing without it", file=sys.stderr)
         return None
-    print(f"live: control panel at {server.url}", file=sys.stderr)
+    print(f"live: control panel at {server.operator_url}", file=sys.stderr)
     return server
 
 

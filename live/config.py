@@ -164,7 +164,14 @@ class ServerSettings:
     port: int = _f(8787, "HTTP/websocket port (0 = any free port)", lo=0, hi=65535,
                    flag="--port")
     allow_remote: bool = _f(False, "allow binding to a non-loopback address", flag="--allow-remote")
-    token: str | None = _f(None, "access token (default: a new random one each start)")
+    token: str | None = _f(None, "access token of the page: it starts and steers its own video "
+                                 "sessions (default: a new random one each start)")
+    operator_token: str | None = _f(
+        None, "the operator's token: also sees and steers every session, e.g. `live run`'s "
+        "(default: a new random one each start)")
+    media_dir: str | None = _f(
+        None, "folder whose image and video files clients may pick as backgrounds, by name; "
+        "no other server file is ever opened for a client", flag="--media-dir")
 
 
 @dataclass(frozen=True)

@@ -68,14 +68,15 @@ def resolve_engine_name(settings: EngineSettings) -> str:
         return settings.name
     from live.checkpoints import sam2_checkpoint_path
 
+    if not sam2_checkpoint_path(settings).is_file():
+        return "selfie"  # decided without importing torch (~500 MB that never goes back)
     try:
         import torch
 
         has_gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
     except Exception:  # torch missing or broken: the embedded engine still works
         has_gpu = False
-    has_ckpt = sam2_checkpoint_path(settings).is_file()
-    return "sam2" if (has_gpu and has_ckpt) else "selfie"
+    return "sam2" if has_gpu else "selfie"
 
 
 def create_segmenter(settings: EngineSettings) -> Segmenter:
@@ -86,6 +87,9 @@ def create_segmenter(settings: EngineSettings) -> Segmenter:
 
         return SelfieSegmenter(settings)
     if name == "sam2":
+        from live.checkpoints import require_sam2_checkpoint
+
+        require_sam2_checkpoint(settings)  # before torch loads: a missing model costs nothing
         from live.segment.auto_prompt import AutoPromptedSAM2
 
         return AutoPromptedSAM2(settings)

@@ -21,7 +21,7 @@ import os
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 #: Frames a second a new peer is planned for (a browser camera's usual rate).
 PLANNED_FPS = 30.0
@@ -64,11 +64,18 @@ class Admission:
         self._cpu_seconds, self._idle_seconds = cpu_seconds, idle_seconds
         self._samples: deque[Sample] = deque()
         self._lag_ms: deque[float] = deque(maxlen=30)
+        self._frames_seen: dict[str, int] = {}
+        self._frames_total = 0
 
-    def sample(self, frames: int) -> None:
-        """Record the load now; ``frames`` is the running total over every session."""
+    def sample(self, frames: Mapping[str, int]) -> None:
+        """Record the load now; ``frames``: frames processed so far, by session id (a
+        session that ended simply drops out)."""
         now = time.monotonic()
-        self._samples.append(Sample(now, self._cpu_seconds(), self._idle_seconds(), frames))
+        for sid, count in frames.items():
+            self._frames_total += max(0, count - self._frames_seen.get(sid, 0))
+        self._frames_seen = dict(frames)
+        self._samples.append(Sample(now, self._cpu_seconds(), self._idle_seconds(),
+                                    self._frames_total))
         while len(self._samples) > 2 and now - self._samples[1].at >= WINDOW_S:
             self._samples.popleft()
 

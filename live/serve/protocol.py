@@ -15,6 +15,7 @@ import base64
 import binascii
 import io
 import json
+import re
 import time
 from typing import Any, Mapping
 
@@ -27,6 +28,9 @@ MAX_CONTROL_BYTES = 1 << 20
 MAX_MESSAGE_BYTES = 16 << 20
 #: Decoded upload limit (base64 inflates by 4/3, so this fits MAX_MESSAGE_BYTES).
 MAX_UPLOAD_BYTES = 11 << 20
+#: Bytes a connection may send: 4 MiB a second on average, bursts of two full uploads.
+BYTES_PER_SECOND = 4 << 20
+BYTES_BURST = 2 * MAX_MESSAGE_BYTES
 MAX_SDP_CHARS = 64 * 1024
 MAX_PROMPT_POINTS = 64
 MAX_OBJECTS = 64
@@ -34,6 +38,10 @@ MAX_OBJECTS = 64
 #: The settings sections a client may change; source/output/server are the
 #: operator's (a web page must never rebind the server or read its token).
 CLIENT_SECTIONS = ("engine", "matte", "background")
+
+#: Fields of those sections that name server files: never a client's to choose.
+#: (Background files are named by upload id or --media-dir name, see live/serve/media.py.)
+OPERATOR_FIELDS = {"engine": ("checkpoint",)}
 
 MESSAGE_TYPES = ("hello", "settings.get", "settings.set", "prompt", "reset",
                  "background.upload", "offer", "stats", "sessions.list")
@@ -54,6 +62,29 @@ class ProtocolError(ValueError):
 
 
 # --------------------------------------------------------------------------- framing
+
+# A frame over MAX_CONTROL_BYTES may only be an upload, and that is told from its first
+# bytes: parsing 15 MiB of nested lists held the event loop (and the GIL: a thread does
+# not help) for seconds, stalling every session. The page writes "type" first.
+_UPLOAD_HEAD = re.compile(r'\s*\{\s*"type"\s*:\s*"background\.upload"\s*,')
+# {"type": ..., "id": ...} as the page writes it: the id of a refusal told from the head
+_HEAD_ID = re.compile(r'\s*\{\s*"type"\s*:\s*"[^"\\]{0,40}"\s*,\s*"id"\s*:\s*'
+                      r'(-?\d{1,15}|"[^"\\]{0,64}")\s*[,}]')
+_MAX_UPLOAD_NESTING = 8  # '{' and '[' in a whole upload: one object of flat fields
+
+
+def screen_large(raw: str | bytes) -> None:
+    """Refuse a frame over MAX_CONTROL_BYTES unless it is a flat ``background.upload``,
+    without parsing it (a prefix match and a character count: milliseconds for 16 MiB)."""
+    if isinstance(raw, bytes) or not _UPLOAD_HEAD.match(raw[:200]):
+        head = _HEAD_ID.match(raw[:200]) if isinstance(raw, str) else None
+        raise ProtocolError(f"message of {len(raw)} bytes is over the {MAX_CONTROL_BYTES}-byte "
+                            'limit for control messages (only a background.upload, "type" '
+                            "written first, may be larger)",
+                            json.loads(head.group(1)) if head else None)
+    if raw.count("{") + raw.count("[") > _MAX_UPLOAD_NESTING:
+        raise ProtocolError("background.upload: an upload is one flat object "
+                            '({"type", "id", "data", ...}), no nested lists or objects')
 
 
 def parse_message(raw: str | bytes) -> tuple[Any, dict[str, Any]]:
@@ -140,6 +171,11 @@ def settings_patch(msg: Mapping[str, Any]) -> dict[str, Any]:
                                     "cannot be changed from the control panel")
             raise ProtocolError(f"unknown settings section {str(section)[:40]!r}; expected one "
                                 f"of {list(CLIENT_SECTIONS)}")
+        values = patch[section]
+        for name in OPERATOR_FIELDS.get(section, ()):
+            if isinstance(values, dict) and name in values:
+                raise ProtocolError(f"{section}.{name} is the operator's (a path on the server): "
+                                    "set it on the command line or in the config file")
     return patch
 
 
@@ -244,7 +280,8 @@ def decode_image_upload(msg: Mapping[str, Any]) -> tuple[bytes, str]:
 
 
 class RateLimiter:
-    """Token bucket: ``rate`` messages a second on average, bursts up to ``burst``."""
+    """Token bucket: ``rate`` messages (or bytes) a second on average, bursts up to
+    ``burst``."""
 
     def __init__(self, rate: float = 50.0, burst: float = 100.0):
         self.rate = rate
@@ -252,11 +289,12 @@ class RateLimiter:
         self._tokens = burst
         self._last = time.monotonic()
 
-    def allow(self) -> bool:
+    def allow(self, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens (1 per message, or the bytes of one) if there are enough."""
         now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= cost:
+            self._tokens -= cost
             return True
         return False

@@ -40,16 +40,29 @@ from websockets.asyncio.server import Server, ServerConnection, serve as ws_serv
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from live.checkpoints import ModelMissingError
+from live.composite import BackgroundError
 from live.config import LOOPBACK_HOSTS, Settings, SettingsError
 from live.config import schema as config_schema
 from live.pipeline import FrameProcessor, Pipeline
+from live.segment import PromptError
 from live.serve import protocol
+from live.serve.admission import Admission
 from live.serve.http import WEB_ROOT, HttpGate
+from live.serve.media import MediaFiles
 from live.serve.protocol import ProtocolError
 from live.serve.session import Client, Session, client_settings
 from live.serve.uploads import Uploads
 
 log = logging.getLogger("live.serve")
+
+# Refusals whose text is written for the client. Anything else is a bug or an
+# internal failure: the client gets a reference to the log, never its text
+# (an IndexError, torch's unpickling error or a KeyError said too much).
+CLIENT_ERRORS = (ProtocolError, SettingsError, BackgroundError, PromptError, ModelMissingError)
+NOT_STEERABLE = ("no session {sid!r} that this connection may steer: a session is steered by "
+                 "the page that started it, any other (e.g. `live run`'s) with the operator's "
+                 "token")
 
 
 class ControlServer:
@@ -67,7 +80,9 @@ class ControlServer:
                  max_peers: int = 8, max_clients: int = 32):
         self.settings = settings
         self.token = settings.server.token or secrets.token_urlsafe(24)
-        self.gate = HttpGate(self.token, web_root, settings.server.allow_remote)
+        self.operator_token = settings.server.operator_token or secrets.token_urlsafe(24)
+        self.gate = HttpGate(self.token, web_root, settings.server.allow_remote,
+                             operator_token=self.operator_token)
         self.passthrough = passthrough
         self.rate, self.burst = rate, burst
         self.stats_interval = stats_interval
@@ -81,6 +96,9 @@ class ControlServer:
         self.port: int | None = None
         self._server: Server | None = None
         self.uploads = Uploads()
+        self.media = MediaFiles(self.uploads, settings.server.media_dir)
+        self.admission = Admission(max_peers)
+        self._watchers: list[asyncio.Task[None]] = []
         self._peer_tasks: set[asyncio.Task[None]] = set()
         if isinstance(sessions, Mapping):  # {"run": (processor, pipeline)} from `live run`
             sessions = [Session(proc, pipe, kind=name, session_id=name)
@@ -103,6 +121,8 @@ class ControlServer:
             process_request=self._process_request, max_size=protocol.MAX_MESSAGE_BYTES,
             max_queue=4, compression=None, ping_interval=20, ping_timeout=20)
         self.port = self._server.sockets[0].getsockname()[1]
+        self._watchers = [asyncio.create_task(self.admission.watch_loop()),
+                          asyncio.create_task(self._sample_load())]
         if server.host not in LOOPBACK_HOSTS:  # only possible with allow_remote (config checks)
             print(f"live: WARNING: listening on {server.host}:{self.port}, reachable from the "
                   "network; anyone with the token can see and steer the video sessions",
@@ -110,18 +130,37 @@ class ControlServer:
 
     @property
     def url(self) -> str:
+        """The page's link: it starts and steers its own video sessions."""
+        return self._url(self.token)
+
+    @property
+    def operator_url(self) -> str:
+        """The operator's link: also sees and steers every other session (`live run`'s)."""
+        return self._url(self.operator_token)
+
+    def _url(self, token: str) -> str:
         host = self.settings.server.host
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}/?token={self.token}"
+        return f"http://{host}:{self.port}/?token={token}"
+
+    async def _sample_load(self, interval: float = 0.5) -> None:
+        """Feed admission the frames processed so far, per session, twice a second."""
+        while True:
+            self.admission.sample({s.id: s.pipeline.frames_out for s in self.sessions.values()
+                                   if s.pipeline is not None})
+            await asyncio.sleep(interval)
 
     async def stop(self) -> None:
         """Close every peer session and connection; attached sessions are left to their owner."""
         for session in list(self.sessions.values()):
             if session.kind == "webrtc":
                 await self.close_session(session)
+        for task in self._watchers:
+            task.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
         if self._server is not None:
             self._server.close()  # ends every control connection, hence their sessions
             await self._server.wait_closed()
@@ -152,7 +191,9 @@ class ControlServer:
     # ------------------------------------------------------------------ websocket
 
     async def _handle_connection(self, ws: ServerConnection) -> None:
-        client = Client(ws, self.settings, self.rate, self.burst)
+        query = ws.request.path.partition("?")[2] if ws.request is not None else ""
+        client = Client(ws, self.settings, self.rate, self.burst,
+                        operator=self.gate.is_operator(query))
         self.clients.add(client)
         pusher = asyncio.create_task(self._push_stats(client))
         try:
@@ -173,25 +214,35 @@ class ControlServer:
         if not client.limiter.allow():
             return protocol.error(None, f"too many messages (limit {self.rate:g} per second); "
                                        "this one was dropped")
+        if not client.bytes.allow(len(raw)):
+            return protocol.error(None, f"too much data (limit {protocol.BYTES_PER_SECOND >> 20} "
+                                        "MiB a second per connection); this message was dropped")
         msg_id = None
         try:
-            msg_id, msg = protocol.parse_message(raw)
+            if len(raw) > protocol.MAX_CONTROL_BYTES:  # only an upload; parsed off the loop
+                protocol.screen_large(raw)
+                msg_id, msg = await asyncio.to_thread(protocol.parse_message, raw)
+            else:
+                msg_id, msg = protocol.parse_message(raw)
             self.received[msg["type"]] += 1
             handler = getattr(self, "_on_" + msg["type"].replace(".", "_"))
             return protocol.ok(msg_id, **await handler(client, msg))
         except ProtocolError as exc:
             return protocol.error(exc.msg_id if msg_id is None else msg_id, str(exc))
-        except (ValueError, RuntimeError, OSError) as exc:  # SettingsError, PromptError, ...
+        except CLIENT_ERRORS as exc:
             log.info("request refused: %s", exc)
             return protocol.error(msg_id, str(exc) or type(exc).__name__)
-        except Exception as exc:  # a bug: report it, keep serving
-            log.exception("request failed")
-            return protocol.error(msg_id, f"internal error ({type(exc).__name__}): {exc}")
+        except Exception:  # a bug or an internal failure: its text stays in the log
+            ref = secrets.token_hex(4)
+            log.exception("request failed (reference %s)", ref)
+            return protocol.error(msg_id, f"internal error (reference {ref} in the server's "
+                                          "log)")
 
     async def _push_stats(self, client: Client) -> None:
         while True:
             await asyncio.sleep(self.stats_interval)
-            stats = [dict(st, own=s.owner is client) for s, st in self._running_stats()]
+            stats = [dict(st, own=s.owner is client) for s, st in self._running_stats()
+                     if client.may_steer(s)]
             try:
                 await client.ws.send(protocol.dumps({"type": "stats", "sessions": stats}))
             except ConnectionClosed:
@@ -212,8 +263,8 @@ class ControlServer:
         sid = protocol.optional_session(msg)
         if sid is not None:
             session = self.sessions.get(sid)
-            if session is None:
-                raise ProtocolError(f"no session {sid!r}; sessions.list names the running ones")
+            if session is None or not client.may_steer(session):  # one text: no probing
+                raise ProtocolError(NOT_STEERABLE.format(sid=sid))
             return session
         if client.session is None and required:
             raise ProtocolError(f"{msg['type']}: no video session yet; start the camera "
@@ -227,9 +278,11 @@ class ControlServer:
 
         return {"server": "live", "version": __version__,
                 "session": client.session.id if client.session else None,
-                "settings": client_settings(self._settings_of(client, client.session)),
+                "settings": self._view(self._settings_of(client, client.session)),
                 "schema": config_schema(protocol.CLIENT_SECTIONS),
-                "sessions": [s.describe(client) for s in self.sessions.values()],
+                "sessions": self._visible(client),
+                "operator": client.operator,
+                "media": self.media.names(),
                 "passthrough": self.passthrough,
                 "limits": {"control_bytes": protocol.MAX_CONTROL_BYTES,
                            "upload_bytes": protocol.MAX_UPLOAD_BYTES,
@@ -240,14 +293,35 @@ class ControlServer:
     def _settings_of(self, client: Client, session: Session | None) -> Settings:
         return session.processor.settings if session is not None else client.settings
 
+    def _view(self, settings: Settings) -> dict[str, Any]:
+        """What a client sees of settings: its sections, with names instead of paths."""
+        return self.media.client_view(client_settings(settings))
+
+    def _visible(self, client: Client) -> list[dict[str, Any]]:
+        """The sessions a client is shown: its own; every one for the operator."""
+        return [dict(s.describe(client), settings=self._view(s.processor.settings))
+                for s in self.sessions.values() if client.may_steer(s)]
+
     async def _on_settings_get(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
         session = self._target(client, msg, required=False)
         return {"session": session.id if session else None,
-                "settings": client_settings(self._settings_of(client, session))}
+                "settings": self._view(self._settings_of(client, session))}
 
     async def _on_settings_set(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
         session = self._target(client, msg, required=False)
-        return await self._apply(client, session, protocol.settings_patch(msg))
+        patch = protocol.settings_patch(msg)
+        if isinstance(patch.get("background"), dict):  # names → paths, or NOT_AVAILABLE
+            patch = dict(patch, background=self.media.resolve(patch["background"]))
+        try:
+            return await self._apply(client, session, patch)
+        except BackgroundError:
+            bg = msg["settings"].get("background")
+            if not isinstance(bg, dict) or (bg.get("image") is None and bg.get("video") is None):
+                raise  # about the session's own file (the operator's): its text is fine
+            # the file the client named cannot be used: the same one text as a file that
+            # is not there, so nothing is learnt about the server's files
+            kind = "video" if bg.get("video") is not None else "image"
+            raise ProtocolError(self.media.unavailable(kind, bg.get(kind))) from None
 
     async def _apply(self, client: Client, session: Session | None,
                      patch: dict[str, Any]) -> dict[str, Any]:
@@ -259,13 +333,13 @@ class ControlServer:
         """
         if session is None:
             client.settings = client.settings.merged(patch)
-            return {"session": None, "settings": client_settings(client.settings)}
+            return {"session": None, "settings": self._view(client.settings)}
         async with session.lock:
             new = session.processor.settings.merged(patch)
             await asyncio.to_thread(session.processor.update_settings, new)
         if session.owner is client:
             client.settings = new
-        return {"session": session.id, "settings": client_settings(new)}
+        return {"session": session.id, "settings": self._view(new)}
 
     async def _on_prompt(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
         prompt = protocol.prompt_from(msg)
@@ -287,9 +361,13 @@ class ControlServer:
         try:
             reply = await self._apply(client, session,
                                       {"background": {"mode": "image", "image": str(path)}})
+        except BackgroundError as exc:  # e.g. too elongated: the reason, named by its id
+            path.unlink(missing_ok=True)
+            raise ProtocolError(str(exc).replace(str(path), "the uploaded image")) from None
         except BaseException:
             path.unlink(missing_ok=True)
             raise
+        reply["upload"] = path.name  # the id to pick this image again (settings.set)
         in_use = {s.processor.settings.background.image for s in self.sessions.values()}
         in_use |= {c.settings.background.image for c in self.clients}
         self.uploads.adopt(path, in_use)
@@ -301,9 +379,12 @@ class ControlServer:
         sdp = protocol.offer_sdp(msg)
         if client.session is not None:  # a new offer replaces this client's old session
             await self.close_session(client.session)
-        peers = sum(1 for s in self.sessions.values() if s.kind == "webrtc") + self._opening
-        if peers >= self.max_peers:
-            raise ProtocolError(f"too many video sessions ({peers}); close one first")
+        peers = [s for s in self.sessions.values() if s.kind == "webrtc"]
+        overloaded = any(s.pipeline is not None and s.pipeline.metrics().get("overloaded")
+                         for s in peers)
+        refusal = self.admission.refusal(len(peers), self._opening, overloaded)
+        if refusal is not None:
+            raise ProtocolError(refusal)
         self._opening += 1  # answering takes a while (a model loads): others wait their turn
         try:
             session, answer = await open_peer_session(client.settings, sdp,
@@ -324,7 +405,7 @@ class ControlServer:
         return {"stats": dict(session.stats(), own=session.owner is client)}
 
     async def _on_sessions_list(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
-        return {"sessions": [s.describe(client) for s in self.sessions.values()]}
+        return {"sessions": self._visible(client)}
 
 
 # ---------------------------------------------------------------------- entry point
