@@ -7,6 +7,7 @@ real recordings and real signals. Memory is measured in a child process
 
 from __future__ import annotations
 
+import asyncio
 import json
 import struct
 import subprocess
@@ -232,3 +233,195 @@ def test_sigint_stops_a_run_whose_output_is_blocked(tmp_path: Path) -> None:
                     + proc.stderr.read()[-1500:].replace("\r", "\n"))
     assert proc.returncode == 1
     assert "did not finish" in proc.stderr.read()
+
+
+# ------------------------------------------------------------------ 2. bytes, not messages
+
+ATTACKER = """
+import json, sys
+from websockets.sync.client import connect
+url, count = sys.argv[1], int(sys.argv[2])
+nested = '{"type": "hello", "id": 7, "pad": [' + '[1,2,3],' * 1_970_000 + '[1]]}'  # ~15 MiB
+replies = []
+with connect(url, max_size=None, open_timeout=20, compression=None) as ws:
+    for _ in range(count):
+        ws.send(nested)
+        while True:
+            reply = json.loads(ws.recv(timeout=60))
+            if reply.get("type") != "stats":
+                break
+        replies.append(reply)
+print(json.dumps({"size": len(nested), "replies": replies}))
+"""
+
+
+async def frame_gaps(track, until) -> list[float]:
+    """Seconds between consecutive frames of ``track`` until ``until()`` is true."""
+    import time
+
+    gaps, last = [], time.monotonic()
+    while not until():
+        await asyncio.wait_for(track.recv(), 20)
+        now = time.monotonic()
+        gaps.append(now - last)
+        last = now
+    return gaps
+
+
+def test_huge_messages_do_not_stall_another_session(clip_path: Path) -> None:
+    """Three 15 MiB messages of nested lists (2.8–6.2 s of event loop each, before)
+    while a WebRTC session streams on the same server: its frames keep coming.
+
+    Measured against a quiet window of the same length in the same run: this is
+    about blocking (seconds), not speed; the margin is generous for a loaded machine.
+    """
+    import time
+
+    from server_helpers import ClipTrack, load_clip, recv_frames, running_server
+    from live.serve.client import ControlClient
+
+    frames = load_clip(clip_path, 30)
+
+    async def scenario() -> tuple[list[float], list[float], dict]:
+        async with running_server() as server:
+            async with ControlClient(server.url) as peer:
+                track = await peer.start_video(ClipTrack(frames))
+                await recv_frames(track, 15)  # warmed up
+                start = time.monotonic()
+                quiet = await frame_gaps(track, lambda: time.monotonic() - start > 4)
+                ws_url = f"ws://127.0.0.1:{server.port}/ws?token={server.token}"
+                attacker = await asyncio.create_subprocess_exec(
+                    sys.executable, "-c", ATTACKER, ws_url, "3", cwd=ROOT,
+                    stdout=asyncio.subprocess.PIPE)
+                reader = asyncio.ensure_future(attacker.communicate())
+                loud = await frame_gaps(track, reader.done)
+                out, _ = await reader
+        return quiet, loud, json.loads(out.decode().strip().splitlines()[-1])
+
+    quiet, loud, attack = asyncio.run(scenario())
+    assert attack["size"] > 15 << 20
+    first, *rest = attack["replies"]  # refused from its head; then the byte budget is spent
+    assert first["type"] == "error" and first["id"] == 7 and "1048576-byte limit" in first["error"]
+    assert all(r["type"] == "error" and ("byte limit" in r["error"] or "too much data"
+                                         in r["error"]) for r in rest), rest
+    assert len(loud) > 5, "the attack ended before frames could be timed"
+    assert max(loud) <= max(quiet) + 0.1, (max(loud), max(quiet))
+
+
+def test_a_large_upload_is_still_taken(tmp_path: Path) -> None:
+    """Over the control limit but a flat background.upload: parsed (off the loop) and used."""
+    import base64
+
+    import cv2
+
+    from server_helpers import running_server
+    from live.serve.client import ControlClient
+
+    noise = np.random.default_rng(0).integers(0, 256, (700, 900, 3), dtype=np.uint8)
+    data = base64.b64encode(cv2.imencode(".png", noise)[1].tobytes()).decode()
+    assert len(data) > 1 << 20
+
+    async def scenario() -> dict:
+        async with running_server() as server:
+            async with ControlClient(server.url) as client:
+                return await client.request("background.upload", data=data)
+
+    reply = asyncio.run(scenario())
+    assert reply["type"] == "ok", reply
+    assert reply["settings"]["background"]["image"] == reply["upload"]
+
+
+# ------------------------------------------------------------------ 3. paths belong to the operator
+
+
+def test_a_client_names_no_server_file_and_learns_nothing_about_them(tmp_path: Path) -> None:
+    """Outside the media folder, missing, a symlink out, not a video, a folder: one
+    reply, whichever it is. A video of the media folder, named by its name, plays."""
+    import os
+
+    import av
+
+    from server_helpers import running_server, test_settings
+    from live.serve.client import ControlClient
+
+    media = tmp_path / "media"
+    media.mkdir()
+    with av.open(str(media / "loop.mp4"), "w") as out:
+        stream = out.add_stream("mpeg4", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i in range(3):
+            img = np.full((48, 64, 3), 60 * i, np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="bgr24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    (media / "broken.mp4").write_bytes(b"\0" * 500)
+    (media / "folder.mp4").mkdir()
+    os.symlink("/etc/hostname", media / "escape.mp4")
+    secret = tmp_path / "secret.mp4"
+    secret.write_bytes((media / "loop.mp4").read_bytes())  # a real video, outside the folder
+    names = [str(secret), "../secret.mp4", "/etc/hostname", "/nonexistent.mp4", "missing.mp4",
+             "broken.mp4", "folder.mp4", "escape.mp4", "", "x" * 5000]
+
+    async def scenario() -> tuple[list[dict], list[dict], dict, dict]:
+        settings = test_settings(server={"media_dir": str(media)})
+        async with running_server(settings) as server:
+            async with ControlClient(server.url) as client:
+                hello = await client.request("hello")
+                videos = [await client.request("settings.set", settings={
+                    "background": {"mode": "video", "video": n}}) for n in names]
+                images = [await client.request("settings.set", settings={
+                    "background": {"mode": "image", "image": n}}) for n in names]
+                good = await client.request("settings.set", settings={
+                    "background": {"mode": "video", "video": "loop.mp4"}})
+        return videos, images, hello, good
+
+    videos, images, hello, good = asyncio.run(scenario())
+    # every refusal carries the same text once the name it quotes is taken out
+    for replies in (videos, images):
+        assert all(r["type"] == "error" for r in replies), replies
+        texts = {r["error"].replace(repr(n) if len(n) <= 80 else "'…'", "<name>")
+                 for r, n in zip(replies, names)}
+        assert len(texts) == 1, texts
+        assert "not available" in texts.pop()
+    assert hello["media"] == ["broken.mp4", "loop.mp4"]  # not the folder, nor the way out
+    assert good["type"] == "ok" and good["settings"]["background"]["video"] == "loop.mp4"
+
+
+def test_a_sam2_request_without_a_checkpoint_loads_nothing(tmp_path: Path) -> None:
+    """Asking for SAM 2 (or auto) with no checkpoint is refused before torch is imported:
+    it used to cost ~480 MB per request, for good."""
+    script = f"""
+import asyncio, json, os, sys
+os.environ["LIVE_CHECKPOINT_DIR"] = {str(tmp_path)!r}
+sys.path.insert(0, "tests")
+from server_helpers import running_server, test_settings
+from live.serve.client import ControlClient
+
+async def main():
+    async with running_server() as server:
+        async with ControlClient(server.url) as client:
+            return [await client.request("settings.set", settings={{"engine": {{"name": n}}}})
+                    for n in ("sam2", "auto", "sam2")]
+
+replies = asyncio.run(main())
+print(json.dumps({{"replies": replies, "torch": "torch" in sys.modules,
+                   "sam2": "sam2" in sys.modules}}))
+"""
+    env = dict(__import__("os").environ, LIVE_CHECKPOINT_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    sam2, auto, again = out["replies"]
+    assert sam2["type"] == "error" and "live fetch sam2" in sam2["error"], sam2
+    assert auto["type"] == "ok"  # auto without a checkpoint is the embedded engine
+    assert again["type"] == "error"
+    assert out["torch"] is False and out["sam2"] is False
+
+
+def test_a_client_may_not_name_a_checkpoint(tmp_path: Path) -> None:
+    from live.serve import protocol
+
+    with pytest.raises(protocol.ProtocolError, match="operator"):
+        protocol.settings_patch({"settings": {"engine": {"checkpoint": "/etc/passwd"}}})

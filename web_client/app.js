@@ -373,8 +373,8 @@ function throttled(fn, ms = 100) {
   };
 }
 
-const VIDEO_PATH_NEEDED = "enter the path of a video file on the machine running live " +
-  "(the server reads it, not this browser), then press Use";
+const VIDEO_PATH_NEEDED = "enter the name of a video in the server's media folder " +
+  "(live serve --media-dir), then press Use";
 
 function wireSettings() {
   for (const el of settingControls()) {
@@ -539,6 +539,8 @@ function showStats(sessions) {
   if (s.mask_age_ms != null) parts.push(`mask age ${s.mask_age_ms} ms`);
   const bank = s.engine && s.engine.memory_bank_bytes;
   if (bank != null) parts.push(`memory bank ${(bank / 1048576).toFixed(1)} MiB`);
+  // The server drops frames that reached it too late, so the delay stays short: say why.
+  if (s.overloaded) parts.push("server overloaded: late frames skipped");
   $("stats").textContent = parts.join(" · ");
 }
 

@@ -22,6 +22,10 @@ from live.serve.session import Session
 
 log = logging.getLogger("live.serve.peer")
 
+#: An answered offer whose connection is not up by then is released (it held a
+#: video slot for a minute before: aiortc gives up on ICE only after ~60 s).
+CONNECT_TIMEOUT_S = 10.0
+
 
 async def open_peer_session(settings: Settings, offer_sdp: str, *, passthrough: bool = False,
                             on_close: Callable[[Session], None] | None = None
@@ -74,8 +78,23 @@ async def open_peer_session(settings: Settings, offer_sdp: str, *, passthrough: 
         await session.close()  # the one teardown path
         raise
     _drain_unsent_audio(session, pc)
+    session.own(asyncio.create_task(_release_unless_connected(session, pc)))
     session.start()
     return session, pc.localDescription.sdp
+
+
+async def _release_unless_connected(session: Session, pc: RTCPeerConnection) -> None:
+    await asyncio.sleep(CONNECT_TIMEOUT_S)
+    if pc.connectionState != "connected":
+        log.info("session %s: not connected after %g s; released", session.id,
+                 CONNECT_TIMEOUT_S)
+        # closed from a task of its own: close() cancels this one, its helper
+        closer = asyncio.get_running_loop().create_task(session.close())
+        _closing.add(closer)  # the loop keeps only a weak reference to a task
+        closer.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Task[None]] = set()
 
 
 def _drain_unsent_audio(session: Session, pc: RTCPeerConnection) -> None:

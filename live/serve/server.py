@@ -40,12 +40,12 @@ from websockets.asyncio.server import Server, ServerConnection, serve as ws_serv
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from live.checkpoints import ModelMissingError
-from live.composite import BackgroundError
+from live.checkpoints import ModelMissingError, require_sam2_checkpoint
+from live.composite import BackgroundError, Compositor
 from live.config import LOOPBACK_HOSTS, Settings, SettingsError
 from live.config import schema as config_schema
 from live.pipeline import FrameProcessor, Pipeline
-from live.segment import PromptError
+from live.segment import PromptError, resolve_engine_name
 from live.serve import protocol
 from live.serve.admission import Admission
 from live.serve.http import WEB_ROOT, HttpGate
@@ -77,7 +77,7 @@ class ControlServer:
                  *,
                  web_root: Path = WEB_ROOT, passthrough: bool = False,
                  rate: float = 50.0, burst: float = 100.0, stats_interval: float = 1.0,
-                 max_peers: int = 8, max_clients: int = 32):
+                 max_peers: int = 8, max_clients: int = 32, admission: Admission | None = None):
         self.settings = settings
         self.token = settings.server.token or secrets.token_urlsafe(24)
         self.operator_token = settings.server.operator_token or secrets.token_urlsafe(24)
@@ -97,7 +97,7 @@ class ControlServer:
         self._server: Server | None = None
         self.uploads = Uploads()
         self.media = MediaFiles(self.uploads, settings.server.media_dir)
-        self.admission = Admission(max_peers)
+        self.admission = admission or Admission(max_peers)  # max_peers: the cap on top
         self._watchers: list[asyncio.Task[None]] = []
         self._peer_tasks: set[asyncio.Task[None]] = set()
         if isinstance(sessions, Mapping):  # {"run": (processor, pipeline)} from `live run`
@@ -332,7 +332,13 @@ class ControlServer:
         the session exactly as it was.
         """
         if session is None:
-            client.settings = client.settings.merged(patch)
+            new = client.settings.merged(patch)
+            if "engine" in patch and resolve_engine_name(new.engine) == "sam2":
+                require_sam2_checkpoint(new.engine)  # refused now, and nothing loaded
+            if "background" in patch and new.background.mode in ("image", "video"):
+                # checked now (decoded once, off the loop), not when a session starts
+                await asyncio.to_thread(lambda: Compositor(new.background).close())
+            client.settings = new
             return {"session": None, "settings": self._view(client.settings)}
         async with session.lock:
             new = session.processor.settings.merged(patch)
