@@ -20,6 +20,7 @@ import pytest
 
 from live.composite import BackgroundError, Compositor
 from live.config import BackgroundSettings
+from live.io.webrtc import TrackSource
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,6 +65,7 @@ def test_an_extreme_aspect_image_is_refused_before_it_costs_memory(tmp_path: Pat
 import numpy as np
 from live.composite import BackgroundError, Compositor
 from live.config import BackgroundSettings
+from live.io.webrtc import TrackSource
 frame = np.zeros((480, 640, 3), np.uint8); alpha = np.zeros((480, 640), np.float32)
 comp = Compositor(BackgroundSettings(mode="color", color="#0000ff"))
 comp.apply(frame, alpha)
@@ -425,3 +427,180 @@ def test_a_client_may_not_name_a_checkpoint(tmp_path: Path) -> None:
 
     with pytest.raises(protocol.ProtocolError, match="operator"):
         protocol.settings_patch({"settings": {"engine": {"checkpoint": "/etc/passwd"}}})
+
+
+# ------------------------------------------------------------------ 4. admission and staleness
+
+
+class Clocks:
+    """The two load readings admission takes (this process's CPU, the machine's idle
+    CPU), advanced by the test: the decision rule on known numbers."""
+
+    def __init__(self) -> None:
+        self.cpu = 0.0
+        self.idle = 0.0
+
+    def advance(self, seconds: float, busy_cores: float, idle_cores: float) -> None:
+        import time
+
+        time.sleep(seconds)
+        self.cpu += busy_cores * seconds
+        self.idle += idle_cores * seconds
+
+
+def test_admission_follows_the_measured_cost_of_a_frame() -> None:
+    from live.serve.admission import Admission
+
+    clocks = Clocks()
+    admission = Admission(8, cores=4, cpu_seconds=lambda: clocks.cpu,
+                          idle_seconds=lambda: clocks.idle)
+    assert admission.refusal(0, 0, False) is None  # the first one always
+    frames = {"a": 0}
+    admission.sample(frames)
+    for _ in range(3):  # one session: 30 frames a second at 20 ms of CPU each
+        clocks.advance(0.2, busy_cores=0.6, idle_cores=3.4)
+        frames["a"] += 6
+        admission.sample(frames)
+    assert admission.frame_cost() == pytest.approx(0.02, rel=0.01)
+    assert admission.refusal(1, 0, False) is None  # 0.6 more cores fit in 3.4 idle
+    for _ in range(3):  # now something else takes the machine: 0.4 cores idle
+        clocks.advance(0.2, busy_cores=0.6, idle_cores=0.4)
+        frames["a"] += 6
+        admission.sample({"a": frames["a"]})
+    for _ in range(12):
+        clocks.advance(0.25, busy_cores=0.6, idle_cores=0.4)
+        frames["a"] += 7
+        admission.sample(frames)
+    refusal = admission.refusal(1, 0, False)
+    assert refusal and "at capacity" in refusal and "CPU cores" in refusal
+    assert "fall behind" in admission.refusal(1, 0, True)
+    assert "at most" not in refusal and "8" in Admission(8).refusal(8, 0, False)
+
+
+def test_late_frames_are_dropped_at_the_source_and_reported() -> None:
+    """A track whose frames reach us later and later (a backlog in the socket buffer):
+    the source skips the stale ones, so what it hands on stays fresh."""
+    import fractions
+    import time
+
+    import av
+    from aiortc.mediastreams import MediaStreamTrack
+
+    class Backlogged(MediaStreamTrack):
+        kind = "video"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+            self.t0 = time.monotonic()
+
+        async def recv(self) -> av.VideoFrame:
+            # captured at 30 fps; the first on time, then a 1 s stall, then the backlog
+            # delivered at 60 fps: the frames after the stall are old when they arrive
+            self.n += 1
+            await asyncio.sleep(1.0 if self.n == 2 else 1 / 60)
+            frame = av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="bgr24")
+            frame.pts, frame.time_base = int(self.n * 3000), fractions.Fraction(1, 90_000)
+            return frame
+
+    async def scenario() -> tuple[list[float], dict]:
+        source = TrackSource(Backlogged())
+        ages = []
+        start = time.monotonic()
+        for _ in range(20):
+            frame = await source.read()
+            ages.append(time.monotonic() - start - (frame.pts - 1 / 30))
+        return ages, source.stats()
+
+    ages, stats = asyncio.run(scenario())
+    assert stats["stale_dropped"] > 10 and stats["overloaded"] is True
+    assert max(ages) <= TrackSource.MAX_AGE_S + 0.1, ages
+
+
+def test_an_offer_that_never_connects_is_released() -> None:
+    """The answer is never applied: no ICE, no media. The slot comes back within
+    seconds (it took 63–66 s before)."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, VideoStreamTrack
+
+    from server_helpers import running_server, wait_until
+    from live.serve import peer
+    from live.serve.client import ControlClient
+
+    async def scenario() -> None:
+        async with running_server() as server:
+            async with ControlClient(server.url) as client:
+                pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+                pc.addTransceiver(VideoStreamTrack(), direction="sendrecv")
+                await pc.setLocalDescription(await pc.createOffer())
+                reply = await client.request("offer", sdp=pc.localDescription.sdp)
+                assert reply["type"] == "ok", reply
+                assert reply["session"] in server.sessions
+                await wait_until(lambda: not server.sessions, peer.CONNECT_TIMEOUT_S + 20,
+                                 "the unconnected session to be released")
+                await pc.close()
+
+    asyncio.run(scenario())
+
+
+# ------------------------------------------------------------------ 5. ownership, 7. error texts
+
+
+def test_a_page_sees_and_steers_only_its_own_sessions_and_never_a_path(tmp_path: Path) -> None:
+    import cv2
+
+    from server_helpers import ServerThread, test_settings
+    from live.io import NullSink
+    from live.io.synthetic import SyntheticSource
+    from live.pipeline import FrameProcessor, Pipeline
+    from live.serve.client import ControlClient
+    from live.serve.session import Session
+
+    private = tmp_path / "holiday-of-the-operator.png"
+    cv2.imwrite(str(private), np.full((90, 160, 3), 90, np.uint8))
+    settings = test_settings(background={"mode": "image", "image": str(private)})
+    processor = FrameProcessor(settings)
+    run = Session(processor, Pipeline(SyntheticSource(160, 90, 10.0), [NullSink()], processor),
+                  kind="run", session_id="run")
+
+    async def as_client(url: str) -> tuple[dict, dict, dict]:
+        async with ControlClient(url) as client:
+            listed = await client.request("sessions.list")
+            steer = await client.request("settings.set", session="run",
+                                         settings={"matte": {"feather": 2}})
+            probe = await client.request("settings.get", session="nosuchsession")
+            return listed, steer, probe
+
+    with ServerThread(settings, sessions=[run]) as st:
+        page = asyncio.run(as_client(st.server.url))
+        operator = asyncio.run(as_client(st.server.operator_url))
+    listed, steer, probe = page
+    assert listed["sessions"] == [] and steer["type"] == "error"
+    assert steer["error"].replace("'run'", "X") == probe["error"].replace("'nosuchsession'", "X")
+    listed, steer, _ = operator
+    assert steer["type"] == "ok" and processor.settings.matte.feather == 2
+    assert listed["sessions"][0]["settings"]["background"]["image"] == private.name
+    assert str(tmp_path) not in json.dumps(operator)
+    processor.close()
+
+
+def test_an_internal_error_is_a_reference_not_its_text(caplog) -> None:
+    import logging
+
+    from server_helpers import ServerThread
+    from live.serve.client import ControlClient
+
+    async def broken(client, msg):  # a bug in a handler, as KeyError: 'holdconn' was
+        raise KeyError("holdconn")
+
+    async def ask(url: str) -> dict:
+        async with ControlClient(url) as client:
+            return await client.request("stats")
+
+    with ServerThread() as st:
+        st.server._on_stats = broken
+        with caplog.at_level(logging.ERROR, logger="live.serve"):
+            reply = asyncio.run(ask(st.server.url))
+    assert reply["type"] == "error" and "holdconn" not in reply["error"]
+    ref = reply["error"].split("reference ")[1].split()[0]
+    assert any(ref in r.getMessage() and "holdconn" in (r.exc_text or str(r.exc_info))
+               for r in caplog.records)
