@@ -58,7 +58,8 @@ async def peer(url: str, clip: Path, size: tuple[int, int], seconds: float,
                 received.setdefault(index, time.monotonic())
             if len(track.sent) >= count:
                 break
-        told = [s for s in client.stats if s.get("overloaded")]
+        told = [s for msg in client.stats for s in msg.get("sessions", [])
+                if s.get("overloaded")]
     judged = {i: t for i, t in received.items() if i >= WARMUP_S * fps}
     rtt = [(t - track.sent[i]) * 1e3 for i, t in judged.items()]
     return {"admitted": True, "frames_sent": len(track.sent), "frames_judged": len(judged),
@@ -91,6 +92,7 @@ def step(url: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
         procs.append(start_peer(url, args))
         time.sleep(args.stagger)
     peers = [peer_result(p, args.seconds + WARMUP_S + 90) for p in procs]
+    time.sleep(args.pause)  # the server closes this step's sessions before the next
     admitted = [p for p in peers if p.get("admitted")]
     rtts = [p["rtt_p95_ms"] for p in admitted if p.get("rtt_p95_ms") is not None]
     return {"peers": n, "admitted": len(admitted), "refused": n - len(admitted),
@@ -98,6 +100,7 @@ def step(url: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
             "fps_min": min((p["fps"] for p in admitted), default=None),
             "refusals": sorted({p.get("reason", "") for p in peers if not p.get("admitted")}),
             "told_overloaded": sum(1 for p in admitted if p.get("told_overloaded")),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
             "per_peer": peers}
 
 
@@ -126,6 +129,8 @@ def main() -> None:
     parser.add_argument("--fps", type=float, default=30.0)
     parser.add_argument("--stagger", type=float, default=1.0,
                         help="seconds between two peers' offers within a step")
+    parser.add_argument("--pause", type=float, default=3.0,
+                        help="seconds between two steps (sessions close in between)")
     parser.add_argument("--clip", default=str(DATA / "clips" / "06_pingpong.mp4"))
     parser.add_argument("--peer", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -604,3 +604,25 @@ def test_an_internal_error_is_a_reference_not_its_text(caplog) -> None:
     ref = reply["error"].split("reference ")[1].split()[0]
     assert any(ref in r.getMessage() and "holdconn" in (r.exc_text or str(r.exc_info))
                for r in caplog.records)
+
+
+def test_media_sockets_bind_where_the_server_listens(clip_path: Path) -> None:
+    """A loopback-only server offered (and bound) its WebRTC UDP sockets on every
+    interface; now only on loopback, and a peer on this machine still connects."""
+    from server_helpers import ClipTrack, load_clip, recv_frames, running_server
+    from live.serve.client import ControlClient
+
+    frames = load_clip(clip_path, 10)
+
+    async def scenario() -> list[str]:
+        async with running_server() as server:
+            assert server.settings.server.host == "127.0.0.1"
+            async with ControlClient(server.url) as client:
+                track = await client.start_video(ClipTrack(frames))
+                await recv_frames(track, 3)
+                answer = client.pc.remoteDescription.sdp
+        return [line.split()[4] for line in answer.splitlines()
+                if line.startswith("a=candidate:")]
+
+    addresses = asyncio.run(scenario())
+    assert addresses and set(addresses) == {"127.0.0.1"}, addresses

@@ -395,7 +395,8 @@ class ControlServer:
         try:
             session, answer = await open_peer_session(client.settings, sdp,
                                                       passthrough=self.passthrough,
-                                                      on_close=self._forget)
+                                                      on_close=self._forget,
+                                                      bind_host=self.settings.server.host)
         finally:
             self._opening -= 1
         session.owner = client
@@ -441,6 +442,8 @@ def serve(settings: Settings, passthrough: bool = False) -> None:
                 pass
         print(f"live: serving on {server.url}\nlive: open that URL in a browser "
               "(Ctrl-C stops)", flush=True)
+        print(f"live: operator URL (also sees and steers every session): "
+              f"{server.operator_url}", flush=True)
         try:
             await stop.wait()
         finally:
