@@ -182,7 +182,8 @@ BAD_MESSAGES = [
     ('{"type": "hello", "id": [1]}', "id must be"),
     ('{"type": "hello", "id": true}', "id must be"),
     ('{"type": "settings.set", "id": 1, "settings": {"matte": {"ema": NaN}}}', "NaN"),
-    ("[" * 50_000 + "]" * 50_000, "malformed JSON"),
+    ("[" * 50_000 + "]" * 50_000, "at most 512 lists"),           # refused unparsed
+    ("[" * 500 + "]" * 499, "malformed JSON"),
     ('{"type": "settings.set", "id": 1}', "needs \"settings\""),
     (_settings_set({"matte": {"feather": "wide"}}), "matte.feather must be a number"),
     (_settings_set({"matte": {"feather": 1000}}), "between 0 and 64"),
@@ -220,7 +221,8 @@ BAD_MESSAGES = [
     (json.dumps({"type": "background.upload", "id": 1,
                  "data": base64.b64encode(png_claiming_size(64, 64)).decode()}), "damaged"),
     (json.dumps({"type": "settings.get", "id": 1, "pad": "x" * (protocol.MAX_CONTROL_BYTES + 1)}),
-     "over the 1048576-byte limit"),
+     f"over the {protocol.MAX_CONTROL_BYTES}-byte limit"),
+    (json.dumps({"type": "settings.get", "id": 1, "pad": [[1]] * 600}), "at most 512 lists"),
     (b"\x00\x01binary", "binary messages are not supported"),
 ]
 

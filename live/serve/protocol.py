@@ -22,8 +22,12 @@ from typing import Any, Mapping
 from live.composite import MAX_IMAGE_PIXELS, check_image_size  # the compositor's rule: one for both
 from live.segment import Prompt
 
-#: A control message (anything but an upload) may not be larger than this.
-MAX_CONTROL_BYTES = 1 << 20
+#: A control message (anything but an upload) may not be larger than this: an offer's
+#: SDP fits (MAX_SDP_CHARS), and parsing the worst JSON of this size takes ~10 ms,
+#: not the ~160 ms of 1 MiB of nested lists (on the event loop, every session waits).
+MAX_CONTROL_BYTES = 128 << 10
+#: '{' and '[' in one control message (a prompt has 66 at most): more is refused unparsed.
+MAX_CONTAINERS = 512
 #: The websocket's own frame limit: a base64 background image fits, nothing bigger.
 MAX_MESSAGE_BYTES = 16 << 20
 #: Decoded upload limit (base64 inflates by 4/3, so this fits MAX_MESSAGE_BYTES).
@@ -73,9 +77,16 @@ _HEAD_ID = re.compile(r'\s*\{\s*"type"\s*:\s*"[^"\\]{0,40}"\s*,\s*"id"\s*:\s*'
 _MAX_UPLOAD_NESTING = 8  # '{' and '[' in a whole upload: one object of flat fields
 
 
-def screen_large(raw: str | bytes) -> None:
-    """Refuse a frame over MAX_CONTROL_BYTES unless it is a flat ``background.upload``,
-    without parsing it (a prefix match and a character count: milliseconds for 16 MiB)."""
+def screen(raw: str | bytes) -> None:
+    """Refuse, without parsing it, a frame that would cost the event loop: one over
+    MAX_CONTROL_BYTES that is not a flat ``background.upload``, or one of more than
+    MAX_CONTAINERS lists and objects (a prefix match and character counts: ~1 ms a MiB)."""
+    if isinstance(raw, str) and len(raw) <= MAX_CONTROL_BYTES:
+        if raw.count("{") + raw.count("[") > MAX_CONTAINERS:
+            head = _HEAD_ID.match(raw[:200])
+            raise ProtocolError(f"a control message may hold at most {MAX_CONTAINERS} lists "
+                                "and objects", json.loads(head.group(1)) if head else None)
+        return
     if isinstance(raw, bytes) or not _UPLOAD_HEAD.match(raw[:200]):
         head = _HEAD_ID.match(raw[:200]) if isinstance(raw, str) else None
         raise ProtocolError(f"message of {len(raw)} bytes is over the {MAX_CONTROL_BYTES}-byte "
