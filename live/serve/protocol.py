@@ -81,8 +81,8 @@ def screen(raw: str | bytes) -> None:
     """Refuse, without parsing it, a frame that would cost the event loop: one over
     MAX_CONTROL_BYTES that is not a flat ``background.upload``, or one of more than
     MAX_CONTAINERS lists and objects (a prefix match and character counts: ~1 ms a MiB)."""
-    if isinstance(raw, str) and len(raw) <= MAX_CONTROL_BYTES:
-        if raw.count("{") + raw.count("[") > MAX_CONTAINERS:
+    if len(raw) <= MAX_CONTROL_BYTES:
+        if isinstance(raw, str) and raw.count("{") + raw.count("[") > MAX_CONTAINERS:
             head = _HEAD_ID.match(raw[:200])
             raise ProtocolError(f"a control message may hold at most {MAX_CONTAINERS} lists "
                                 "and objects", json.loads(head.group(1)) if head else None)
