@@ -37,8 +37,15 @@ WARMUP_S = 2.0  # frames sent in the first seconds (model load, bitrate ramp) ar
 
 async def peer(url: str, clip: Path, size: tuple[int, int], seconds: float,
                fps: float) -> dict[str, Any]:
-    """One peer: send for ``seconds``; round trips and frame rate after the warm-up."""
+    """One peer: send for ``seconds``; round trips and frame rate after the warm-up.
+
+    It loads its frames, says ``ready`` and waits for a line on stdin before it
+    offers: the start-up of the next peers (imports, clip decoding: seconds of
+    CPU) must not land in the running peers' measurement.
+    """
     frames = load_frames(clip, 60, size)
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
     count = int((seconds + WARMUP_S) * fps)
     track = StampedClip(frames, count, fps)
     received: dict[int, float] = {}
@@ -68,9 +75,17 @@ async def peer(url: str, clip: Path, size: tuple[int, int], seconds: float,
 
 
 def start_peer(url: str, args: argparse.Namespace) -> subprocess.Popen[str]:
+    """A peer process, loaded and waiting for its go (a line on its stdin)."""
     cmd = [sys.executable, "-m", "bench.overload", "--peer", url, "--size", args.size,
            "--seconds", str(args.seconds), "--fps", str(args.fps), "--clip", args.clip]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != "ready":
+        proc.kill()
+        raise RuntimeError(f"peer process did not start: {line!r}")
+    return proc
 
 
 def peer_result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
@@ -87,9 +102,11 @@ def peer_result(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
 
 
 def step(url: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
-    procs = []
-    for _ in range(n):
-        procs.append(start_peer(url, args))
+    procs = [start_peer(url, args) for _ in range(n)]
+    for proc in procs:  # all loaded; now they offer, one by one
+        assert proc.stdin is not None
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
         time.sleep(args.stagger)
     peers = [peer_result(p, args.seconds + WARMUP_S + 90) for p in procs]
     time.sleep(args.pause)  # the server closes this step's sessions before the next
