@@ -16,6 +16,7 @@ import aioice.ice
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole
 
+from live import rtc_media
 from live.config import Settings
 from live.io.webrtc import TrackSource, VideoOutputTrack
 from live.pipeline import FrameProcessor, Pipeline
@@ -43,6 +44,8 @@ async def open_peer_session(settings: Settings, offer_sdp: str, *, passthrough: 
     """
     processor = await asyncio.to_thread(FrameProcessor, settings)  # may load a model
     processor.passthrough = passthrough
+    rtc_media.bound_encoders(settings.webrtc)
+    offer_sdp = rtc_media.prefer_codec(offer_sdp, settings.webrtc.codec)
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     session = Session(processor, kind="webrtc", pc=pc, output=VideoOutputTrack(),
                       on_close=on_close)
@@ -84,7 +87,7 @@ async def open_peer_session(settings: Settings, offer_sdp: str, *, passthrough: 
     _drain_unsent_audio(session, pc)
     session.own(asyncio.create_task(_release_unless_connected(session, pc)))
     session.start()
-    return session, pc.localDescription.sdp
+    return session, rtc_media.tune_answer(pc.localDescription.sdp, settings.webrtc)
 
 
 @contextlib.contextmanager

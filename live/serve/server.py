@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import secrets
 import signal
@@ -36,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from websockets.asyncio.server import Server, ServerConnection, serve as ws_serve
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -285,6 +286,8 @@ class ControlServer:
                 "operator": client.operator,
                 "media": self.media.names(),
                 "passthrough": self.passthrough,
+                # the page's camera and sender caps
+                "webrtc": dataclasses.asdict(self.settings.webrtc.resolved()),
                 "limits": {"control_bytes": protocol.MAX_CONTROL_BYTES,
                            "upload_bytes": protocol.MAX_UPLOAD_BYTES,
                            "image_pixels": protocol.MAX_IMAGE_PIXELS,
@@ -346,7 +349,13 @@ class ControlServer:
             await asyncio.to_thread(session.processor.update_settings, new)
         if session.owner is client:
             client.settings = new
-        return {"session": session.id, "settings": self._view(new)}
+        shown = self._view(new)
+        # Every other panel showing this session hears of it (the sender has its reply):
+        # two tabs steering one session never disagree about what runs. Only panels that
+        # may steer it: another page learns nothing of a session that is not its own.
+        broadcast([c.ws for c in self.clients if c is not client and c.may_steer(session)],
+                  protocol.dumps({"type": "settings", "session": session.id, "settings": shown}))
+        return {"session": session.id, "settings": shown}
 
     async def _on_prompt(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
         prompt = protocol.prompt_from(msg)
