@@ -165,13 +165,16 @@ def test_every_message_type_round_trips(st_server, frames):
 
 
 def test_a_settings_change_is_pushed_to_every_other_client_of_the_session(st_server, frames):
-    """Two tabs on one session: whoever changes it, the other sees the new settings."""
+    """Two tabs on one session: whoever changes it, the other sees the new settings.
+    (Tabs other than the session's own page steer it with the operator's token.)"""
     server = st_server.server
     owner = StreamingPeer(st_server, frames)  # the session's own page
     try:
         owner.wait_frames(3)
         target = {"session": owner.session}
-        with ws_connect(server) as steering, ws_connect(server) as watching:
+        with ws_connect(server, token=server.operator_token) as steering, \
+                ws_connect(server, token=server.operator_token) as watching, \
+                ws_connect(server) as stranger:  # the page's token: not its session
             ask(watching, {"type": "hello", "id": 1})
             changed = ask(steering, {"type": "settings.set", "id": 2, **target,
                                      "settings": {"background": {"mode": "color",
@@ -214,6 +217,7 @@ def test_a_settings_change_is_pushed_to_every_other_client_of_the_session(st_ser
 
             assert pushes_before_reply(steering, 5) == []  # the refused change pushed nothing
             assert pushes_before_reply(watching, 6) == []  # nor did its own upload, to itself
+            assert pushes_before_reply(stranger, 7) == []  # another page hears nothing of it
         owner.wait_frames(3)
     finally:
         owner.close()

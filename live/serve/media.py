@@ -88,6 +88,6 @@ class MediaFiles:
         if "background" in out:
             for kind in ("image", "video"):
                 out["background"][kind] = self.name_of(out["background"].get(kind))
-        if "engine" in out:
-            out["engine"]["checkpoint"] = self.name_of(out["engine"].get("checkpoint"))
+        if "engine" in out:  # the operator's alone: not shown, so never sent back either
+            out["engine"].pop("checkpoint", None)
         return out
