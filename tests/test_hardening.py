@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -65,7 +66,6 @@ def test_an_extreme_aspect_image_is_refused_before_it_costs_memory(tmp_path: Pat
 import numpy as np
 from live.composite import BackgroundError, Compositor
 from live.config import BackgroundSettings
-from live.io.webrtc import TrackSource
 frame = np.zeros((480, 640, 3), np.uint8); alpha = np.zeros((480, 640), np.float32)
 comp = Compositor(BackgroundSettings(mode="color", color="#0000ff"))
 comp.apply(frame, alpha)
@@ -212,7 +212,6 @@ def test_a_killed_recording_plays_up_to_its_last_frames(tmp_path: Path) -> None:
 def test_sigint_stops_a_run_whose_output_is_blocked(tmp_path: Path) -> None:
     """An output nobody reads (a FIFO) blocks its writer forever; Ctrl-C must still end
     the run, promptly and with a non-zero status."""
-    import os
     import signal
     import time
 
@@ -259,25 +258,39 @@ print(json.dumps({"size": len(nested), "replies": replies}))
 """
 
 
-async def frame_gaps(track, until) -> list[float]:
-    """Seconds between consecutive frames of ``track`` until ``until()`` is true."""
+async def frames_and_stalls(track, until) -> tuple[int, float]:
+    """Frames received from ``track``, and the longest the event loop was held (s),
+    until ``until()`` is true.
+
+    The loop is what delivers every session's frames (the server and this peer
+    share it here), so how long it is held is how long another session's frames
+    wait; it is timed directly, without the network's and the decoder's jitter.
+    """
     import time
 
-    gaps, last = [], time.monotonic()
-    while not until():
-        await asyncio.wait_for(track.recv(), 20)
-        now = time.monotonic()
-        gaps.append(now - last)
-        last = now
-    return gaps
+    stalls, received = [0.0], 0
+
+    async def tick() -> None:
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(0.005)
+            stalls.append(time.perf_counter() - t0 - 0.005)
+
+    ticker = asyncio.ensure_future(tick())
+    try:
+        while not until():
+            await asyncio.wait_for(track.recv(), 20)
+            received += 1
+    finally:
+        ticker.cancel()
+    return received, max(stalls)
 
 
 def test_huge_messages_do_not_stall_another_session(clip_path: Path) -> None:
     """Three 15 MiB messages of nested lists (2.8–6.2 s of event loop each, before)
-    while a WebRTC session streams on the same server: its frames keep coming.
-
-    Measured against a quiet window of the same length in the same run: this is
-    about blocking (seconds), not speed; the margin is generous for a loaded machine.
+    while a WebRTC session streams on the same server: its frames keep coming, and the
+    loop that delivers them is never held 100 ms longer than in a quiet window of the
+    same run (this is about blocking for seconds, not speed: ~75 ms here, loaded).
     """
     import time
 
@@ -286,13 +299,13 @@ def test_huge_messages_do_not_stall_another_session(clip_path: Path) -> None:
 
     frames = load_clip(clip_path, 30)
 
-    async def scenario() -> tuple[list[float], list[float], dict]:
+    async def scenario() -> tuple[tuple[int, float], tuple[int, float], dict]:
         async with running_server() as server:
             async with ControlClient(server.url) as peer:
                 track = await peer.start_video(ClipTrack(frames))
                 await recv_frames(track, 15)  # warmed up
                 start = time.monotonic()
-                quiet = await frame_gaps(track, lambda: time.monotonic() - start > 4)
+                quiet = await frames_and_stalls(track, lambda: time.monotonic() - start > 3)
                 ws_url = f"ws://127.0.0.1:{server.port}/ws?token={server.token}"
                 attacker = await asyncio.create_subprocess_exec(
                     sys.executable, "-c", ATTACKER, ws_url, "3", cwd=ROOT,
@@ -300,20 +313,18 @@ def test_huge_messages_do_not_stall_another_session(clip_path: Path) -> None:
                 assert await attacker.stdout.readline() == b"ready\n"
                 await recv_frames(track, 15)  # the attacker's start-up is over
                 reader = asyncio.ensure_future(attacker.communicate(b"go\n"))
-                loud = await frame_gaps(track, reader.done)
+                loud = await frames_and_stalls(track, reader.done)
                 out, _ = await reader
         return quiet, loud, json.loads(out.decode().strip().splitlines()[-1])
 
-    quiet, loud, attack = asyncio.run(scenario())
+    (_, quiet_stall), (loud_frames, loud_stall), attack = asyncio.run(scenario())
     assert attack["size"] > 15 << 20
     first, *rest = attack["replies"]  # refused from its head; then the byte budget is spent
     assert first["type"] == "error" and first["id"] == 7 and "byte limit" in first["error"]
     assert all(r["type"] == "error" and ("byte limit" in r["error"] or "too much data"
                                          in r["error"]) for r in rest), rest
-    assert len(loud) > 5, "the attack ended before frames could be timed"
-    # Before: 1.5–3.5 s gaps here. Now ~150 ms on a loaded 2-core machine, whose quiet
-    # windows show 50–250 ms: the quiet gap (at least 150 ms) + 100 ms bounds it.
-    assert max(loud) <= max(max(quiet), 0.15) + 0.1, (max(loud), max(quiet))
+    assert loud_frames > 3, "no frames came through while the attack ran"
+    assert loud_stall <= quiet_stall + 0.1, (loud_stall, quiet_stall)
 
 
 def test_a_large_upload_is_still_taken(tmp_path: Path) -> None:
@@ -345,7 +356,6 @@ def test_a_large_upload_is_still_taken(tmp_path: Path) -> None:
 def test_a_client_names_no_server_file_and_learns_nothing_about_them(tmp_path: Path) -> None:
     """Outside the media folder, missing, a symlink out, not a video, a folder: one
     reply, whichever it is. A video of the media folder, named by its name, plays."""
-    import os
 
     import av
 
@@ -416,7 +426,7 @@ replies = asyncio.run(main())
 print(json.dumps({{"replies": replies, "torch": "torch" in sys.modules,
                    "sam2": "sam2" in sys.modules}}))
 """
-    env = dict(__import__("os").environ, LIVE_CHECKPOINT_DIR=str(tmp_path))
+    env = dict(os.environ, LIVE_CHECKPOINT_DIR=str(tmp_path))
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
