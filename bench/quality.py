@@ -237,8 +237,21 @@ class ObsRecipe:
         return (1.0 - bg.astype(np.float32) / 255.0).astype(np.float32)
 
 
+class Live:
+    """Our ``Matte`` at its default settings (the alpha of what it gives)."""
+
+    def __init__(self) -> None:
+        self.matte = Matte(MatteSettings())
+
+    def reset(self) -> None:
+        self.matte.reset()
+
+    def apply(self, alpha_low: np.ndarray, frame: np.ndarray) -> np.ndarray:
+        return self.matte.apply(alpha_low, frame).alpha
+
+
 def make_methods() -> dict[str, Callable[[], object]]:
-    return {"raw": Raw, "ema50": Ema50, "obs": ObsRecipe, "live": lambda: Matte(MatteSettings())}
+    return {"raw": Raw, "ema50": Ema50, "obs": ObsRecipe, "live": Live}
 
 
 # ---------------------------------------------------------------- data
@@ -459,10 +472,10 @@ def clip_dropouts(data: Path, segmenter, max_frames: int | None) -> dict[str, di
         for subjects in SUBJECTS:
             selector = SubjectSelector(subjects)
             lows = [selector.apply(a) for a in engine_out]
-            matte = Matte(MatteSettings())
+            live = Live()
             result[clip.name][subjects] = {
                 "raw": dropouts([Raw().apply(low, f) for low, f in zip(lows, frames)], frames),
-                "live": dropouts([matte.apply(low, f) for low, f in zip(lows, frames)], frames)}
+                "live": dropouts([live.apply(low, f) for low, f in zip(lows, frames)], frames)}
         print(f"{clip.name}: dropouts {result[clip.name]}", file=sys.stderr)
     return result
 
