@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import os
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -41,11 +40,18 @@ import torch
 from PIL import Image
 
 from bench import DATA, report
-from live.checkpoints import sam2_config_name
+from bench.data import load_davis
+from bench.sam2_fixture import random_sam2
+from live.checkpoints import SAM2_MODELS, sam2_config_name
 from live.segment import Prompt
 from live.segment.sam2_batch import SAM2Batcher
 from live.segment.sam2_stream import (StreamingSAM2, build_model, pick_device, pick_precision,
                                       tensor_bytes)
+
+
+def click_inside(mask: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.nonzero(mask)
+    return float(xs[len(xs) // 2]), float(ys[len(ys) // 2])
 
 
 def prepare_frames(data: Path, n: int, folder: Path
@@ -55,38 +61,26 @@ def prepare_frames(data: Path, n: int, folder: Path
     A DAVIS folder is ping-ponged to reach n frames and clicked inside its
     ground-truth mask; a clip is decoded (looping) and clicked at the centre.
     """
-    frames: list[np.ndarray] = []
-    click = None
     if data.is_dir():
-        names = sorted(p.name for p in (data / "frames").glob("*.jpg"))
-        if not names:
-            sys.exit(f"no frames/*.jpg in {data}")
-        order = names + names[-2:0:-1]
-        for i in range(n):
-            src = data / "frames" / order[i % len(order)]
-            (folder / f"{i:05d}.jpg").symlink_to(src.resolve())
-        mask_path = data / "masks" / names[0].replace(".jpg", ".png")
-        if mask_path.is_file():
-            ys, xs = np.nonzero(np.asarray(Image.open(mask_path)) > 127)
-            click = (float(xs[len(xs) // 2]), float(ys[len(ys) // 2]))
-    else:
-        import av
+        davis = load_davis(data, n, pingpong=True)
+        davis.link_jpegs(folder)
+        return davis.frames, click_inside(davis.masks[0])
+    import av
 
-        decoded: list[np.ndarray] = []
-        with av.open(str(data)) as container:
-            for frame in container.decode(video=0):
-                decoded.append(frame.to_ndarray(format="rgb24"))
-                if len(decoded) >= n:
-                    break
-        for i in range(n):
-            Image.fromarray(decoded[i % len(decoded)]).save(folder / f"{i:05d}.jpg", quality=95)
+    decoded: list[np.ndarray] = []
+    with av.open(str(data)) as container:
+        for frame in container.decode(video=0):
+            decoded.append(frame.to_ndarray(format="rgb24"))
+            if len(decoded) >= n:
+                break
+    for i in range(n):
+        Image.fromarray(decoded[i % len(decoded)]).save(folder / f"{i:05d}.jpg", quality=95)
+    frames = []
     for i in range(n):  # decode with PIL, exactly as the official loader does
         rgb = np.asarray(Image.open(folder / f"{i:05d}.jpg").convert("RGB"))
         frames.append(np.ascontiguousarray(rgb[..., ::-1]))  # as a camera delivers BGR
-    if click is None:
-        h, w = frames[0].shape[:2]
-        click = (w / 2, h / 2)
-    return frames, click
+    h, w = frames[0].shape[:2]
+    return frames, (w / 2, h / 2)
 
 
 def measure(argv: list[str] | None = None) -> dict:
@@ -94,7 +88,7 @@ def measure(argv: list[str] | None = None) -> dict:
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--frames", type=int, default=None,
                     help="frames per session (default 300, or 12 with --sessions)")
-    ap.add_argument("--model", default="tiny", choices=["tiny", "small", "base_plus", "large"])
+    ap.add_argument("--model", default="tiny", choices=list(SAM2_MODELS))
     ap.add_argument("--checkpoint", default=None,
                     help="SAM 2.1 checkpoint (default: random weights)")
     ap.add_argument("--data", type=Path, default=DATA / "davis-hike",
@@ -113,8 +107,8 @@ def measure(argv: list[str] | None = None) -> dict:
 
     device = pick_device(args.device)
     precision = pick_precision(device, args.precision)
-    torch.manual_seed(0)
-    model = build_model(sam2_config_name(args.model), args.checkpoint, args.image_size, device)
+    model = (random_sam2(args.image_size, device, args.model) if args.checkpoint is None else
+             build_model(sam2_config_name(args.model), args.checkpoint, args.image_size, device))
     stream = StreamingSAM2(model, max_cond_frames=args.max_cond_frames, precision=precision)
 
     def sync() -> None:
@@ -226,20 +220,17 @@ SEQUENCES = ("hike", "lucia", "parkour", "breakdance", "dance-twirl")
 def measure_sessions(args: argparse.Namespace) -> dict:
     k, n = args.sessions, args.frames or 12
     if k < 1 or n < 1 or args.rounds < 1:
-        sys.exit("--sessions, --frames and --rounds must be at least 1")
+        raise SystemExit("--sessions, --frames and --rounds must be at least 1")
     device = pick_device(args.device)
     precision = pick_precision(device, args.precision)
-    torch.manual_seed(0)
-    model = build_model(sam2_config_name(args.model), args.checkpoint, args.image_size, device)
+    model = (random_sam2(args.image_size, device, args.model) if args.checkpoint is None else
+             build_model(sam2_config_name(args.model), args.checkpoint, args.image_size, device))
     model.max_cond_frames_in_attn = args.max_cond_frames
-    with tempfile.TemporaryDirectory() as tmp:
-        clips = []
-        for i in range(k):
-            seq = SEQUENCES[i % len(SEQUENCES)]
-            folder = Path(tmp) / f"{i}-{seq}"
-            folder.mkdir()
-            clips.append(prepare_frames(Path(args.data).parent / f"davis-{seq}"
-                                        if Path(args.data).is_dir() else args.data, n, folder))
+    root = args.data.parent if args.data.is_dir() else DATA  # the davis-* folders
+    clips = []
+    for i in range(k):
+        davis = load_davis(root / f"davis-{SEQUENCES[i % len(SEQUENCES)]}", n, pingpong=True)
+        clips.append((davis.frames, click_inside(davis.masks[0])))
 
     def sessions(batcher: SAM2Batcher | None) -> list[StreamingSAM2]:
         out = []

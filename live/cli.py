@@ -14,11 +14,12 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from typing import Any
 
-from live.config import Settings, SettingsError, add_cli_arguments, settings_from_args
+from live.config import (SAM2_SIZES, EngineSettings, Settings, SettingsError,
+                         add_cli_arguments, settings_from_args)
+from live.signals import install_stop_signals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("what", choices=["selfie", "sam2"],
                        help="selfie: the embedded models (from the mediapipe wheel on PyPI); "
                        "sam2: a SAM 2.1 checkpoint from Meta")
-    fetch.add_argument("--model", default="tiny", choices=["tiny", "small", "base_plus", "large"],
+    fetch.add_argument("--model", default=EngineSettings().sam2_model, choices=SAM2_SIZES,
                        help="SAM 2.1 size (default tiny: 156 MB; large: 898 MB)")
 
     sub.add_parser("doctor", help="check cameras, virtual camera, GPU and model files")
@@ -137,32 +138,78 @@ async def run_pipeline(settings: Settings, max_frames: int | None = None, quiet:
                        control: bool = True) -> int:
     """``live run``: one pipeline, its status line, Ctrl-C to stop with files finalised."""
     pipeline = await build_pipeline(settings, max_frames)
-    processor, sink = pipeline.processor, pipeline.sinks[0]
+    processor = pipeline.processor
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("live.pipeline").setLevel(logging.CRITICAL)  # printed below instead
 
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, pipeline.stop)
-        except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
-            pass
+    stopper = _Stopper(pipeline, settings.output.target, asyncio.get_running_loop())
+    install_stop_signals(stopper.stop)
     control_server = (await _start_control(settings, processor, pipeline, quiet)
                       if control else None)
-    status = asyncio.create_task(_status_line(pipeline, sink, quiet))
+    status = asyncio.create_task(_status_line(pipeline)) if not quiet else None
     try:
         await pipeline.run()
     finally:
-        status.cancel()
-        if not quiet:
+        stopper.done()
+        if status is not None:
+            status.cancel()
             print(file=sys.stderr)
         if control_server is not None:
             await control_server.stop()
-    if pipeline.errors:
-        print("live: " + "\nlive: ".join(pipeline.errors), file=sys.stderr)
-    if not quiet and settings.output.target not in ("vcam", "preview"):
+    code = _outcome(pipeline)
+    if not quiet and _is_file_output(settings.output.target):
         print(f"live: {describe_recording(settings.output.target)}", file=sys.stderr)
-    return 1 if pipeline.frames_out == 0 and pipeline.errors else 0
+    return code
+
+
+def _is_file_output(target: str) -> bool:
+    from live.io.files import RECORD_FORMATS  # PyAV: loaded already for a file output
+
+    return os.path.splitext(target.strip())[1].lower() in RECORD_FORMATS
+
+
+def _outcome(pipeline: Any) -> int:
+    """The exit status, with the reason on stderr: a source or output that failed (a full
+    disk, a broken file) is a failure, however many frames made it out before."""
+    for message in pipeline.errors:
+        print(f"live: {message}", file=sys.stderr)
+    corrupt = pipeline.metrics().get("corrupt_packets")
+    if corrupt:
+        print(f"live: {corrupt} damaged packet(s) of the source were skipped", file=sys.stderr)
+    if pipeline.failures or (pipeline.frames_out == 0 and pipeline.errors):
+        reason = (pipeline.failures or list(pipeline.errors))[0]
+        print(f"live: FAILED after {pipeline.frames_out} frames: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _Stopper:
+    """Ctrl-C / SIGTERM: stop the pipeline, and if it has not finished within
+    ``GRACE_S`` (an output blocked in a write: an unread pipe, a hung device), or on
+    a second signal, exit at once with status 1. A recording keeps every frame it
+    wrote (it is written in fragments)."""
+
+    GRACE_S = 0.8
+
+    def __init__(self, pipeline: Any, target: str, loop: asyncio.AbstractEventLoop):
+        self.pipeline, self.target, self.loop = pipeline, target, loop
+        self._timer: asyncio.TimerHandle | None = None
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._force()
+        self.pipeline.stop()
+        self._timer = self.loop.call_later(self.GRACE_S, self._force)
+
+    def done(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _force(self) -> None:
+        print(f"\nlive: stopped; the output ({self.target}) did not finish within "
+              f"{self.GRACE_S:g} s (it is blocked) and may be incomplete", file=sys.stderr,
+              flush=True)
+        os._exit(1)  # a thread blocked in write() cannot be joined: leave without it
 
 
 def describe_recording(path: str) -> str:
@@ -200,7 +247,7 @@ async def _start_control(settings: Settings, processor: Any, pipeline: Any,
             continue
         if not quiet:
             taken = f" (port {port} is taken, by `live serve`?)" if attempt else ""
-            print(f"live: control panel at {server.url}{taken}", file=sys.stderr)
+            print(f"live: control panel at {server.operator_url}{taken}", file=sys.stderr)
         return server
     print(f"live: control panel not started ({last}); continuing without it", file=sys.stderr)
     return None
@@ -249,6 +296,9 @@ class _Limited:
     async def close(self) -> None:
         await self._source.close()
 
+    def stats(self) -> dict[str, Any]:
+        return self._source.stats() if hasattr(self._source, "stats") else {}
+
 
 def format_status(m: dict[str, Any]) -> str:
     st = m["stage_ms"]
@@ -261,14 +311,10 @@ def format_status(m: dict[str, Any]) -> str:
             f"{m['dropped']}{age}")
 
 
-async def _status_line(pipeline: Any, sink: Any, quiet: bool) -> None:
-    """Once a second: the status line, and a stop when the preview window was closed."""
+async def _status_line(pipeline: Any) -> None:
+    """Once a second, the status line."""
     while True:
         await asyncio.sleep(1.0)
-        if getattr(sink, "closed_by_user", False):
-            pipeline.stop()
-        if quiet:
-            continue
         print("\r" + format_status(pipeline.metrics()).ljust(90), end="", file=sys.stderr,
               flush=True)
 

@@ -2,20 +2,27 @@
 
 Background modes: ``blur`` (the frame's own background, blurred without the
 person bleeding into it), ``color``, ``image`` (cover/contain fit), ``video``
-(a looping file, decoded ahead on a thread) and ``transparent`` (BGRA).
+(a looping file, decoded ahead on a worker thread) and ``transparent`` (BGRA).
 
 Every background file is opened and checked *before* it is swapped in, so a
 bad upload raises ``BackgroundError`` and the stream keeps its previous
 background. Per-frame work is a handful of OpenCV calls on uint8/float32
 arrays: anything that only depends on the frame size (a resized image, a
 solid colour plane) is built once and cached.
+
+A background is bounded by what it costs, not only by its pixel count: a
+legal 100x500,000 PNG once asked OpenCV for 6 GB per frame (the cover fit
+scaled the whole strip before cropping it). So the aspect ratio is bounded
+(``check_image_size``, also the upload's rule), a decoded image is kept at
+most at ``MAX_KEPT_PIXELS``, and a fit crops before it resizes: its working
+size is the frame's, whatever the picture.
 """
 
 from __future__ import annotations
 
+import collections
 import math
-import queue
-import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Protocol
 
@@ -24,10 +31,13 @@ import numpy as np
 
 from live.config import BackgroundSettings
 from live.frames import Pyramid, check_bgr, halve
+from live.io.worker import Worker
 from live.matte import Box, blob_boxes
 
 MAX_IMAGE_PIXELS = 50_000_000  # the control panel uploads images: refuse decompression bombs
 MAX_VIDEO_PIXELS = 3840 * 2160
+MAX_ASPECT = 16  # a 16:1 panorama still fits; a 1:5000 strip is no picture of a room
+MAX_KEPT_PIXELS = 3840 * 2160  # a larger image is shrunk once, on load: no 4K frame needs more
 VIDEO_READ_AHEAD = 4
 
 
@@ -42,10 +52,27 @@ def hex_to_bgr(color: str) -> tuple[int, int, int]:
     return b, g, r
 
 
+def check_image_size(width: int, height: int) -> str | None:
+    """Why an image of width x height may not be a background, or None when it may.
+
+    One rule for uploads (checked on the header, before decoding) and for files.
+    """
+    if width < 1 or height < 1:
+        return "the image is empty"
+    if width * height > MAX_IMAGE_PIXELS:
+        return (f"{width}x{height} is {width * height / 1e6:.0f} megapixels, the limit is "
+                f"{MAX_IMAGE_PIXELS / 1e6:.0f}")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        return (f"{width}x{height} is too elongated (at most {MAX_ASPECT}:1 either way); "
+                "crop it first")
+    return None
+
+
 def fit_image(image: np.ndarray, width: int, height: int, fit: str,
               fill: str = "black") -> np.ndarray:
     """``image`` resized to width x height: ``cover`` crops the overflow, ``contain``
-    letterboxes so nothing is cut off.
+    letterboxes so nothing is cut off. Nothing larger than the output is
+    ever allocated (cover crops the source before resizing it).
 
     The letterbox bars are black (``fill="black"``) or, with ``fill="blur"``, a
     blurred and dimmed copy of the image itself stretched over the frame (the
@@ -55,12 +82,13 @@ def fit_image(image: np.ndarray, width: int, height: int, fit: str,
     """
     ih, iw = image.shape[:2]
     scale = (max if fit == "cover" else min)(width / iw, height / ih)
-    nw, nh = max(1, round(iw * scale)), max(1, round(ih * scale))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    if fit == "cover":  # the part of the source that shows, then one resize to the output
+        cw, ch = min(iw, max(1, round(width / scale))), min(ih, max(1, round(height / scale)))
+        x0, y0 = (iw - cw) // 2, (ih - ch) // 2
+        return cv2.resize(image[y0:y0 + ch, x0:x0 + cw], (width, height), interpolation=interp)
+    nw, nh = min(width, max(1, round(iw * scale))), min(height, max(1, round(ih * scale)))
     resized = cv2.resize(image, (nw, nh), interpolation=interp)
-    if fit == "cover":
-        x0, y0 = (nw - width) // 2, (nh - height) // 2
-        return np.ascontiguousarray(resized[y0:y0 + height, x0:x0 + width])
     if fill == "blur" and (nw, nh) != (width, height):
         sw, sh = max(1, width // 8), max(1, height // 8)
         small = fit_image(image, sw, sh, "cover")
@@ -152,6 +180,7 @@ def person_boxes(levels: AlphaLevels) -> list[Box]:
 
 class Background(Protocol):
     fresh: bool  # render returns a new array each call (the compositor may write into it)
+    color: tuple[int, int, int] | None  # (b, g, r) when it is one solid colour (a fill)
 
     def render(self, frame: Pyramid, alpha: AlphaLevels) -> np.ndarray:
         """The background for this frame (``frame.image``), uint8 BGR at its size."""
@@ -172,6 +201,7 @@ class BlurBackground:
     """
 
     fresh = True
+    color = None
 
     def __init__(self, strength: int):
         self.strength = strength
@@ -214,8 +244,12 @@ class StillBackground:
 
     def render(self, frame: Pyramid, alpha: AlphaLevels) -> np.ndarray:
         h, w = frame.image.shape[:2]
-        if self._cache is None or self._cache.shape[:2] != (h, w):
-            self._cache = fit_image(self.image, w, h, self.fit, "blur")
+        return self.fitted(w, h)
+
+    def fitted(self, width: int, height: int) -> np.ndarray:
+        """The picture at width x height, fitted once per size change."""
+        if self._cache is None or self._cache.shape[:2] != (height, width):
+            self._cache = fit_image(self.image, width, height, self.fit, "blur")
         return self._cache
 
     def close(self) -> None:
@@ -245,10 +279,9 @@ def load_image(path: str) -> np.ndarray:
         raise BackgroundError(f"background image {path}: no such file")
     try:
         with Image.open(p) as img:  # reads the header only: the size is known before decoding
-            w, h = img.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise BackgroundError(f"background image {path}: {w}x{h} is {w * h / 1e6:.0f} "
-                                      f"megapixels, the limit is {MAX_IMAGE_PIXELS / 1e6:.0f}")
+            refused = check_image_size(*img.size)
+            if refused:
+                raise BackgroundError(f"background image {path}: {refused}")
             img = ImageOps.exif_transpose(img)  # phone photos stand the right way up
             rgb = np.asarray(img.convert("RGB"))
     except BackgroundError:
@@ -257,11 +290,16 @@ def load_image(path: str) -> np.ndarray:
         raise BackgroundError(f"background image {path}: cannot decode it ({exc})") from None
     if rgb.size == 0:
         raise BackgroundError(f"background image {path}: the image is empty")
+    h, w = rgb.shape[:2]
+    if w * h > MAX_KEPT_PIXELS:  # kept (and refitted at each size change) at most at 4K
+        s = math.sqrt(MAX_KEPT_PIXELS / (w * h))
+        rgb = cv2.resize(rgb, (max(1, int(w * s)), max(1, int(h * s))),
+                         interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 
 class VideoBackground:
-    """A looping video file, decoded on a thread a few frames ahead.
+    """A looping video file, decoded on a worker thread a few frames ahead.
 
     ``render`` takes the next decoded frame when one is ready and otherwise
     shows the previous one again, so a slow decoder never stalls the stream.
@@ -270,90 +308,78 @@ class VideoBackground:
     """
 
     fresh = False
+    color = None
 
     def __init__(self, path: str, fit: str):
+        import av
+
+        from live.io.files import VideoReader  # PyAV loads only for a video background
+
         self.path, self.fit = path, fit
         self.stamp = file_stamp(path)
-        from live.io.files import open_video  # PyAV loads only for a video background
-
         try:
-            self._container = open_video(path, MAX_VIDEO_PIXELS)
+            self._reader = VideoReader(path, loop=True, max_pixels=MAX_VIDEO_PIXELS)
         except ValueError as exc:
             raise BackgroundError(f"background video {path}: {exc}") from None
-        self._decoded = self._container.decode(video=0)
+        refused = check_image_size(self._reader.stream.width, self._reader.stream.height)
+        if refused:
+            self._reader.close()
+            raise BackgroundError(f"background video {path}: {refused}")
         try:
-            first = self._decode_one()
-        except BackgroundError:
-            self._container.close()
-            raise
+            first = self._reader.read()
+        except (av.FFmpegError, ValueError) as exc:
+            self._reader.close()
+            raise BackgroundError(f"background video {path}: cannot decode it ({exc})") \
+                from None
         if first is None:
-            self._container.close()
+            self._reader.close()
             raise BackgroundError(f"background video {path}: no decodable frame")
         self._size: tuple[int, int] | None = None  # (w, h) the frames are wanted at
-        self._last = first
-        self._frames: queue.Queue[np.ndarray] = queue.Queue(maxsize=VIDEO_READ_AHEAD)
-        self._frames.put(first)  # shown first: the check decoded it already
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bg-video", daemon=True)
-        self._thread.start()
+        self._last = first[0]
+        self._failures = 0
+        self._worker = Worker("live-bg-video")
+        shown_first: Future[np.ndarray | None] = Future()  # the check decoded it already
+        shown_first.set_result(first[0])
+        self._ahead = collections.deque([shown_first])
+        self._ahead.extend(self._worker.call(self._decode) for _ in range(VIDEO_READ_AHEAD - 1))
 
-    def _decode_one(self) -> np.ndarray | None:
+    def _decode(self) -> np.ndarray | None:  # worker thread
+        """The next frame fitted to the wanted size; a broken frame rewinds the file, and
+        after a few in a row (or a failed rewind) None: the last good frame stays."""
         import av
 
-        try:
-            return next(self._decoded).to_ndarray(format="bgr24")
-        except StopIteration:
-            return None
-        except (av.FFmpegError, ValueError) as exc:
-            raise BackgroundError(f"background video {self.path}: cannot decode it ({exc})") \
-                from None
-
-    def _run(self) -> None:
-        """Decode, fit to the wanted size, queue; rewind at the end of the file."""
-        import av
-
-        failures = 0
-        while not self._stop.is_set():
+        while self._failures <= 3:
             try:
-                image = self._decode_one()
-            except BackgroundError:
-                image = None
-                failures += 1
-            if image is None:  # end of file (or a broken tail): loop
-                if failures > 3:
-                    return  # keeps showing the last good frame
+                got = self._reader.read()
+            except (av.FFmpegError, ValueError):
+                self._failures += 1
                 try:
-                    self._container.seek(0)
+                    self._reader.rewind()
                 except av.FFmpegError:
-                    return
-                self._decoded = self._container.decode(video=0)
+                    return None
                 continue
-            failures = 0
+            if got is None:
+                return None
+            self._failures = 0
             size = self._size
-            if size is not None:
-                image = fit_image(image, size[0], size[1], self.fit)
-            while not self._stop.is_set():
-                try:
-                    self._frames.put(image, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            return got[0] if size is None else fit_image(got[0], size[0], size[1], self.fit)
+        return None
 
     def render(self, frame: Pyramid, alpha: AlphaLevels) -> np.ndarray:
         h, w = frame.image.shape[:2]
         self._size = (w, h)
-        try:
-            self._last = self._frames.get_nowait()
-        except queue.Empty:
-            pass  # decoder behind: show the previous frame again
+        if self._ahead and self._ahead[0].done():  # else the decoder is behind: show it again
+            image = self._ahead.popleft().result()
+            if image is not None:
+                self._last = image
+                self._ahead.append(self._worker.call(self._decode))
         if self._last.shape[:2] != (h, w):  # frames decoded before the size was known
             self._last = fit_image(self._last, w, h, self.fit)
         return self._last
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2.0)
-        self._container.close()
+        self._worker.shutdown(wait=True)  # the frame being decoded, then no more
+        self._reader.close()
 
 
 class Compositor:
@@ -361,17 +387,26 @@ class Compositor:
 
     def __init__(self, settings: BackgroundSettings | None = None):
         self.settings = settings or BackgroundSettings()
+        self._size: tuple[int, int] | None = None  # (w, h) of the last frame composited
         self._background = self._build(self.settings, None)
 
     def update(self, settings: BackgroundSettings) -> None:
         """Switch to ``settings``; raises BackgroundError and keeps the old one on bad input.
 
-        A new image or video is decoded here (tens of ms for a large file), so
-        call it outside any per-frame lock: the swap is one attribute
-        assignment and ``apply`` reads it once, so ``update`` may run on
-        another thread while ``apply`` is running.
+        A new image or video is decoded here (tens of ms for a large file), and
+        a picture is fitted here to the current frame size, so call it outside
+        any per-frame lock: the swap is one attribute assignment and ``apply``
+        reads it once, so ``update`` may run on another thread while ``apply``
+        is running.
         """
         new = self._build(settings, self._background)
+        if isinstance(new, StillBackground) and self._size is not None:
+            try:
+                new.fitted(*self._size)
+            except (cv2.error, MemoryError) as exc:  # bounded above; refused, never per frame
+                raise BackgroundError(f"background image {settings.image}: cannot be fitted to "
+                                      f"{self._size[0]}x{self._size[1]} ({type(exc).__name__})"
+                                      ) from None
         old, self._background, self.settings = self._background, new, settings
         if old is not new and old is not None:
             old.close()
@@ -404,7 +439,7 @@ class Compositor:
         """BGR uint8 HxWx3 (BGRA HxWx4 in transparent mode) with the background replaced.
 
         ``pyramid``: the frame's shared smaller copies (the blur starts from one).
-        ``boxes``: disjoint boxes outside which the alpha is 0 (``Matte.boxes``);
+        ``boxes``: disjoint boxes outside which the alpha is 0 (``Matte.apply`` gives them);
         found here when not given.
         """
         check_bgr(frame_bgr)
@@ -412,6 +447,7 @@ class Compositor:
             raise ValueError(f"alpha {alpha_fullres.shape} does not match the frame "
                              f"{frame_bgr.shape[:2]}")
         alpha = np.asarray(alpha_fullres, dtype=np.float32)
+        self._size = (frame_bgr.shape[1], frame_bgr.shape[0])
         background = self._background  # one read: an update swaps it atomically
         if background is None:
             out = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2BGRA)
@@ -425,7 +461,7 @@ class Compositor:
             return blend(frame_bgr, bg, alpha)
         if background.fresh:
             out = bg
-        elif getattr(background, "color", None) is not None:  # a fill writes only: half a copy
+        elif background.color is not None:  # a fill writes only: half a copy
             out = np.empty_like(bg)
             cv2.rectangle(out, (0, 0), (out.shape[1] - 1, out.shape[0] - 1), background.color,
                           thickness=-1)

@@ -65,6 +65,21 @@ class Segmenter(Protocol):
         """Engine-specific live figures for the status line (e.g. memory bank bytes)."""
 
 
+def gpu_device() -> str | None:
+    """``"cuda"`` or ``"mps"`` when torch sees one, else None (also when torch is missing,
+    without the [sam2] extra, or broken: the embedded engine works). The one GPU check."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+    except Exception:
+        pass
+    return None
+
+
 def resolve_engine_name(settings: EngineSettings) -> str:
     """``auto`` means SAM 2 only when it can run well: a checkpoint and a GPU.
 
@@ -76,14 +91,8 @@ def resolve_engine_name(settings: EngineSettings) -> str:
     from live.checkpoints import sam2_checkpoint_path
 
     if not sam2_checkpoint_path(settings).is_file():
-        return "selfie"
-    try:
-        import torch
-
-        has_gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
-    except Exception:  # torch missing (no [sam2] extra) or broken: the embedded engine works
-        has_gpu = False
-    return "sam2" if has_gpu else "selfie"
+        return "selfie"  # decided without importing torch (~500 MB that never goes back)
+    return "sam2" if gpu_device() is not None else "selfie"
 
 
 def create_segmenter(settings: EngineSettings) -> Segmenter:
@@ -94,9 +103,10 @@ def create_segmenter(settings: EngineSettings) -> Segmenter:
 
         return SelfieSegmenter(settings)
     if name == "sam2":
-        from live.checkpoints import require_sam2_software
+        from live.checkpoints import require_sam2_checkpoint, require_sam2_software
 
-        require_sam2_software()
+        require_sam2_software()  # neither check imports torch: a refusal costs nothing
+        require_sam2_checkpoint(settings)
         from live.segment.auto_prompt import AutoPromptedSAM2
 
         return AutoPromptedSAM2(settings)

@@ -41,8 +41,8 @@ from typing import Any, Callable, Hashable, Iterator
 import torch
 
 from live.segment import model_cache
-from live.segment.sam2_stream import (build_model, check_image_size, default_image_size,
-                                      pick_device, pick_precision)
+from live.config import check_engine_setting
+from live.segment.sam2_stream import build_model, default_image_size, pick_device, pick_precision
 
 DEFAULT_MAX_BATCH = 8
 DEFAULT_MAX_WAIT_MS = 20.0
@@ -321,7 +321,8 @@ def shared_batcher(config: str, checkpoint: str | Path | None, *, image_size: in
     if checkpoint is None:  # random weights depend on a seed the key does not hold
         raise ValueError("a shared SAM 2 model needs a checkpoint")
     dev = pick_device(device)
-    size = check_image_size(image_size) if image_size is not None else default_image_size(dev)
+    size = (check_engine_setting("image_size", image_size) if image_size is not None
+            else default_image_size(dev))
     prec = pick_precision(dev, precision)
     key = ("sam2", config, str(Path(checkpoint).resolve()), size, str(dev), int(max_cond_frames),
            prec, bool(compile_encoder))

@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from live.config import SettingsError
+from live.config import SettingsError, check_engine_setting
 from live.frames import check_bgr
-from live.segment import Prompt, PromptError
+from live.segment import Prompt, PromptError, gpu_device
 from live.segment.pil_resize import resize_like_pil
 
 if TYPE_CHECKING:
@@ -66,13 +66,7 @@ NO_OBJ_SCORE = -1024.0  # sam2.modeling.sam2_base.NO_OBJ_SCORE: "object absent" 
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    return torch.device(name if name != "auto" else gpu_device() or "cpu")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -95,13 +89,6 @@ def pick_precision(device: torch.device, precision: str = "auto") -> str:
     return "fp32"  # MPS, and CPUs without native bf16
 
 
-def check_image_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 64 or size % 32:
-        raise SettingsError(f"engine.image_size must be a multiple of 32 and at least 64, "
-                            f"got {size!r}")
-    return size
-
-
 def default_image_size(device: torch.device) -> int:
     if device.type == "cpu":
         log.warning("SAM 2 on the CPU runs at 512 px by default to stay usable; the "
@@ -120,7 +107,7 @@ def build_model(config: str, checkpoint: str | Path | None, image_size: int,
     """
     from sam2.build_sam import build_sam2_video_predictor
 
-    check_image_size(image_size)
+    check_engine_setting("image_size", image_size)
     return build_sam2_video_predictor(
         config, ckpt_path=str(checkpoint) if checkpoint else None, device=str(device),
         hydra_overrides_extra=[f"++model.image_size={image_size}"])
@@ -206,9 +193,8 @@ class StreamingSAM2:
                  resize_on_device: bool | None = None, batcher: "SAM2Batcher | None" = None):
         """``batcher``: the model's front shared with other sessions, which runs their
         stateless steps as batches (live.segment.sam2_batch); the memory bank stays here."""
-        if max_cond_frames < 2:
-            # select_closest_cond_frames asserts >= 2 once there are more cond frames than this
-            raise SettingsError(f"engine.max_cond_frames must be at least 2, got {max_cond_frames}")
+        # select_closest_cond_frames asserts >= 2 once there are more cond frames than this
+        check_engine_setting("max_cond_frames", max_cond_frames)
         self.model = model.eval()
         # The official code reads the cap from the model; set it there so both agree.
         self.model.max_cond_frames_in_attn = int(max_cond_frames)
@@ -261,7 +247,8 @@ class StreamingSAM2:
                        precision=batcher.precision, compile_encoder=compile_encoder,
                        batcher=batcher)
         dev = pick_device(device)
-        size = check_image_size(image_size) if image_size is not None else default_image_size(dev)
+        size = (check_engine_setting("image_size", image_size) if image_size is not None
+                else default_image_size(dev))
         return cls(build_model(config, checkpoint, size, dev), max_cond_frames=max_cond_frames,
                    precision=precision, compile_encoder=compile_encoder)
 

@@ -97,13 +97,20 @@ class Session:
 
 
 class Client:
-    """One control websocket: its settings until it has a session, its session, its rate."""
+    """One control websocket: its settings until it has a session, its session, its
+    message and byte budgets, and whether it came with the operator's token."""
 
-    def __init__(self, ws: ServerConnection, settings: Settings, rate: float, burst: float):
+    def __init__(self, ws: ServerConnection, settings: Settings, rate: float, burst: float,
+                 operator: bool = False):
         self.ws = ws
         self.settings = settings
         self.session: Session | None = None
         self.limiter = protocol.RateLimiter(rate, burst)
+        self.bytes = protocol.RateLimiter(protocol.BYTES_PER_SECOND, protocol.BYTES_BURST)
+        self.operator = operator  # sees and steers every session, not only its own
+
+    def may_steer(self, session: Session) -> bool:
+        return self.operator or session.owner is self
 
 
 def client_settings(settings: Settings) -> dict[str, Any]:
