@@ -161,6 +161,13 @@ class ServerSettings:
                    flag="--port")
     allow_remote: bool = _f(False, "allow binding to a non-loopback address", flag="--allow-remote")
     token: str | None = _f(None, "access token (default: a new random one each start)")
+    workers: int | None = _f(
+        None, "worker processes the WebRTC sessions run in, each session on the least-loaded "
+        "one (default: one per CPU core; 0 = every session in the server's own process)",
+        lo=0, hi=256, flag="--workers")
+    cluster: str | None = _f(
+        None, "run each session's worker as a Ray actor in this cluster: a head's address, or "
+        "'auto' (needs pip install 'live[cluster]')", flag="--cluster")
 
 
 @dataclass(frozen=True)
