@@ -24,8 +24,8 @@ from bench import DATA, report
 from live.config import Settings, parse_background
 from live.frames import Frame
 from live.pipeline import FrameProcessor, Pipeline, StageTimes
-from live.sinks import NullSink
-from live.sources import FileSource
+from live.io import NullSink
+from live.io.files import FileSource
 
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from bench import DATA, load_frames, report
-from live.client import ControlClient
+from live.serve.client import ControlClient
 
 BITS = 16
 
@@ -203,7 +203,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def serve_child(passthrough: bool) -> None:
     """``--serve``: ``live serve`` with the selfie engine and blur, on a free port."""
     from live.config import Settings
-    from live.server import serve
+    from live.serve.server import serve
 
     serve(Settings().merged({"server": {"port": 0}, "engine": {"name": "selfie"}}), passthrough)
 

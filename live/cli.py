@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         check_background(settings)  # a bad file fails now, not after the model loaded
         if args.command == "serve":
-            from live.server import serve
+            from live.serve.server import serve
 
             serve(settings)
             return 0
@@ -102,12 +102,13 @@ def check_virtual_camera(settings: Settings) -> None:
     """On Linux a virtual camera needs v4l2loopback: say so before waiting for a frame."""
     import platform
 
-    from live.doctor import loopback_devices
-    from live.sinks import V4L2LOOPBACK_FIX, SinkError
-
     target = settings.output.target
     if target != "vcam" or settings.output.vcam_backend or settings.output.vcam_device:
         return
+    from live.doctor import loopback_devices
+    from live.io import SinkError
+    from live.io.vcam import V4L2LOOPBACK_FIX
+
     if platform.system() == "Linux" and not loopback_devices():
         raise SinkError(
             f"no virtual camera device. Load v4l2loopback: {V4L2LOOPBACK_FIX} "
@@ -128,26 +129,8 @@ def _fetch(args: argparse.Namespace) -> int:
 async def run_pipeline(settings: Settings, max_frames: int | None = None, quiet: bool = False,
                        control: bool = True) -> int:
     """``live run``: one pipeline, its status line, Ctrl-C to stop with files finalised."""
-    from live.pipeline import FrameProcessor, Pipeline
-    from live.sinks import create_sink
-    from live.sources import open_source
-
-    check_virtual_camera(settings)
-    source = open_source(settings.source)
-    processor = None
-    try:
-        processor = FrameProcessor(settings)  # may fail: a model or background file
-        sink = create_sink(settings.output, source.fps,
-                           transparent=settings.background.mode == "transparent",
-                           pace=not source.live)  # a file played into a camera: real time
-    except Exception:
-        if processor is not None:
-            processor.close()
-        await source.close()
-        raise
-    if max_frames is not None:
-        source = _Limited(source, max_frames)
-    pipeline = Pipeline(source, [sink], processor, name="run")
+    pipeline = await build_pipeline(settings, max_frames)
+    processor, sink = pipeline.processor, pipeline.sinks[0]
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("live.pipeline").setLevel(logging.CRITICAL)  # printed below instead
 
@@ -172,10 +155,33 @@ async def run_pipeline(settings: Settings, max_frames: int | None = None, quiet:
     return 1 if pipeline.frames_out == 0 and pipeline.errors else 0
 
 
+async def build_pipeline(settings: Settings, max_frames: int | None = None) -> Any:
+    """What ``live run`` runs: the source, the processor and the one sink, not started."""
+    from live.io import create_sink, open_source
+    from live.pipeline import FrameProcessor, Pipeline
+
+    check_virtual_camera(settings)
+    source = open_source(settings.source)
+    processor = None
+    try:
+        processor = FrameProcessor(settings)  # may fail: a model or background file
+        sink = create_sink(settings.output, source.fps,
+                           transparent=settings.background.mode == "transparent",
+                           pace=not source.live)  # a file played into a camera: real time
+    except Exception:
+        if processor is not None:
+            processor.close()
+        await source.close()
+        raise
+    if max_frames is not None:
+        source = _Limited(source, max_frames)
+    return Pipeline(source, [sink], processor, name="run")
+
+
 async def _start_control(settings: Settings, processor: Any, pipeline: Any) -> Any:
     """Expose the control websocket for this pipeline, when the server module is available."""
     try:
-        from live.server import ControlServer
+        from live.serve.server import ControlServer
     except ImportError:
         return None
     server = ControlServer(settings, sessions={"run": (processor, pipeline)})

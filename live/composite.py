@@ -24,7 +24,6 @@ import numpy as np
 
 from live.config import BackgroundSettings
 from live.frames import Pyramid, check_bgr, halve
-from live.sources import open_video
 from live.matte import Box, blob_boxes
 
 MAX_IMAGE_PIXELS = 50_000_000  # the control panel uploads images: refuse decompression bombs
@@ -275,6 +274,8 @@ class VideoBackground:
     def __init__(self, path: str, fit: str):
         self.path, self.fit = path, fit
         self.stamp = file_stamp(path)
+        from live.io.files import open_video  # PyAV loads only for a video background
+
         try:
             self._container = open_video(path, MAX_VIDEO_PIXELS)
         except ValueError as exc:

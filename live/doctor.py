@@ -53,7 +53,7 @@ def run_doctor() -> int:
            "plug in a camera, or try `live run --source synthetic` / a video file")
     print("virtual camera")
     if platform.system() == "Linux":
-        from live.sinks import V4L2LOOPBACK_FIX
+        from live.io.vcam import V4L2LOOPBACK_FIX
 
         _check(bool(loop), f"v4l2loopback: {', '.join(loop) or 'no device'}", V4L2LOOPBACK_FIX)
     else:

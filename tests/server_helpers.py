@@ -17,9 +17,9 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
 from bench import load_frames
-from live.client import ControlClient
+from live.serve.client import ControlClient
 from live.config import Settings
-from live.server import ControlServer
+from live.serve.server import ControlServer
 
 TEST_SIZE = (640, 360)  # small enough for VP8 both ways on two shared cores
 

@@ -12,8 +12,8 @@ from live.config import Settings
 from live.frames import EndOfStream, Frame
 from live.pipeline import FrameProcessor, Mailbox, Pipeline
 from live.segment import Prompt, PromptError
-from live.sinks import NullSink
-from live.sources import SyntheticSource
+from live.io import NullSink
+from live.io.synthetic import SyntheticSource
 
 SELFIE = Settings().merged({"engine": {"name": "selfie"}})
 

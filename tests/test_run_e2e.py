@@ -18,10 +18,10 @@ from live.checkpoints import ModelMissingError, selfie_model_path
 from live.composite import BackgroundError
 from live.config import Settings
 from live.frames import Frame
+from live.io import NullSink
+from live.io.files import FileSource, RecorderSink
 from live.pipeline import FrameProcessor, Pipeline
 from live.segment.selfie import SelfieSegmenter
-from live.sinks import NullSink, RecorderSink
-from live.sources import FileSource
 
 REPO = Path(__file__).resolve().parent.parent
 FRAMES = 48
@@ -172,3 +172,22 @@ def test_doctor_reports_each_need_with_its_fix(tmp_path: Path) -> None:
     assert "fix: live fetch sam2 --model tiny" in out
     if sys.platform == "linux" and not glob.glob("/sys/devices/virtual/video4linux/*"):
         assert "modprobe v4l2loopback" in out
+
+
+def test_live_run_to_a_preview_window_loads_neither_aiortc_nor_torch() -> None:
+    """What `live run --output preview` builds (and the control panel module it opens beside
+    it) must leave WebRTC and the SAM 2 stack unloaded: a fresh interpreter, then sys.modules."""
+    code = ("import asyncio, sys\n"
+            "from live.cli import build_parser, build_pipeline\n"
+            "from live.config import settings_from_args\n"
+            "args = build_parser().parse_args(['run', '--source', 'synthetic', '--output', "
+            "'preview', '--engine', 'selfie'])\n"
+            "pipeline = asyncio.run(build_pipeline(settings_from_args(args)))\n"
+            "import live.serve.server\n"
+            "print(type(pipeline.sinks[0]).__name__, "
+            "sorted(m for m in ('aiortc', 'torch', 'pyvirtualcam') if m in sys.modules))\n")
+    env = dict(os.environ, DISPLAY=os.environ.get("DISPLAY") or ":99")  # the sink only checks it
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[-2] == "PreviewSink []", proc.stdout

@@ -332,9 +332,9 @@ def test_dragging_the_colour_picker_or_a_flood_of_requests_stays_under_the_rate_
 def run_session():
     """A `live run`-like attached session: a synthetic source into a null sink."""
     from live.pipeline import FrameProcessor, Pipeline
-    from live.server import Session
-    from live.sinks import NullSink
-    from live.sources import SyntheticSource
+    from live.serve.session import Session
+    from live.io import NullSink
+    from live.io.synthetic import SyntheticSource
 
     processor = FrameProcessor(test_settings())
     pipeline = Pipeline(SyntheticSource(320, 180, 15.0), [NullSink()], processor, name="run")

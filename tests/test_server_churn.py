@@ -8,7 +8,7 @@ import threading
 
 import psutil
 
-from live.client import ControlClient
+from live.serve.client import ControlClient
 from server_helpers import (ClipTrack, load_clip, pipeline_threads, recv_frames, running_server,
                             wait_until)
 

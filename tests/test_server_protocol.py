@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from live import control
+from live.serve import protocol
 from server_helpers import ServerThread, StreamingPeer, load_clip, test_settings
 
 
@@ -32,7 +32,7 @@ def ws_connect(server, *, token: str | None = None, origin: str | None = None,
     uri = f"ws://{host or '127.0.0.1'}:{server.port}/ws?token={token}"
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
     return connect(uri, sock=sock, additional_headers=headers, open_timeout=10,
-                   max_size=control.MAX_MESSAGE_BYTES, compression=None)
+                   max_size=protocol.MAX_MESSAGE_BYTES, compression=None)
 
 
 def ask(ws: ClientConnection, raw: str | bytes | dict) -> dict:
@@ -80,9 +80,9 @@ def test_every_message_type_round_trips(st_server, frames):
     with ws_connect(server) as ws:
         hello = ask(ws, {"type": "hello", "id": 1})
         assert hello["type"] == "ok" and hello["id"] == 1 and hello["server"] == "live"
-        assert set(hello["message_types"]) == set(control.MESSAGE_TYPES)
+        assert set(hello["message_types"]) == set(protocol.MESSAGE_TYPES)
         assert "server" not in hello["settings"], "the token's section must never be sent"
-        assert set(hello["schema"]) == set(control.CLIENT_SECTIONS)
+        assert set(hello["schema"]) == set(protocol.CLIENT_SECTIONS)
         assert hello["schema"]["matte"]["ema"]["min"] == 0.05  # the page's sliders use these
         assert "blur" in hello["schema"]["background"]["mode"]["choices"]
 
@@ -112,7 +112,7 @@ def test_every_message_type_round_trips(st_server, frames):
         assert ask(ws, {"type": "sessions.list", "id": 5}) == {"type": "ok", "id": 5,
                                                                "sessions": []}
 
-    peer = StreamingPeer(st_server, frames)  # offer → answer, through live.client
+    peer = StreamingPeer(st_server, frames)  # offer → answer, through live.serve.client
     try:
         peer.wait_frames(5)
         with ws_connect(server) as ws:
@@ -211,7 +211,7 @@ BAD_MESSAGES = [
      "megapixels"),
     (json.dumps({"type": "background.upload", "id": 1,
                  "data": base64.b64encode(png_claiming_size(64, 64)).decode()}), "damaged"),
-    (json.dumps({"type": "settings.get", "id": 1, "pad": "x" * (control.MAX_CONTROL_BYTES + 1)}),
+    (json.dumps({"type": "settings.get", "id": 1, "pad": "x" * (protocol.MAX_CONTROL_BYTES + 1)}),
      "over the 1048576-byte limit"),
     (b"\x00\x01binary", "binary messages are not supported"),
 ]
@@ -243,7 +243,7 @@ def _json_id(raw: str | bytes) -> object:
 def test_message_over_the_socket_limit_closes_only_that_connection(st_server):
     server = st_server.server
     with ws_connect(server) as other, ws_connect(server) as ws:
-        ws.send("x" * (control.MAX_MESSAGE_BYTES + 1))
+        ws.send("x" * (protocol.MAX_MESSAGE_BYTES + 1))
         with pytest.raises(ConnectionClosed) as closed:
             ws.recv(timeout=10)
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009  # too big
@@ -321,7 +321,7 @@ def test_static_files_are_served_and_confined(st_server):
     status, headers, body = http_get(port, "/favicon.svg")  # no 404 in the console
     assert status == 200 and headers["content-type"] == "image/svg+xml" and b"<svg" in body
     for path in ("/../pyproject.toml", "/%2e%2e/pyproject.toml", "/..%2fpyproject.toml",
-                 "/%2e%2e%2flive%2fserver.py", "//etc/passwd", "/web_client/../README.md",
+                 "/%2e%2e%2flive%2fconfig.py", "//etc/passwd", "/web_client/../README.md",
                  "/missing.js", "/%00index.html", "/style.css%00.png"):
         status, _, body = http_get(port, path)
         assert status == 404, path
@@ -360,7 +360,7 @@ def _fuzz(server, peer: StreamingPeer) -> None:
                             st.dictionaries(st.sampled_from(names), value, max_size=3)
                             | value, max_size=3)
     message = st.fixed_dictionaries(
-        {"type": st.sampled_from(list(control.MESSAGE_TYPES) + ["bogus"]), "id": st.integers(1)},
+        {"type": st.sampled_from(list(protocol.MESSAGE_TYPES) + ["bogus"]), "id": st.integers(1)},
         optional={"settings": patch, "session": st.sampled_from([peer.session, "zz"]) | value,
                   "points": st.lists(st.lists(leaf, max_size=4), max_size=4) | value,
                   "obj_id": value, "box": value, "data": st.text(max_size=40) | value,
@@ -395,9 +395,9 @@ def test_an_attached_pipeline_is_steered_and_left_to_its_owner():
     import asyncio
 
     from live.pipeline import FrameProcessor, Pipeline
-    from live.server import ControlServer
-    from live.sinks import NullSink
-    from live.sources import SyntheticSource
+    from live.serve.server import ControlServer
+    from live.io import NullSink
+    from live.io.synthetic import SyntheticSource
 
     async def scenario() -> None:
         settings = test_settings()
@@ -408,7 +408,7 @@ def test_an_attached_pipeline_is_steered_and_left_to_its_owner():
         server = ControlServer(settings, sessions={"run": (processor, pipeline)})
         await server.start()
         try:
-            from live.client import ControlClient
+            from live.serve.client import ControlClient
 
             async with ControlClient(server.url) as client:
                 listed = await client.request("sessions.list")
@@ -447,7 +447,7 @@ def test_serve_prints_its_url_serves_the_page_and_stops_cleanly_on_a_signal(sig)
     import sys
     from urllib.parse import urlsplit
 
-    code = ("from live.config import Settings; from live.server import serve; "
+    code = ("from live.config import Settings; from live.serve.server import serve; "
             "serve(Settings().merged({'server': {'port': 0}, 'engine': {'name': 'selfie'}}))")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -457,7 +457,7 @@ def test_serve_prints_its_url_serves_the_page_and_stops_cleanly_on_a_signal(sig)
         assert len(url.query.removeprefix("token=")) >= 32  # secrets.token_urlsafe(24)
         assert http_get(url.port, "/")[0] == 200
         with connect(f"ws://127.0.0.1:{url.port}/ws?{url.query}", open_timeout=10,
-                     max_size=control.MAX_MESSAGE_BYTES) as ws:
+                     max_size=protocol.MAX_MESSAGE_BYTES) as ws:
             image = np.full((36, 64, 3), 200, np.uint8)
             reply = ask(ws, {"type": "background.upload", "id": 1, "data": png_b64(image)})
         assert reply["type"] == "ok", reply
@@ -474,7 +474,7 @@ def test_serve_prints_its_url_serves_the_page_and_stops_cleanly_on_a_signal(sig)
 def test_a_busy_port_fails_to_start_and_leaves_no_folder_behind():
     import asyncio
 
-    from live.server import ControlServer
+    from live.serve.server import ControlServer
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

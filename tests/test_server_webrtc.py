@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import AudioStreamTrack
 
-from live.client import ControlClient
+from live.serve.client import ControlClient
 from live.config import EngineSettings
 from live.segment.selfie import SelfieSegmenter
 from server_helpers import (ClipTrack, load_clip, pipeline_threads, recv_frames, running_server,
@@ -131,7 +131,7 @@ def test_second_offer_replaces_first_session(clip_path):
 VANISHING_PEER = """
 import asyncio, sys
 from aiortc.mediastreams import VideoStreamTrack
-from live.client import ControlClient
+from live.serve.client import ControlClient
 
 async def main():
     client = ControlClient(sys.argv[1])

@@ -21,8 +21,11 @@ from pyvirtualcam.util import decode_fourcc
 
 from live.config import OutputSettings, SettingsError
 from live.frames import Frame
-from live.sinks import (NullSink, PreviewSink, RecorderSink, SinkError, VideoOutputTrack,
-                        VirtualCameraSink, create_sink, over_checkerboard)
+from live.io import NullSink, SinkError, create_sink
+from live.io.files import RecorderSink
+from live.io.preview import PreviewSink, over_checkerboard
+from live.io.vcam import VirtualCameraSink
+from live.io.webrtc import VideoOutputTrack
 
 
 def run(coro):
@@ -485,7 +488,7 @@ REPO = Path(__file__).resolve().parent.parent
 PREVIEW_SCRIPT = """
 import asyncio, ctypes, json, sys
 import numpy as np
-from live.sinks import PreviewSink  # first: it loads OpenCV before PyAV
+from live.io.preview import PreviewSink  # first: it loads OpenCV before PyAV
 from live.frames import Frame
 
 def press(keysym):
@@ -568,10 +571,10 @@ def test_preview_window_shows_frames_and_q_or_esc_close_it(xvfb_display, key, cl
 @pytest.mark.skipif(platform.system() != "Linux", reason="the clash is between X libraries")
 def test_preview_refuses_to_start_when_pyav_was_loaded_first():
     """Rather than hang in cv2.imshow at 100% CPU (PyAV #978), say what to change."""
-    script = ("import av\nfrom live.sinks import PreviewSink, SinkError\n"
+    script = ("import av\nfrom live.io.preview import PreviewSink, SinkError\n"
               "try:\n    PreviewSink()\nexcept SinkError as exc:\n    print(exc)\n")
     result = run_python(script, env={"DISPLAY": ":99"})
-    assert "import cv2 (or live.sinks) before anything imports av" in result.stdout, \
+    assert "import cv2 (or live.io.preview) before anything imports av" in result.stdout, \
         result.stderr[-2000:]
 
 
@@ -620,7 +623,7 @@ CTRL_C_SCRIPT = """
 import asyncio, sys
 import numpy as np
 from live.frames import Frame
-from live.sinks import RecorderSink
+from live.io.files import RecorderSink
 
 async def main():
     sink = RecorderSink(sys.argv[1], fps=30)

@@ -12,7 +12,10 @@ import pytest
 
 from live.config import SettingsError, SourceSettings
 from live.frames import EndOfStream
-from live.sources import FileSource, SourceError, SyntheticSource, WebcamSource, open_source
+from live.io import SourceError, open_source
+from live.io.files import FileSource
+from live.io.synthetic import SyntheticSource
+from live.io.webcam import WebcamSource
 
 
 async def read_n(source, n: int) -> list:

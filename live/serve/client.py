@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from live.control import MAX_MESSAGE_BYTES
+from live.serve.protocol import MAX_MESSAGE_BYTES
 
 
 class ControlClient:

@@ -1,47 +1,44 @@
 """One WebRTC peer: its video through a pipeline and back, its audio straight back.
 
 Kept apart from ``server.py`` so the control server imports aiortc only when a
-browser actually offers video.
+browser actually offers video. It opens a ``Session`` and hands it back; the
+server learns of its end through ``on_close`` (no import of the server here).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole
 
 from live.config import Settings
-from live.control import ProtocolError
+from live.io.webrtc import TrackSource, VideoOutputTrack
 from live.pipeline import FrameProcessor, Pipeline
-from live.sinks import VideoOutputTrack
-from live.sources import TrackSource
+from live.serve.protocol import ProtocolError
+from live.serve.session import Session
 
-if TYPE_CHECKING:
-    from live.server import ControlServer, Session
-
-log = logging.getLogger("live.peer")
+log = logging.getLogger("live.serve.peer")
 
 
-async def open_peer_session(server: ControlServer, settings: Settings,
-                            offer_sdp: str) -> tuple[Session, str]:
+async def open_peer_session(settings: Settings, offer_sdp: str, *, passthrough: bool = False,
+                            on_close: Callable[[Session], None] | None = None
+                            ) -> tuple[Session, str]:
     """Answer ``offer_sdp`` and start its pipeline; returns the session and the answer SDP.
 
     The answer is sent only once our candidates are gathered (aiortc does that
     inside ``setLocalDescription``). No STUN server: aiortc's default is
     Google's, which a local service must not contact, and loopback or LAN
-    peers find each other through host candidates.
+    peers find each other through host candidates. ``passthrough``: the
+    pipeline returns frames untouched (the latency baseline).
     """
-    from live.server import Session
-
     processor = await asyncio.to_thread(FrameProcessor, settings)  # may load a model
-    processor.passthrough = server.passthrough
+    processor.passthrough = passthrough
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    session = Session(processor, kind="webrtc")
-    session.pc = pc
-    session.output = VideoOutputTrack()
+    session = Session(processor, kind="webrtc", pc=pc, output=VideoOutputTrack(),
+                      on_close=on_close)
     tracks: dict[str, list[Any]] = {"video": [], "audio": []}
 
     @pc.on("track")
@@ -58,7 +55,7 @@ async def open_peer_session(server: ControlServer, settings: Settings,
     async def on_state() -> None:
         log.info("session %s: connection %s", session.id, pc.connectionState)
         if pc.connectionState in ("failed", "closed"):
-            await server.close_session(session)
+            await session.close()
 
     try:
         try:
@@ -74,10 +71,10 @@ async def open_peer_session(server: ControlServer, settings: Settings,
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
     except BaseException:
-        await server.close_session(session)  # the one teardown path (not yet registered)
+        await session.close()  # the one teardown path
         raise
     _drain_unsent_audio(session, pc)
-    session.task = asyncio.create_task(_run(server, session), name=f"session-{session.id}")
+    session.start()
     return session, pc.localDescription.sdp
 
 
@@ -88,7 +85,7 @@ def _drain_unsent_audio(session: Session, pc: RTCPeerConnection) -> None:
         if transceiver.kind == "audio" and transceiver.currentDirection == "recvonly":
             hole = MediaBlackhole()
             hole.addTrack(transceiver.receiver.track)
-            session.extra_tasks.append(asyncio.create_task(_blackhole(hole)))
+            session.own(asyncio.create_task(_blackhole(hole)))
 
 
 async def _blackhole(hole: MediaBlackhole) -> None:
@@ -97,11 +94,3 @@ async def _blackhole(hole: MediaBlackhole) -> None:
         await asyncio.Event().wait()
     finally:
         await hole.stop()
-
-
-async def _run(server: ControlServer, session: Session) -> None:
-    assert session.pipeline is not None
-    try:
-        await session.pipeline.run()
-    finally:
-        await server.close_session(session)

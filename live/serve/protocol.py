@@ -2,7 +2,7 @@
 
 Everything here is synchronous and knows nothing about sockets or WebRTC, so
 each rule (sizes, rates, shapes of a message) can be read, tested and fuzzed
-on its own. ``live/server.py`` turns the checked messages into actions.
+on its own. ``live/serve/server.py`` turns the checked messages into actions.
 
 A message is a JSON object with a ``type`` and an ``id``; the reply is
 ``{"type": "ok", "id": ...}`` or ``{"type": "error", "id": ..., "error": ...}``.

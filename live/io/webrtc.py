@@ -1,0 +1,120 @@
+"""The WebRTC ends: the browser's incoming track as a source, the processed video
+sent back as a sink. The only module of ``live.io`` that imports aiortc."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fractions
+import time
+from typing import Any
+
+import av
+import numpy as np
+from aiortc.mediastreams import VIDEO_TIME_BASE, MediaStreamError, MediaStreamTrack
+
+from live.frames import EndOfStream, Frame
+from live.io.base import check_image, flatten_alpha
+
+
+class VideoOutputTrack(MediaStreamTrack):
+    """The processed video sent back to a browser; also a Sink the pipeline writes to.
+
+    One slot, newest wins: a frame the encoder has not taken yet is replaced by
+    the next one (counted in ``dropped``), so a slow network never builds up
+    latency. ``sent`` maps ``frame.index`` → ``time.monotonic()`` when ``recv``
+    handed that frame to aiortc (the last ``SENT_HISTORY`` frames), for latency
+    measurements.
+    """
+
+    kind = "video"
+    SENT_HISTORY = 1000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._slot: tuple[np.ndarray, Frame] | None = None
+        self._ready = asyncio.Event()
+        self._clock_start: float | None = None
+        self._last_pts: int | None = None
+        self.frames = 0
+        self.dropped = 0
+        self.sent: collections.OrderedDict[int, float] = collections.OrderedDict()
+
+    async def write(self, image: np.ndarray, frame: Frame) -> None:
+        """Offer a frame to the peer; a no-op once the track has ended (peer gone)."""
+        check_image(image)
+        if self.readyState != "live":
+            return
+        if self._slot is not None:
+            self.dropped += 1
+        self._slot = (image, frame)
+        self._ready.set()
+
+    async def recv(self) -> av.VideoFrame:
+        while self._slot is None:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._ready.clear()
+            await self._ready.wait()
+        if self.readyState != "live":
+            raise MediaStreamError
+        image, frame = self._slot
+        self._slot = None
+        out = av.VideoFrame.from_ndarray(np.ascontiguousarray(flatten_alpha(image)),
+                                         format="bgr24")
+        out.pts, out.time_base = self._timestamp(frame)
+        self.frames += 1
+        self.sent[frame.index] = time.monotonic()
+        while len(self.sent) > self.SENT_HISTORY:
+            self.sent.popitem(last=False)
+        return out
+
+    def _timestamp(self, frame: Frame) -> tuple[int, fractions.Fraction]:
+        """The incoming WebRTC frame's own clock when known, so the browser sees
+        consistent timing; otherwise a 90 kHz clock from the capture time."""
+        pts, time_base = frame.meta.get("pts"), frame.meta.get("time_base")
+        if pts is not None and time_base is not None:
+            return int(pts), fractions.Fraction(time_base.numerator, time_base.denominator)
+        if self._clock_start is None:
+            self._clock_start = frame.captured
+        ticks = int(round((frame.captured - self._clock_start) * VIDEO_TIME_BASE.denominator))
+        if self._last_pts is not None and ticks <= self._last_pts:
+            ticks = self._last_pts + 1
+        self._last_pts = ticks
+        return ticks, VIDEO_TIME_BASE
+
+    def stop(self) -> None:
+        """End the track and wake a pending ``recv`` (it raises MediaStreamError)."""
+        super().stop()
+        self._slot = None
+        self._ready.set()
+
+    async def close(self) -> None:
+        self.stop()
+
+
+
+class TrackSource:
+    """An incoming aiortc video track, read frame by frame as BGR."""
+
+    live = True
+    fps = 30.0
+
+    def __init__(self, track: Any):
+        self.track = track
+        self.index = 0
+
+    async def read(self) -> Frame:
+        try:
+            vf = await self.track.recv()
+        except MediaStreamError:
+            raise EndOfStream from None
+        time_base = vf.time_base or fractions.Fraction(1, 90_000)
+        pts = float(vf.pts * time_base) if vf.pts is not None else time.monotonic()
+        image = vf.to_ndarray(format="bgr24")
+        self.index += 1
+        return Frame(image, self.index - 1, pts, meta={"pts": vf.pts, "time_base": time_base})
+
+    async def close(self) -> None:
+        self.track.stop()
+

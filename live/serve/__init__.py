@@ -1,0 +1,7 @@
+"""``live serve``: the web page, its control websocket, one pipeline per WebRTC peer.
+
+``server`` (lifecycle, websocket loop, message handlers) sits on ``http`` (the
+token/Origin/static gate), ``protocol`` (what a message may say), ``session``
+(what a session owns and closes), ``uploads`` and ``peer`` (the only module
+here that imports aiortc, loaded when a browser first offers video).
+"""
