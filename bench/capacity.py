@@ -97,7 +97,7 @@ async def run_peer(url: str, clip: Path, size: tuple[int, int], codec: str, fps:
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
     from bench.webrtc import read_stamp
-    from live.client import ControlClient
+    from live.serve.client import ControlClient
 
     w, h = size
     frames = yuv_frames(clip, 30, size)
@@ -187,7 +187,7 @@ class Server:
 def serve_child(passthrough: bool, workers: int | None) -> None:
     """``--serve``: ``live serve`` with the selfie engine and blur, on a free port."""
     from live.config import Settings
-    from live.server import serve
+    from live.serve.server import serve
 
     patch: dict[str, Any] = {"server": {"port": 0}, "engine": {"name": "selfie"}}
     if workers is not None:

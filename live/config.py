@@ -166,8 +166,9 @@ class ServerSettings:
         "one (default: one per CPU core; 0 = every session in the server's own process)",
         lo=0, hi=256, flag="--workers")
     cluster: str | None = _f(
-        None, "run each session's worker as a Ray actor in this cluster: a head's address, or "
-        "'auto' (needs pip install 'live[cluster]')", flag="--cluster")
+        None, "run each session's worker as a Ray actor in this cluster: a head's address, "
+        "'auto' (the running cluster), or 'local' (start one here); needs pip install "
+        "'live[cluster]'", flag="--cluster")
 
 
 @dataclass(frozen=True)

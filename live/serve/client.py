@@ -35,6 +35,7 @@ class ControlClient:
         self.session: str | None = None
         self.remote: dict[str, Any] = {}  # kind -> track coming back from the server
         self.stats: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
+        self.ended: list[dict[str, Any]] = []  # session.ended notices (a worker died)
         self._ids = itertools.count(1)
         self._pending: dict[Any, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -59,6 +60,9 @@ class ControlClient:
                 msg = json.loads(raw)
                 if msg.get("type") == "stats":
                     self.stats.append(msg)
+                    continue
+                if msg.get("type") == "session.ended":  # its worker died: offer again
+                    self.ended.append(msg)
                     continue
                 future = self._pending.pop(msg.get("id"), None)
                 if future is not None and not future.done():

@@ -48,6 +48,7 @@ from live.serve.http import WEB_ROOT, HttpGate
 from live.serve.protocol import ProtocolError
 from live.serve.session import Client, Session, client_settings
 from live.serve.uploads import Uploads
+from live.serve.workers import WorkerPool
 
 log = logging.getLogger("live.serve")
 
@@ -81,6 +82,7 @@ class ControlServer:
         self.port: int | None = None
         self._server: Server | None = None
         self.uploads = Uploads()
+        self.workers = WorkerPool.for_settings(settings)  # None: sessions run in this process
         self._peer_tasks: set[asyncio.Task[None]] = set()
         if isinstance(sessions, Mapping):  # {"run": (processor, pipeline)} from `live run`
             sessions = [Session(proc, pipe, kind=name, session_id=name)
@@ -129,6 +131,8 @@ class ControlServer:
         if pending:  # sessions closing on their own (peer gone) finish first
             await asyncio.wait(pending, timeout=10)
         self._server = None
+        if self.workers is not None:
+            await self.workers.close()
         self.uploads.close()
 
     async def close_session(self, session: Session) -> None:
@@ -140,6 +144,22 @@ class ControlServer:
         self.sessions.pop(session.id, None)
         if session.owner is not None and session.owner.session is session:
             session.owner.session = None
+        reason = getattr(session, "end_reason", None)  # its worker died: the page offers again
+        if reason and session.owner is not None:
+            self._notify(session.owner, {"type": "session.ended", "session": session.id,
+                                         "reason": reason})
+
+    def _notify(self, client: Client, message: dict[str, Any]) -> None:
+        """Push ``message`` to ``client`` unasked (as stats are); a gone client misses it."""
+        async def send() -> None:
+            try:
+                await client.ws.send(protocol.dumps(message))
+            except ConnectionClosed:
+                pass
+
+        task = asyncio.create_task(send())
+        self._peer_tasks.add(task)
+        task.add_done_callback(self._peer_tasks.discard)
 
     # ------------------------------------------------------------------ HTTP
 
@@ -203,7 +223,7 @@ class ControlServer:
         now = time.monotonic()
         if now - self._stats_at >= self.stats_interval / 2:
             self._stats = [(s, s.stats()) for s in self.sessions.values()
-                           if s.pipeline is not None]
+                           if s.running]
             self._stats_at = now
         return self._stats
 
@@ -238,7 +258,7 @@ class ControlServer:
                 "message_types": list(protocol.MESSAGE_TYPES)}
 
     def _settings_of(self, client: Client, session: Session | None) -> Settings:
-        return session.processor.settings if session is not None else client.settings
+        return session.settings if session is not None else client.settings
 
     async def _on_settings_get(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
         session = self._target(client, msg, required=False)
@@ -261,8 +281,8 @@ class ControlServer:
             client.settings = client.settings.merged(patch)
             return {"session": None, "settings": client_settings(client.settings)}
         async with session.lock:
-            new = session.processor.settings.merged(patch)
-            await asyncio.to_thread(session.processor.update_settings, new)
+            new = session.settings.merged(patch)
+            await session.apply(new)
         if session.owner is client:
             client.settings = new
         return {"session": session.id, "settings": client_settings(new)}
@@ -271,13 +291,13 @@ class ControlServer:
         prompt = protocol.prompt_from(msg)
         session = self._target(client, msg, required=True)
         assert session is not None
-        session.processor.add_prompt(prompt)  # PromptError (e.g. selfie engine) → error reply
+        await session.add_prompt(prompt)  # PromptError (e.g. selfie engine) → error reply
         return {"session": session.id, "obj_id": prompt.obj_id, "points": len(prompt.points)}
 
     async def _on_reset(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
         session = self._target(client, msg, required=True)
         assert session is not None
-        session.processor.reset()
+        await session.reset()
         return {"session": session.id}
 
     async def _on_background_upload(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
@@ -290,14 +310,12 @@ class ControlServer:
         except BaseException:
             path.unlink(missing_ok=True)
             raise
-        in_use = {s.processor.settings.background.image for s in self.sessions.values()}
+        in_use = {s.settings.background.image for s in self.sessions.values()}
         in_use |= {c.settings.background.image for c in self.clients}
         self.uploads.adopt(path, in_use)
         return reply
 
     async def _on_offer(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
-        from live.serve.peer import open_peer_session  # aiortc loads only when a peer comes
-
         sdp = protocol.offer_sdp(msg)
         if client.session is not None:  # a new offer replaces this client's old session
             await self.close_session(client.session)
@@ -306,9 +324,7 @@ class ControlServer:
             raise ProtocolError(f"too many video sessions ({peers}); close one first")
         self._opening += 1  # answering takes a while (a model loads): others wait their turn
         try:
-            session, answer = await open_peer_session(client.settings, sdp,
-                                                      passthrough=self.passthrough,
-                                                      on_close=self._forget)
+            session, answer = await self._open_peer(client.settings, sdp)
         finally:
             self._opening -= 1
         session.owner = client
@@ -317,6 +333,17 @@ class ControlServer:
         session.task.add_done_callback(self._peer_tasks.discard)
         self.sessions[session.id] = session
         return {"session": session.id, "answer": {"type": "answer", "sdp": answer}}
+
+    async def _open_peer(self, settings: Settings, sdp: str) -> tuple[Any, str]:
+        """A new peer session, in the least-loaded worker (``live.serve.workers``), or
+        in this process with ``--workers 0``; its answer SDP."""
+        if self.workers is not None:
+            return await self.workers.open(settings, sdp, passthrough=self.passthrough,
+                                           on_close=self._forget)
+        from live.serve.peer import open_peer_session  # aiortc loads only when a peer comes
+
+        return await open_peer_session(settings, sdp, passthrough=self.passthrough,
+                                       on_close=self._forget)
 
     async def _on_stats(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
         session = self._target(client, msg, required=True)
@@ -354,6 +381,8 @@ def serve(settings: Settings, passthrough: bool = False) -> None:
                 pass
         print(f"live: serving on {server.url}\nlive: open that URL in a browser "
               "(Ctrl-C stops)", flush=True)
+        if server.workers is not None:  # the first page need not wait for its worker
+            prewarm = asyncio.create_task(server.workers.prewarm())  # noqa: F841 (kept alive)
         try:
             await stop.wait()
         finally:
