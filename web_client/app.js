@@ -113,6 +113,10 @@ function onMessage(msg) {
     showStats(msg.sessions);
     return;
   }
+  if (msg.type === "session.ended") {   // its worker died: start again on another
+    if (msg.session === state.ownSession) restartCamera(msg.reason);
+    return;
+  }
   const resolve = state.pending.get(msg.id);
   if (resolve) {
     state.pending.delete(msg.id);
@@ -245,6 +249,12 @@ function iceGatheringDone(pc, timeoutMs = 3000) {
     pc.addEventListener("icegatheringstatechange", done);
     setTimeout(finish, timeoutMs);
   });
+}
+
+async function restartCamera(reason) {
+  stopCamera();
+  showMessage(`video session ended (${reason}); reconnecting…`);
+  await startCamera();
 }
 
 function stopCamera() {
