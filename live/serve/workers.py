@@ -30,7 +30,7 @@ from live.config import Settings
 from live.segment import Prompt
 from live.serve import protocol
 from live.serve.protocol import ProtocolError
-from live.serve.session import Session, client_settings
+from live.serve.session import Session
 
 log = logging.getLogger("live.serve.workers")
 
@@ -54,6 +54,14 @@ class Worker(Protocol):
     def adopt(self, session: RemoteSession) -> None: ...
 
     async def stop(self) -> None: ...
+
+
+def portable(settings: Settings) -> dict[str, Any]:
+    """What a worker needs of the settings: every section but ``server`` (the token
+    stays with the control server; a worker serves no page)."""
+    sections = settings.to_dict()
+    del sections["server"]
+    return sections
 
 
 class RemoteSession:
@@ -85,7 +93,7 @@ class RemoteSession:
         return {"session": self.id, "kind": self.kind, **self.latest, "worker": self.worker.name}
 
     async def apply(self, settings: Settings) -> None:
-        await self._call("apply", settings=client_settings(settings))
+        await self._call("apply", settings=portable(settings))
         self.settings = settings
 
     async def add_prompt(self, prompt: Prompt) -> None:
@@ -315,7 +323,7 @@ class WorkerPool:
         self._opening[i] += 1
         try:
             worker = await self._worker(i)
-            reply = await worker.call("open", settings=client_settings(settings), sdp=sdp,
+            reply = await worker.call("open", settings=portable(settings), sdp=sdp,
                                       passthrough=passthrough)
         finally:
             self._opening[i] -= 1
