@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
-from live.config import Settings, SettingsError
+from live.config import LOOPBACK_HOSTS, Settings, SettingsError
 from live.serve.workers import WorkerBase, WorkerError, unwrap
 
 #: The cluster's CPUs a session worker reserves (its decode, pipeline and encode).
@@ -104,14 +104,16 @@ class RayWorker(WorkerBase):
 def ray_worker_starter(settings: Settings) -> Callable[[str], Awaitable[RayWorker]]:
     """Connect to the cluster now (a wrong address fails at start, not at the first
     peer) and return how the pool starts one actor."""
+    address = settings.server.cluster
+    if address == "local" or address.partition(":")[0] in LOOPBACK_HOSTS:
+        # Ray swaps a loopback head address for this machine's interface address
+        # (which a loopback-only head does not listen on) unless told, before import
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:
         raise SettingsError("--cluster needs Ray: pip install 'live[cluster]' (or "
                             "'ray[serve]==2.60.*')") from None
-    address = settings.server.cluster
-    if address == "local":  # a head of our own, in this process's lifetime, on loopback
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     if not ray.is_initialized():
         try:
             ray.init(address=address, runtime_env=_runtime_env(),
@@ -127,6 +129,13 @@ def ray_worker_starter(settings: Settings) -> Callable[[str], Awaitable[RayWorke
         return worker
 
     return start
+
+
+def cpus() -> int:
+    """How many session workers the cluster holds: its CPUs over what each reserves."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1) // ACTOR_CPUS))
 
 
 def _runtime_env() -> dict[str, Any]:

@@ -273,8 +273,10 @@ class WorkerPool:
     """``size`` worker slots; a session goes to the least-loaded one."""
 
     def __init__(self, size: int,
-                 start_worker: Callable[[str], Awaitable[Worker]] = start_process_worker):
+                 start_worker: Callable[[str], Awaitable[Worker]] = start_process_worker,
+                 on_close: Callable[[], None] | None = None):
         self.start_worker = start_worker
+        self.on_close = on_close  # after the workers stopped (e.g. leave the Ray cluster)
         self.slots: list[Worker | None] = [None] * size
         self._opening = [0] * size  # offers being answered, per slot
         self._starting: list[asyncio.Task[Worker] | None] = [None] * size
@@ -288,9 +290,10 @@ class WorkerPool:
         if count == 0:
             return None
         if settings.server.cluster:
-            from live.serve.cluster import ray_worker_starter
+            from live.serve import cluster
 
-            return cls(count or 1, ray_worker_starter(settings))
+            start = cluster.ray_worker_starter(settings)  # joins the cluster first
+            return cls(count or cluster.cpus(), start, cluster.shutdown)
         return cls(count or os.cpu_count() or 1)
 
     def load(self, i: int) -> int:
@@ -349,13 +352,15 @@ class WorkerPool:
             task.add_done_callback(_log_failed_start)
 
     async def close(self) -> None:
+        """Stop every worker, those still starting included."""
         self._closing = True
-        for task in self._starting:
-            if task is not None:
-                task.cancel()
-        workers = [w for w in self.slots if w is not None]
+        starting = [t for t in self._starting if t is not None]
+        started = await asyncio.gather(*starting, return_exceptions=True)
+        workers = {id(w): w for w in [*self.slots, *started] if isinstance(w, WorkerBase)}
         self.slots = [None] * len(self.slots)
-        await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
+        await asyncio.gather(*(w.stop() for w in workers.values()), return_exceptions=True)
+        if self.on_close is not None:
+            self.on_close()
 
 
 def _log_failed_start(task: asyncio.Future[Any]) -> None:
