@@ -14,6 +14,9 @@ Each WebRTC peer gets a ``Session``: its incoming video track → ``TrackSource`
 same peer; incoming audio is sent straight back. A session ends when its peer
 connection fails or closes, when its track ends, or when the websocket that
 created it goes away; everything it held (tracks, thread, model) goes with it.
+Sessions run in worker processes, one per core (``live.serve.workers``;
+``server.workers = 0`` keeps them in this process): this server answers the
+page and relays each session's messages to the worker that holds it.
 
 ``live run`` attaches its virtual-camera pipeline with ``ControlServer(settings,
 sessions={"run": (processor, pipeline)})`` (or a list of ``Session``), so the
@@ -382,7 +385,7 @@ def serve(settings: Settings, passthrough: bool = False) -> None:
         print(f"live: serving on {server.url}\nlive: open that URL in a browser "
               "(Ctrl-C stops)", flush=True)
         if server.workers is not None:  # the first page need not wait for its worker
-            prewarm = asyncio.create_task(server.workers.prewarm())  # noqa: F841 (kept alive)
+            server.workers.prewarm()
         try:
             await stop.wait()
         finally:

@@ -18,6 +18,7 @@ when a session first needs them (``prewarm`` starts them all).
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import logging
@@ -143,13 +144,14 @@ class WorkerBase:
         self.sessions: dict[str, RemoteSession] = {}
         self.alive = False
         self.on_death: Callable[[Worker], None] | None = None
-        self._gone: set[str] = set()  # sessions that ended before their open reply was read
+        # sessions that ended before their open reply was read (and, unavoidably, those
+        # the server closed itself: bounded, so a long-running worker does not pile them up)
+        self._gone: collections.deque[str] = collections.deque(maxlen=256)
         self._stopping = False
 
     def adopt(self, session: RemoteSession) -> None:
         self.sessions[session.id] = session
         if session.id in self._gone:  # its peer left while the answer was on its way
-            self._gone.discard(session.id)
             session.ended(None)
 
     def event(self, msg: dict[str, Any]) -> None:
@@ -157,7 +159,7 @@ class WorkerBase:
         if msg["event"] == "closed":
             session = self.sessions.get(msg["session"])
             if session is None:
-                self._gone.add(msg["session"])
+                self._gone.append(msg["session"])
             else:
                 session.ended(None)
         elif msg["event"] == "stats":
@@ -305,17 +307,26 @@ class WorkerPool:
         return min(range(len(self.slots)), key=lambda i: (self.load(i), self.slots[i] is None, i))
 
     async def _worker(self, i: int) -> Worker:
+        """Slot ``i``'s running worker, started if need be."""
         worker = self.slots[i]
         if worker is not None and worker.alive:
             return worker
-        if self._starting[i] is None:  # one start per slot, however many offers wait on it
-            self._starting[i] = asyncio.ensure_future(self.start_worker(f"worker {i}"))
+        return await asyncio.shield(self._start(i))
+
+    def _start(self, i: int) -> asyncio.Task[Worker]:
+        """The start of slot ``i``'s worker: one, however many offers wait on it."""
+        task = self._starting[i]
+        if task is None:
+            task = self._starting[i] = asyncio.ensure_future(self._launch(i))
+            task.add_done_callback(_log_failed_start)
+        return task
+
+    async def _launch(self, i: int) -> Worker:
         try:
-            worker = await asyncio.shield(self._starting[i])
+            worker = await self.start_worker(f"worker {i}")
         finally:
-            if self._starting[i] is not None and self._starting[i].done():
-                self._starting[i] = None
-        worker.on_death = lambda w, i=i: self._on_death(i, w)
+            self._starting[i] = None
+        worker.on_death = lambda w: self._on_death(i, w)
         self.slots[i] = worker
         return worker
 
@@ -334,22 +345,19 @@ class WorkerPool:
         worker.adopt(session)
         return session, reply["answer"]
 
-    async def prewarm(self) -> None:
-        """Start every worker now rather than at its first session; one that fails is
-        logged, and tried again when a session needs it."""
-        started = await asyncio.gather(*(self._worker(i) for i in range(len(self.slots))),
-                                       return_exceptions=True)
-        for result in started:
-            if isinstance(result, Exception):
-                log.error("a session worker did not start: %s", result)
+    def prewarm(self) -> None:
+        """Start every worker now, in the background, rather than at its first session
+        (one that fails is logged, and tried again when a session needs it)."""
+        for i, worker in enumerate(self.slots):
+            if worker is None or not worker.alive:
+                self._start(i)
 
     def _on_death(self, i: int, worker: Worker) -> None:
         if self.slots[i] is worker:
             self.slots[i] = None
         if not self._closing:  # a fresh worker, ready for the pages that offer again
             self.restarts += 1
-            task = asyncio.ensure_future(self._worker(i))
-            task.add_done_callback(_log_failed_start)
+            self._start(i)
 
     async def close(self) -> None:
         """Stop every worker, those still starting included."""
@@ -365,4 +373,4 @@ class WorkerPool:
 
 def _log_failed_start(task: asyncio.Future[Any]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("could not restart a worker: %s", task.exception())
+        log.error("a session worker did not start: %s", task.exception())
