@@ -3,21 +3,37 @@
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
+# What is installed, one stamp each: the default path (selfie engine, no torch),
+# the SAM 2 extra on top, and everything the tests need (SAM 2's included).
+BASE := $(VENV)/.installed-base
+SAM2 := $(VENV)/.installed-sam2
 STAMP := $(VENV)/.installed
 # torch first, pinned, so pip does not pull a different build in through sam2.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # SAM 2's optional CUDA extension only fills holes in masks; skip the build by default.
 export SAM2_BUILD_CUDA ?= 0
 
-.PHONY: setup run test bench browser models cluster clean
+.PHONY: setup sam2 run test bench browser models cluster clean
 
-setup: $(STAMP)
+setup: $(BASE)
 
-$(STAMP): pyproject.toml
+# pip without -q: a first install takes a while and should say what it is doing.
+$(BASE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_SPEC)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install --progress-bar on -e .
+	touch $(BASE)
+
+# The SAM 2 engine: torch and sam2 (`live` names this target when they are missing).
+sam2: $(SAM2)
+
+$(SAM2): $(BASE)
+	$(PY) -m pip install --progress-bar on $(TORCH_SPEC)
+	$(PY) -m pip install --progress-bar on -e '.[sam2]'
+	touch $(SAM2)
+
+$(STAMP): $(SAM2)
+	$(PY) -m pip install --progress-bar on -e '.[test,sam2]'
 	touch $(STAMP)
 
 models: setup
@@ -40,10 +56,10 @@ browser:
 cluster: setup
 	@$(PY) -c 'import ray' 2>/dev/null || $(PY) -m pip install -q -e '.[cluster]'
 
-test: models browser cluster
+test: $(STAMP) models browser cluster
 	$(PY) -m pytest -q -ra
 
-bench: models
+bench: $(STAMP) models
 	$(PY) -m bench.pipeline
 	$(PY) -m bench.quality
 	$(PY) -m bench.webrtc

@@ -25,7 +25,7 @@ import sys
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import cv2  # noqa: F401  (before av: the other order can make OpenCV spin, PyAV #978)
 import av
@@ -91,10 +91,12 @@ class StampedClip(MediaStreamTrack):
         return frame
 
 
-def start_server(passthrough: bool) -> tuple[subprocess.Popen[str], str]:
-    """A child ``live`` server on a free port; returns it and its URL."""
-    cmd = [sys.executable, "-m", "bench.webrtc", "--serve"] + (["--passthrough"] if passthrough
-                                                                 else [])
+def start_server(passthrough: bool, module: str = "bench.webrtc",
+                 args: Sequence[str] = ()) -> tuple[subprocess.Popen[str], str]:
+    """A child ``live`` server on a free port (``module --serve [args]``, which prints
+    ``live: serving on URL`` first); returns it and its URL."""
+    cmd = [sys.executable, "-m", module, "--serve", *args] + (["--passthrough"] if passthrough
+                                                              else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parents[1])
     assert proc.stdout is not None

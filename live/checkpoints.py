@@ -23,7 +23,8 @@ from live.config import EngineSettings
 
 
 class ModelMissingError(RuntimeError):
-    """A model file is absent or corrupt; the message names the command that fixes it."""
+    """A model file, or the software that runs it, is absent or corrupt; the message
+    names the command that fixes it."""
 
 
 def checkpoint_dir() -> Path:
@@ -130,6 +131,39 @@ def sam2_checkpoint_path(settings: EngineSettings) -> Path:
     if settings.checkpoint:
         return Path(settings.checkpoint)
     return checkpoint_dir() / SAM2_MODELS[settings.sam2_model][0].name
+
+
+def require_sam2_software() -> None:
+    """SAM 2 needs torch and sam2, the optional ``[sam2]`` extra the default install
+    leaves out (~1 GB more; several GB with CUDA): say exactly how to add them."""
+    import importlib.util
+
+    def absent(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is None
+        except (ImportError, ValueError):  # a broken or half-removed install
+            return True
+
+    importlib.invalidate_caches()  # installed while live runs: found without a restart
+    missing = [m for m in ("torch", "sam2") if absent(m)]
+    if not missing:
+        return
+    repo = Path(__file__).resolve().parent.parent
+    if (repo / "pyproject.toml").is_file():  # a checkout (make setup installs it editable)
+        fix = (f"`make sam2` in {repo} (or `{sys.executable} -m pip install -e "
+               f"'{repo}[sam2]'`)")
+    else:  # installed from a wheel: the extra's own requirements, as pyproject.toml lists them
+        from importlib import metadata
+
+        try:
+            wanted = [r.split(";")[0].strip() for r in metadata.requires("live") or ()
+                      if "extra" in r and "sam2" in r.split(";")[1]]
+        except metadata.PackageNotFoundError:
+            wanted = []
+        fix = f"`{sys.executable} -m pip install " + " ".join(
+            f"'{r}'" for r in wanted or missing) + "`"
+    raise ModelMissingError(f"the sam2 engine needs {' and '.join(missing)}, which the default "
+                            f"install leaves out. Fix: {fix}, then pick sam2 again")
 
 
 def sam2_config_name(model: str) -> str:

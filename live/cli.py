@@ -27,15 +27,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="process a camera or file into a virtual camera, "
-                         "a preview window or a file")
-    add_cli_arguments(run)
-    run.add_argument("--frames", type=int, default=None, help="stop after N frames")
-    run.add_argument("--quiet", action="store_true", help="no status line")
-    run.add_argument("--no-control", action="store_true",
+                         "a preview window or a file",
+                         usage="live run [--source SOURCE] [--output OUTPUT] "
+                               "[--background BACKGROUND] [--engine ENGINE] [option ...]")
+    add_cli_arguments(run, sections=("source", "output", "background", "engine", "matte",
+                                     "server"))
+    own = run.add_argument_group("run")
+    own.add_argument("--frames", type=int, default=None, help="stop after N frames")
+    own.add_argument("--quiet", action="store_true",
+                     help="print nothing but errors (no status line, no summary)")
+    own.add_argument("--no-control", action="store_true",
                      help="do not open the control panel websocket")
 
     serve = sub.add_parser("serve", help="serve the WebRTC page and control panel")
-    add_cli_arguments(serve, sections=("engine", "matte", "background", "server"))
+    add_cli_arguments(serve, sections=("engine", "matte", "background", "server", "webrtc"))
 
     fetch = sub.add_parser("fetch", help="download model files into checkpoints/")
     fetch.add_argument("what", choices=["selfie", "sam2"],
@@ -71,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         check_background(settings)  # a bad file fails now, not after the model loaded
         if args.command == "serve":
+            from live.segment import create_segmenter, warm_up
             from live.serve.server import serve
 
+            warm_up(create_segmenter(settings.engine))  # the first peer finds the model ready
             serve(settings)
             return 0
         return asyncio.run(run_pipeline(settings, max_frames=args.frames, quiet=args.quiet,
@@ -140,7 +147,8 @@ async def run_pipeline(settings: Settings, max_frames: int | None = None, quiet:
             loop.add_signal_handler(sig, pipeline.stop)
         except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
             pass
-    control_server = await _start_control(settings, processor, pipeline) if control else None
+    control_server = (await _start_control(settings, processor, pipeline, quiet)
+                      if control else None)
     status = asyncio.create_task(_status_line(pipeline, sink, quiet))
     try:
         await pipeline.run()
@@ -152,19 +160,64 @@ async def run_pipeline(settings: Settings, max_frames: int | None = None, quiet:
             await control_server.stop()
     if pipeline.errors:
         print("live: " + "\nlive: ".join(pipeline.errors), file=sys.stderr)
+    if not quiet and settings.output.target not in ("vcam", "preview"):
+        print(f"live: {describe_recording(settings.output.target)}", file=sys.stderr)
     return 1 if pipeline.frames_out == 0 and pipeline.errors else 0
+
+
+def describe_recording(path: str) -> str:
+    """What a file run wrote, read back from the file itself: path, frames, duration."""
+    import av
+
+    frames, start, end = 0, None, 0.0
+    try:
+        with av.open(path) as container:
+            for packet in container.demux(container.streams.video[0]):
+                if packet.size and packet.pts is not None:
+                    frames += 1
+                    t = float(packet.pts * packet.time_base)
+                    start = t if start is None else min(start, t)
+                    end = max(end, t + float((packet.duration or 0) * packet.time_base))
+    except (OSError, av.FFmpegError, IndexError) as exc:
+        return f"{path} was not written ({exc})"
+    return f"wrote {path}: {frames} frames, {end - (start or 0.0):.2f} s"
+
+
+async def _start_control(settings: Settings, processor: Any, pipeline: Any,
+                         quiet: bool = False, tries: int = 10) -> Any:
+    """Open this pipeline's own control panel: on ``server.port``, or, when that is
+    taken (a ``live serve`` beside it), on the next free port; its URL is printed."""
+    from live.serve.server import ControlServer
+
+    port, last = settings.server.port, None
+    for attempt in range(tries if port else 1):
+        here = settings.merged({"server": {"port": port + attempt}}) if port else settings
+        server = ControlServer(here, sessions={"run": (processor, pipeline)})
+        try:
+            await server.start()
+        except OSError as exc:
+            last = exc
+            continue
+        if not quiet:
+            taken = f" (port {port} is taken, by `live serve`?)" if attempt else ""
+            print(f"live: control panel at {server.url}{taken}", file=sys.stderr)
+        return server
+    print(f"live: control panel not started ({last}); continuing without it", file=sys.stderr)
+    return None
 
 
 async def build_pipeline(settings: Settings, max_frames: int | None = None) -> Any:
     """What ``live run`` runs: the source, the processor and the one sink, not started."""
     from live.io import create_sink, open_source
     from live.pipeline import FrameProcessor, Pipeline
+    from live.segment import warm_up
 
     check_virtual_camera(settings)
     source = open_source(settings.source)
     processor = None
     try:
         processor = FrameProcessor(settings)  # may fail: a model or background file
+        warm_up(processor.segmenter, settings.source.width, settings.source.height)
         sink = create_sink(settings.output, source.fps,
                            transparent=settings.background.mode == "transparent",
                            pace=not source.live)  # a file played into a camera: real time
@@ -176,22 +229,6 @@ async def build_pipeline(settings: Settings, max_frames: int | None = None) -> A
     if max_frames is not None:
         source = _Limited(source, max_frames)
     return Pipeline(source, [sink], processor, name="run")
-
-
-async def _start_control(settings: Settings, processor: Any, pipeline: Any) -> Any:
-    """Expose the control websocket for this pipeline, when the server module is available."""
-    try:
-        from live.serve.server import ControlServer
-    except ImportError:
-        return None
-    server = ControlServer(settings, sessions={"run": (processor, pipeline)})
-    try:
-        await server.start()
-    except OSError as exc:
-        print(f"live: control panel not started ({exc}); continuing without it", file=sys.stderr)
-        return None
-    print(f"live: control panel at {server.url}", file=sys.stderr)
-    return server
 
 
 class _Limited:

@@ -172,6 +172,35 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class WebRTCSettings:
+    """What a browser peer sends and gets back. The operator's (clients read, never
+    change them): the bitrate bounds also bound aiortc's encoders process-wide."""
+
+    # VP8 by measurement (2026-11-29, 1280x720 at 2.5 Mbps, 2 cores): aiortc's VP8
+    # encoder takes 10 ms of CPU a frame, its H.264 (libx264) 29 ms; in chromium the
+    # H.264 return video delivered ~45 % of the server's frames, VP8 ~65 % (bench.browser).
+    codec: Literal["VP8", "H264"] = _f(
+        "VP8", "video codec both ways when the browser offers it (else the browser's first)")
+    max_width: int = _f(1280, "widest video asked of the browser's camera and sent back",
+                        lo=160, hi=3840)
+    max_height: int = _f(720, "tallest video asked of the browser's camera and sent back",
+                         lo=90, hi=2160)
+    max_bitrate_kbps: int | None = _f(
+        None, "video bitrate ceiling each way; lower it for a slow link (default: sized to "
+        "max_width x max_height, 0.09 bits per pixel at 30 fps: 2488 at 1280x720)",
+        lo=100, hi=50_000)
+    min_bitrate_kbps: int | None = _f(
+        None, "video bitrate floor each way: the bandwidth estimate never goes below it, so "
+        "the resolution holds (default: 40 % of the ceiling)", lo=50, hi=50_000)
+
+    def resolved(self) -> "WebRTCSettings":
+        """These settings with the bitrate bounds that were left to their defaults filled in."""
+        hi = self.max_bitrate_kbps or round(self.max_width * self.max_height * 30 * 0.09 / 1000)
+        lo = self.min_bitrate_kbps or round(hi * 0.4)
+        return dataclasses.replace(self, max_bitrate_kbps=hi, min_bitrate_kbps=lo)
+
+
+@dataclass(frozen=True)
 class Settings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     matte: MatteSettings = field(default_factory=MatteSettings)
@@ -179,6 +208,7 @@ class Settings:
     source: SourceSettings = field(default_factory=SourceSettings)
     output: OutputSettings = field(default_factory=OutputSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
+    webrtc: WebRTCSettings = field(default_factory=WebRTCSettings)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -216,6 +246,10 @@ class Settings:
         size = self.engine.image_size
         if size is not None and size % 32:
             raise SettingsError(f"engine.image_size must be a multiple of 32, got {size}")
+        rtc = self.webrtc.resolved()
+        if rtc.min_bitrate_kbps > rtc.max_bitrate_kbps:  # type: ignore[operator]
+            raise SettingsError(f"webrtc.min_bitrate_kbps ({rtc.min_bitrate_kbps}) must not "
+                                f"exceed webrtc.max_bitrate_kbps ({rtc.max_bitrate_kbps})")
         if not self.server.allow_remote and self.server.host not in LOOPBACK_HOSTS:
             raise SettingsError(f"server.host {self.server.host!r} is not loopback; pass "
                                 "--allow-remote to expose the service on the network")
@@ -362,9 +396,19 @@ def add_cli_arguments(parser: argparse.ArgumentParser,
     config file's value, is the only default there is; the help shows it.
     """
     groups: dict[str, Any] = {}
-    for section, f, hint in _setting_fields(sections):
+
+    def group(section: str) -> Any:
         if section not in groups:
             groups[section] = parser.add_argument_group(section)
+            if section == "background":  # the shorthand first: it is what people type
+                groups[section].add_argument(
+                    "--background", dest="background_spec", default=None, metavar="BACKGROUND",
+                    help="shorthand: blur, blur:N, #RRGGBB, transparent, IMAGE or VIDEO")
+        return groups[section]
+
+    for section in sections or ():  # help lists the groups in the order asked for
+        group(section)
+    for section, f, hint in _setting_fields(sections):
         meta = f.metadata
         names = [f"--{section}-{f.name}".replace("_", "-")]
         if meta.get("flag"):
@@ -378,10 +422,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser,
             if choices:
                 kwargs["choices"] = choices
             kwargs["metavar"] = None if choices else f.name.upper()
-        groups[section].add_argument(*names, **kwargs)
-    if sections is None or "background" in sections:
-        parser.add_argument("--background", dest="background_spec", default=None,
-                            help="shorthand: blur, blur:N, #RRGGBB, transparent, IMAGE or VIDEO")
+        group(section).add_argument(*names, **kwargs)
     parser.add_argument("--config", default=None, help="TOML config file (sections as tables)")
 
 

@@ -69,7 +69,8 @@ def run_doctor() -> int:
                + (torch.cuda.get_device_name(0) if gpu else "MPS" if mps else "CPU only"),
                "SAM 2 needs a GPU to run live; the embedded selfie engine runs on the CPU")
     except Exception as exc:
-        _check(False, f"torch not importable ({exc})", "make setup")
+        _check(False, f"torch not importable ({exc})",
+               "only the SAM 2 engine needs it: `make sam2` (the [sam2] extra)")
     print(f"models in {checkpoint_dir()}")
     for variant, spec in SELFIE_FILES.items():
         _check(is_valid(checkpoint_dir() / spec.name, spec), f"selfie {variant}: {spec.name}",

@@ -5,38 +5,37 @@ from __future__ import annotations
 
 import shutil
 import time
-from fractions import Fraction
-from pathlib import Path
 
-import cv2  # before av (PyAV issue #978)
-import av
+import cv2
 import numpy as np
 import pytest
 
+from bench.browser import CHROMIUM, launch_chromium, write_y4m
 from server_helpers import (ServerThread, StreamingPeer, load_clip, pipeline_threads,
                             test_settings)
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
+CAMERA = (1280, 720)  # what a webcam gives: the page must get it back at this size
 
 
-def write_y4m(clip: Path, out: Path, seconds: float = 3.0, fps: int = 30) -> Path:
-    """A few seconds of the clip as 640x360 4:2:0 .y4m, the fake camera's format."""
-    frames = load_clip(clip, int(seconds * fps))
-    with av.open(str(out), "w", format="yuv4mpegpipe") as container:
-        stream = container.add_stream("rawvideo", rate=fps)
-        stream.width, stream.height = frames[0].shape[1], frames[0].shape[0]
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.time_base = Fraction(1, fps)
-        for i, image in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(image, format="bgr24").reformat(format="yuv420p")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return out
+# The processed video's size, and the size, rate limit and degradation preference
+# of what the page's camera sender encodes.
+SIZES_JS = """async () => {
+  const v = document.getElementById("processed");
+  const pc = window.liveClient.pc;
+  const out = { received: [v.videoWidth, v.videoHeight] };
+  if (!pc) return out;
+  (await pc.getStats()).forEach((r) => {
+    if (r.type === "outbound-rtp" && r.kind === "video") {
+      out.sent = [r.frameWidth, r.frameHeight];
+      out.limit = r.qualityLimitationReason;
+    }
+  });
+  const sender = pc.getSenders().find((s) => s.track && s.track.kind === "video");
+  out.degradation = sender && sender.getParameters().degradationPreference;
+  return out;
+}"""
 
 
 # Fraction of a video's pixels within 50 of an RGB colour, read through a canvas.
@@ -82,13 +81,10 @@ def browser(browser_paths, clip_path, tmp_path_factory):
     """One headless chromium for this module, its fake camera playing the clip."""
     from playwright.sync_api import sync_playwright
 
-    y4m = write_y4m(clip_path, tmp_path_factory.mktemp("camera") / "camera.y4m")
+    y4m = write_y4m(load_clip(clip_path, 90, CAMERA),  # 3 s, looped by chromium
+                    tmp_path_factory.mktemp("camera") / "camera.y4m")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(browser_paths), headless=True, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--no-first-run",
-            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-            f"--use-file-for-fake-video-capture={y4m}"])
+        browser = launch_chromium(pw, y4m)
         try:
             yield browser
         finally:
@@ -132,6 +128,13 @@ def test_page_replaces_background_sends_clicks_and_follows_the_panel(browser, cl
             assert green < 0.99, "everything turned green: the subject was replaced too"
             raw = page.evaluate(COLOR_FRACTION_JS, ["preview", 0, 255, 0])
             assert raw is not None and raw < 0.05, "the raw preview should not be green"
+            # The camera goes out and comes back at full size (left alone, chromium's
+            # bandwidth estimate scales it down to 320x180 within ~15 s).
+            sizes = wait_for(lambda: (s := page.evaluate(SIZES_JS)) and s["received"] ==
+                             list(CAMERA) and s, 20, "the processed video at full size")
+            assert sizes["sent"] == list(CAMERA) and sizes["degradation"] == \
+                "maintain-resolution", sizes
+            started = time.monotonic()
 
             # A click on the video is a point prompt in frame coordinates; the
             # selfie engine refuses it with a reason the page shows.
@@ -197,6 +200,13 @@ def test_page_replaces_background_sends_clicks_and_follows_the_panel(browser, cl
 
             stats = wait_for(lambda: page.text_content("#stats"), 5, "the pushed stats line")
             assert "fps" in stats and "segment" in stats, stats
+
+            # Still full size both ways after the ramp (the blue background is the
+            # newest frame's, so the size is too).
+            time.sleep(max(0.0, 15 - (time.monotonic() - started)))
+            sizes = page.evaluate(SIZES_JS)
+            assert sizes["received"] == list(CAMERA) and sizes["sent"] == list(CAMERA), sizes
+            assert (frac((0, 0, 255)) or 0) > 0.4, "the background is no longer replaced"
 
             # Another session (here a Python peer) shows up in the picker and can be steered.
             other = StreamingPeer(st, load_clip(clip_path, 5))

@@ -8,6 +8,7 @@ import http.client
 import json
 import socket
 import struct
+import time
 import zlib
 from pathlib import Path
 
@@ -36,11 +37,11 @@ def ws_connect(server, *, token: str | None = None, origin: str | None = None,
 
 
 def ask(ws: ClientConnection, raw: str | bytes | dict) -> dict:
-    """Send one frame and return the next reply (stats pushes are skipped)."""
+    """Send one frame and return the next reply (pushes, which have no id, are skipped)."""
     ws.send(json.dumps(raw) if isinstance(raw, dict) else raw)
     while True:
         reply = json.loads(ws.recv(timeout=30))
-        if reply.get("type") != "stats":
+        if "id" in reply:
             return reply
 
 
@@ -153,6 +154,61 @@ def test_every_message_type_round_trips(st_server, frames):
     finally:
         peer.close()
     assert server.received["offer"] == 1 and server.received["prompt"] >= 2
+
+
+def test_a_settings_change_is_pushed_to_every_other_client_of_the_session(st_server, frames):
+    """Two tabs on one session: whoever changes it, the other sees the new settings."""
+    server = st_server.server
+    owner = StreamingPeer(st_server, frames)  # the session's own page
+    try:
+        owner.wait_frames(3)
+        target = {"session": owner.session}
+        with ws_connect(server) as steering, ws_connect(server) as watching:
+            ask(watching, {"type": "hello", "id": 1})
+            changed = ask(steering, {"type": "settings.set", "id": 2, **target,
+                                     "settings": {"background": {"mode": "color",
+                                                                 "color": "#0000ff"}}})
+            assert changed["type"] == "ok", changed
+
+            def next_settings_push(ws: ClientConnection) -> dict:
+                for _ in range(20):
+                    msg = json.loads(ws.recv(timeout=10))
+                    if msg["type"] == "settings":
+                        return msg
+                raise AssertionError("no settings push")
+
+            pushed = next_settings_push(watching)
+            assert pushed == {"type": "settings", "session": owner.session,
+                              "settings": changed["settings"]}
+            assert "server" not in pushed["settings"]  # it holds the token
+            # the session's owner (another connection too) hears of it, through live.serve.client
+            deadline = time.monotonic() + 10
+            while not owner.client.settings_pushed and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert owner.client.settings_pushed[-1]["settings"]["background"]["color"] == "#0000ff"
+
+            # An upload is a settings change too; a refused change pushes nothing.
+            upload = ask(watching, {"type": "background.upload", "id": 3, **target,
+                                    "data": png_b64(frames[0])})
+            assert upload["type"] == "ok", upload
+            refused = ask(watching, {"type": "settings.set", "id": 4, **target,
+                                     "settings": {"matte": {"feather": 1000}}})
+            assert refused["type"] == "error"
+            pushed = next_settings_push(steering)
+            assert pushed["settings"]["background"]["mode"] == "image"
+
+            def pushes_before_reply(ws: ClientConnection, msg_id: int) -> list[dict]:
+                ws.send(json.dumps({"type": "sessions.list", "id": msg_id}))
+                seen = []
+                while (msg := json.loads(ws.recv(timeout=10))).get("id") != msg_id:
+                    seen.append(msg)
+                return [m for m in seen if m["type"] == "settings"]
+
+            assert pushes_before_reply(steering, 5) == []  # the refused change pushed nothing
+            assert pushes_before_reply(watching, 6) == []  # nor did its own upload, to itself
+        owner.wait_frames(3)
+    finally:
+        owner.close()
 
 
 # --------------------------------------------------------------------------- refusals

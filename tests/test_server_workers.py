@@ -45,6 +45,8 @@ def test_two_workers_run_and_steer_their_sessions_independently(clip_path):
                 pids = {session_a.worker.pid, session_b.worker.pid}
                 assert len(pids) == 2 and os.getpid() not in pids, \
                     "the two sessions should run in two worker processes, not the server's"
+                assert "b=AS:" in a.pc.remoteDescription.sdp, "the operator's [webrtc] caps " \
+                    "did not reach the worker's answer"
                 assert await turns(track_a, background, GREEN)
                 assert await turns(track_b, background, GREEN)
 

@@ -25,7 +25,7 @@ from live.io import NullSink, SinkError, create_sink
 from live.io.files import RecorderSink
 from live.io.preview import PreviewSink, over_checkerboard
 from live.io.vcam import VirtualCameraSink
-from live.io.webrtc import VideoOutputTrack, encoder_frame, use_fast_h264
+from live.io.webrtc import VideoOutputTrack, encoder_frame
 
 
 def run(coro):
@@ -134,26 +134,6 @@ def test_track_frames_go_through_aiortcs_vp8_encoder_on_the_incoming_clock():
         assert payloads and all(payloads)
         stamps.append(timestamp)
     assert stamps == [450000, 453600, 457200]  # 5.000 s, 5.040 s, 5.080 s at 90 kHz
-
-
-def test_h264_answers_encode_at_the_fast_preset():
-    from aiortc.codecs import get_encoder
-    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-
-    use_fast_h264()
-    use_fast_h264()  # twice is once
-    encoder = get_encoder(RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000,
-                                                payloadType=102))
-    frame = encoder_frame(numbered(90, w=320, h=240))
-    frame.pts, frame.time_base = 0, fractions.Fraction(1, 90000)
-    payloads, _ = encoder.encode(frame)
-    assert payloads, "no H.264 came out"
-    # x264 writes its settings into the first keyframe: superfast's motion search
-    # (me=dia, subme=1) rather than medium's (me=hex, subme=7), and aiortc's own
-    # zero-latency tune still there (sliced threads, no B-frames)
-    stream = b"".join(payloads)
-    assert b"me=dia subme=1" in stream, stream[:800]
-    assert b"sliced_threads=1" in stream and b"bframes=0" in stream
 
 
 def test_track_hands_an_odd_sized_image_over_as_bgr():

@@ -22,6 +22,7 @@ const state = {
   ready: false,         // socket open and settings received
   sessionKinds: new Map(),  // session id -> "webrtc" | "run" | ...
   limits: null,         // from hello
+  media: null,          // hello.webrtc: the camera and sender caps ([webrtc] settings)
 };
 window.liveClient = state;
 
@@ -66,11 +67,13 @@ function connectSocket() {
     const hello = await request("hello");
     if (hello.type === "ok") {
       state.limits = hello.limits || {};
+      state.media = hello.webrtc;
       setRateLimit(state.limits.messages_per_second);
       applySchema(hello.schema);
-      showSettings(hello.settings);
       fillSessions(hello.sessions);
+      showSettings(hello.settings, { remember: false });
       setReady(true);
+      await restoreSettings(hello.settings);
     }
   };
   ws.onmessage = (event) => onMessage(JSON.parse(event.data));
@@ -115,6 +118,13 @@ function onMessage(msg) {
   }
   if (msg.type === "session.ended") {   // its worker died: start again on another
     if (msg.session === state.ownSession) restartCamera(msg.reason);
+    return;
+  }
+  if (msg.type === "settings") {   // another page (or script) changed a session's settings
+    if (msg.session === (state.selected || state.ownSession)) {
+      showSettings(msg.settings);
+      showMessage("settings changed from another control panel");
+    }
     return;
   }
   const resolve = state.pending.get(msg.id);
@@ -196,11 +206,7 @@ async function startCamera() {
   try {
     const deviceId = $("camera-select").value;
     state.camera = await navigator.mediaDevices.getUserMedia({
-      video: {
-        deviceId: deviceId ? { exact: deviceId } : undefined,
-        width: { ideal: 1280 },
-        height: { ideal: 720 },
-      },
+      video: cameraConstraints(deviceId),
       audio: $("with-audio").checked,
     });
     $("preview").srcObject = state.camera;
@@ -209,7 +215,7 @@ async function startCamera() {
 
     const pc = new RTCPeerConnection({ iceServers: [] });
     state.pc = pc;
-    state.camera.getTracks().forEach((t) => pc.addTrack(t, state.camera));
+    addCameraTracks(pc, state.camera);
     pc.ontrack = (event) => {
       if (event.track.kind === "video") {
         $("processed").srcObject = new MediaStream([event.track]);
@@ -225,6 +231,7 @@ async function startCamera() {
     if (reply.type !== "ok") throw new Error(reply.error);
     state.ownSession = reply.session;
     await pc.setRemoteDescription(reply.answer);
+    await keepResolution(pc);
     $("disconnect").disabled = false;
     showMessage("camera connected");
     refreshSessions();
@@ -234,6 +241,57 @@ async function startCamera() {
     showMessage(`could not start: ${why}`, true, helpFor(why, "press Start again"));
   }
 }
+
+// ---- media: what the camera sends (issue 9). Left to itself Chrome starts near
+// 300 kbps and scales a 1280x720 camera down to 320x180 within seconds. The
+// server's answer sets a bitrate floor and ceiling (live/rtc_media.py); here the
+// camera is asked for the operator's size (hello.webrtc, the [webrtc] settings),
+// the sender gets the same ceiling and is told never to scale down, and to drop
+// frames rather than resolution when it must.
+
+function cameraConstraints(deviceId) {
+  return {
+    deviceId: deviceId ? { exact: deviceId } : undefined,
+    width: { ideal: state.media.max_width },
+    height: { ideal: state.media.max_height },
+    frameRate: { ideal: 30 },
+  };
+}
+
+function addCameraTracks(pc, camera) {
+  for (const track of camera.getTracks()) {
+    if (track.kind !== "video") {
+      pc.addTrack(track, camera);
+      continue;
+    }
+    track.contentHint = "detail";   // Chrome: keep the resolution under pressure
+    const { width = 0, height = 0 } = track.getSettings();
+    const scale = Math.max(1, width / state.media.max_width, height / state.media.max_height);
+    pc.addTransceiver(track, {
+      direction: "sendrecv",
+      streams: [camera],
+      sendEncodings: [{
+        maxBitrate: state.media.max_bitrate_kbps * 1000,
+        scaleResolutionDownBy: scale,
+      }],
+    });
+  }
+}
+
+async function keepResolution(pc) {
+  for (const sender of pc.getSenders()) {
+    if (!sender.track || sender.track.kind !== "video") continue;
+    const params = sender.getParameters();
+    params.degradationPreference = "maintain-resolution";
+    try {
+      await sender.setParameters(params);
+    } catch (err) {   // older browsers: the track's contentHint still says so
+      console.warn(`degradationPreference not set: ${err.message || err}`);
+    }
+  }
+}
+
+// ---- end of media
 
 // No trickle ICE: the offer goes out with its candidates (host ones are instant).
 function iceGatheringDone(pc, timeoutMs = 3000) {
@@ -297,28 +355,45 @@ function steeredKind() {
 function updateModeChoices() {
   const webrtc = steeredKind() === "webrtc";
   const option = $("bg-mode").querySelector("option[value='transparent']");
+  if (!option) return;   // no schema yet: no choices to mark
   option.disabled = webrtc;
   option.textContent = webrtc ? "transparent (live run only)" : "transparent";
   $("transparent-note").hidden = !webrtc;
 }
 
-// Slider bounds come from the server's settings schema (live/config.py), the one
-// place they are written; the HTML only says which setting a control drives.
+// How a choice reads in the panel; a choice not named here shows as the schema writes it.
+const LABELS = {
+  "background.mode": { color: "colour" },
+  "engine.name": { selfie: "selfie (embedded)", sam2: "SAM 2" },
+  "engine.sam2_model": { base_plus: "base+" },
+  "engine.subjects": { all: "everyone", main: "main subject only" },
+  "matte.smoothing": { ema: "moving average" },
+};
+
+// Slider bounds and the choices of each list come from the server's settings
+// schema (live/config.py), the one place they are written; the HTML only says
+// which setting a control drives.
 function applySchema(schema) {
   if (!schema) return;
   for (const el of settingControls()) {
     const [section, name] = el.dataset.setting.split(".");
     const field = schema[section] && schema[section][name];
-    if (!field || el.type !== "range") continue;
-    if (field.min !== undefined) el.min = field.min;
-    if (field.max !== undefined) el.max = field.max;
+    if (!field) continue;
     el.title = field.help;
+    if (el.type === "range") {
+      if (field.min !== undefined) el.min = field.min;
+      if (field.max !== undefined) el.max = field.max;
+    } else if (el.tagName === "SELECT" && field.choices) {
+      const labels = LABELS[el.dataset.setting] || {};
+      el.replaceChildren(...field.choices.map((c) => new Option(labels[c] || c, c)));
+    }
   }
 }
 
-function showSettings(settings) {
+function showSettings(settings, { remember = true } = {}) {
   if (!settings) return;
   state.settings = settings;
+  if (remember && !state.selected) saveSettings(settings);
   $("panel").dataset.settings = "known";
   for (const el of settingControls()) {
     const [section, name] = el.dataset.setting.split(".");
@@ -329,6 +404,75 @@ function showSettings(settings) {
   for (const id of ["bg-blur", "matte-feather", "matte-ema"]) $(`${id}-value`).textContent = $(id).value;
   if (settings.background.video) $("bg-video").value = settings.background.video;
   if (settings.background.mode !== "image") $("bg-image").value = "";
+  showRelevantControls(settings);
+}
+
+// data-when="section.name=a,b" shows a control only while that setting is a or b
+// (e.g. the moving average's weight only in that smoothing mode).
+function showRelevantControls(settings) {
+  for (const el of document.querySelectorAll("#panel [data-when]")) {
+    const [path, values] = el.dataset.when.split("=");
+    const [section, name] = path.split(".");
+    el.hidden = !values.split(",").includes(String(settings[section][name]));
+  }
+}
+
+// ------------------------------------------------------------------ settings across reloads
+
+// This page's own settings are kept in the browser and sent again on the next
+// connect, so a reload (or a server restart) keeps the look the user chose.
+// An uploaded image is referenced by the server's copy, so it comes back for as
+// long as that server keeps the file; otherwise the rest is restored without it.
+const SAVED = "live.settings";
+
+function saveSettings(settings) {
+  try {
+    localStorage.setItem(SAVED, JSON.stringify(settings));
+  } catch (err) { /* storage off (private mode): nothing to keep */ }
+}
+
+function savedSettings() {
+  try {
+    return JSON.parse(localStorage.getItem(SAVED) || "null");
+  } catch (err) {
+    return null;
+  }
+}
+
+// The saved values that differ from `current`, as a settings.set patch.
+function changedFrom(current, saved) {
+  const patch = {};
+  for (const [section, values] of Object.entries(saved || {})) {
+    if (!current[section] || typeof values !== "object" || values === null) continue;
+    for (const [name, value] of Object.entries(values)) {
+      if (name in current[section] && current[section][name] !== value) {
+        (patch[section] = patch[section] || {})[name] = value;
+      }
+    }
+  }
+  return patch;
+}
+
+async function restoreSettings(current) {
+  const patch = changedFrom(current, savedSettings());
+  if (!Object.keys(patch).length) return;
+  const refusals = [];
+  const apply = async (settings) => {
+    const reply = await request("settings.set", { settings });
+    if (reply.type === "ok") showSettings(reply.settings);
+    else refusals.push(reply.error);
+    return reply.type === "ok";
+  };
+  if (!(await apply(patch))) {   // one section at a time, so one refusal costs only its own
+    for (const [section, values] of Object.entries(patch)) {
+      if ((await apply({ [section]: values })) || section !== "background") continue;
+      const { image, video, ...rest } = values;   // the file is gone (the server restarted)
+      if (rest.mode === "image" || rest.mode === "video") delete rest.mode;
+      if ((image || video) && Object.keys(rest).length) await apply({ background: rest });
+    }
+  }
+  showMessage(refusals.length ? `not every saved setting could be restored: ${refusals[0]}`
+    : "settings restored from your last visit", refusals.length > 0);
 }
 
 async function setSetting(section, name, value) {
@@ -538,18 +682,62 @@ function showStats(sessions) {
     $("stats").textContent = "";
     return;
   }
+  const own = wanted === state.ownSession;
   const ms = (stage) => (s.stage_ms && s.stage_ms[stage] ? s.stage_ms[stage].p50.toFixed(1) : "–");
+  const video = $("processed");
   const parts = [
-    `${s.fps.toFixed(1)} fps`,
-    `segment ${ms("segment")} ms`,
-    `matte ${ms("matte")} ms`,
-    `composite ${ms("composite")} ms`,
-    `dropped ${s.dropped}`,
+    own && shown.fps != null
+      ? [`${shown.fps.toFixed(1)} fps`, `frames this page showed in the last second ` +
+        `(the server processed ${s.fps.toFixed(1)} a second)`]
+      : [`${s.fps.toFixed(1)} fps`, "frames the server processed a second"],
+    own && video.videoWidth ? [`${video.videoWidth}×${video.videoHeight}`,
+      "size of the processed video as this page receives it"] : null,
+    [`segment ${ms("segment")} · matte ${ms("matte")} · composite ${ms("composite")} ms`,
+      "time per frame of each processing stage on the server (median)"],
+    s.mask_age_ms != null ? [`latency ${s.mask_age_ms} ms`,
+      "from a frame's arrival at the server to its processed copy leaving it " +
+      "(the network and the browser add to this)"] : null,
+    [`dropped ${s.dropped}`, "camera frames the server skipped because a newer one arrived " +
+      "before it was ready: it never queues frames, so the picture stays current instead " +
+      "of falling behind. A few a second is normal on a busy machine"],
   ];
-  if (s.mask_age_ms != null) parts.push(`mask age ${s.mask_age_ms} ms`);
   const bank = s.engine && s.engine.memory_bank_bytes;
-  if (bank != null) parts.push(`memory bank ${(bank / 1048576).toFixed(1)} MiB`);
-  $("stats").textContent = parts.join(" · ");
+  if (bank != null) {
+    parts.push([`memory bank ${(bank / 1048576).toFixed(1)} MiB`,
+      "what SAM 2 remembers of past frames; bounded, so it stays flat"]);
+  }
+  const spans = [];
+  for (const [text, help] of parts.filter(Boolean)) {
+    const span = document.createElement("span");
+    span.textContent = text;
+    span.title = help;
+    if (spans.length) spans.push(" · ");
+    spans.push(span);
+  }
+  $("stats").replaceChildren(...spans);
+}
+
+// Frames the page actually painted, counted per video frame the browser presents
+// (requestVideoFrameCallback), so the fps shown is what the user sees.
+const shown = { fps: null, times: [], generation: 0 };
+state.shown = shown;
+
+function countShownFrames() {
+  const video = $("processed");
+  const generation = ++shown.generation;
+  shown.times = [];
+  shown.fps = null;
+  if (!video.requestVideoFrameCallback) return;
+  const tick = (now) => {
+    if (generation !== shown.generation) return;   // a newer stream restarted the count
+    shown.times.push(now);
+    while (shown.times.length && now - shown.times[0] > 1000) shown.times.shift();
+    const span = now - shown.times[0];
+    if (now - shown.since >= 1000 && span > 0) shown.fps = ((shown.times.length - 1) * 1000) / span;
+    video.requestVideoFrameCallback(tick);
+  };
+  shown.since = performance.now();
+  video.requestVideoFrameCallback(tick);
 }
 
 // ------------------------------------------------------------------ helpers
@@ -589,6 +777,7 @@ $("disconnect").addEventListener("click", () => {
   showMessage("camera stopped");
 });
 $("processed").addEventListener("click", onVideoClick);
+$("processed").addEventListener("loadeddata", countShownFrames);
 $("reset").addEventListener("click", onReset);
 $("session-select").addEventListener("change", onSessionChange);
 navigator.mediaDevices?.addEventListener?.("devicechange", () => listCameras().catch(() => {}));

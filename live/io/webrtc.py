@@ -33,44 +33,6 @@ def encoder_frame(bgr: np.ndarray) -> av.VideoFrame:
                                       format="yuv420p")
 
 
-#: x264's preset for the video sent back. aiortc leaves x264 at its default,
-#: "medium": 17 ms per 1280x720 frame at 1 Mbps here (28 ms at 2.5 Mbps).
-#: With aiortc's baseline profile and zerolatency tune every preset gave the
-#: same PSNR on a real clip (34.8-35.0 dB at 1 Mbps, 38.8-39.3 at 2.5), and
-#: "superfast" took 4.2 ms (5.2): a quarter of the CPU. "ultrafast" saves
-#: 1.3 ms more but drops x264's deblocking filter, which PSNR does not see
-#: and eyes do.
-H264_PRESET = "superfast"
-
-
-def use_fast_h264() -> None:
-    """Every H.264 encoder this process makes from now on uses ``H264_PRESET``.
-
-    aiortc builds its encoders through ``aiortc.codecs.get_encoder``, which
-    takes the class from its module, and sets x264's options itself right
-    before opening the codec: so the class is swapped there, and the preset is
-    added back whenever the not-yet-open codec is touched (the last touch
-    before it opens is the encode call).
-    """
-    import aiortc.codecs
-    from aiortc.codecs.h264 import H264Encoder
-
-    class FastH264Encoder(H264Encoder):
-        @property
-        def codec(self) -> Any:
-            ctx = self.__dict__.get("_ctx")
-            if ctx is not None and not ctx.is_open and "preset" not in ctx.options:
-                ctx.options = {**ctx.options, "preset": H264_PRESET}
-            return ctx
-
-        @codec.setter
-        def codec(self, ctx: Any) -> None:
-            self.__dict__["_ctx"] = ctx
-
-    if aiortc.codecs.H264Encoder is H264Encoder:  # once per process
-        aiortc.codecs.H264Encoder = FastH264Encoder  # type: ignore[misc]
-
-
 class VideoOutputTrack(MediaStreamTrack):
     """The processed video sent back to a browser; also a Sink the pipeline writes to.
 

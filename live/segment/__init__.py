@@ -8,8 +8,11 @@ matte stage upsamples them guided by the full-resolution frame.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -63,19 +66,24 @@ class Segmenter(Protocol):
 
 
 def resolve_engine_name(settings: EngineSettings) -> str:
-    """``auto`` means SAM 2 only when it can run well: a checkpoint and a GPU."""
+    """``auto`` means SAM 2 only when it can run well: a checkpoint and a GPU.
+
+    The checkpoint is looked for first: importing torch to ask about a GPU costs
+    seconds and hundreds of MB, which a machine without SAM 2 should never pay.
+    """
     if settings.name != "auto":
         return settings.name
     from live.checkpoints import sam2_checkpoint_path
 
+    if not sam2_checkpoint_path(settings).is_file():
+        return "selfie"
     try:
         import torch
 
         has_gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
-    except Exception:  # torch missing or broken: the embedded engine still works
+    except Exception:  # torch missing (no [sam2] extra) or broken: the embedded engine works
         has_gpu = False
-    has_ckpt = sam2_checkpoint_path(settings).is_file()
-    return "sam2" if (has_gpu and has_ckpt) else "selfie"
+    return "sam2" if has_gpu else "selfie"
 
 
 def create_segmenter(settings: EngineSettings) -> Segmenter:
@@ -86,7 +94,44 @@ def create_segmenter(settings: EngineSettings) -> Segmenter:
 
         return SelfieSegmenter(settings)
     if name == "sam2":
+        from live.checkpoints import require_sam2_software
+
+        require_sam2_software()
         from live.segment.auto_prompt import AutoPromptedSAM2
 
         return AutoPromptedSAM2(settings)
     raise SettingsError(f"unknown engine {name!r}")
+
+
+def warm_up(segmenter: Segmenter, width: int = 1280, height: int = 720) -> None:
+    """Pay an engine's first-use costs now (runtime import, model files, LiteRT's
+    XNNPACK delegate), so the first frame of the first session does not wait.
+
+    The selfie models are fetched first and in the open, so a download shows its
+    progress; then one black frame goes through with native stderr muted, which
+    swallows LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate" line (printed
+    once per process, by C++, straight to fd 2: no setting turns it off).
+    """
+    from live.checkpoints import fetch_selfie
+
+    fetch_selfie()  # both engines run the selfie model (SAM 2 is prompted from it)
+    with native_stderr_muted():
+        segmenter.step(np.zeros((height, width, 3), np.uint8))
+    segmenter.reset()
+
+
+@contextlib.contextmanager
+def native_stderr_muted() -> Iterator[None]:
+    """Point file descriptor 2 at the null device for the duration: what native code
+    writes there is lost, and so is anything Python writes to stderr meanwhile."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

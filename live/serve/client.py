@@ -33,9 +33,12 @@ class ControlClient:
         self.ws: ClientConnection | None = None
         self.pc: Any = None
         self.session: str | None = None
+        self.answer_sdp: str | None = None  # as the server sent it (aiortc drops b= lines)
         self.remote: dict[str, Any] = {}  # kind -> track coming back from the server
         self.stats: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self.ended: list[dict[str, Any]] = []  # session.ended notices (a worker died)
+        # {"type": "settings", "session", "settings"}: another connection changed a session
+        self.settings_pushed: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self._ids = itertools.count(1)
         self._pending: dict[Any, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
@@ -58,11 +61,9 @@ class ControlClient:
         try:
             async for raw in self.ws:
                 msg = json.loads(raw)
-                if msg.get("type") == "stats":
-                    self.stats.append(msg)
-                    continue
-                if msg.get("type") == "session.ended":  # its worker died: offer again
-                    self.ended.append(msg)
+                if "id" not in msg:  # a push, not a reply
+                    pushes = {"stats": self.stats, "session.ended": self.ended}
+                    pushes.get(msg.get("type"), self.settings_pushed).append(msg)
                     continue
                 future = self._pending.pop(msg.get("id"), None)
                 if future is not None and not future.done():
@@ -120,7 +121,7 @@ class ControlClient:
         reply = await self.request("offer", sdp=pc.localDescription.sdp)
         if reply["type"] != "ok":
             raise RuntimeError(f"offer refused: {reply['error']}")
-        self.session = reply["session"]
+        self.session, self.answer_sdp = reply["session"], reply["answer"]["sdp"]
         await pc.setRemoteDescription(RTCSessionDescription(**reply["answer"]))
         return await asyncio.wait_for(incoming, 10)
 

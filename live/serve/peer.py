@@ -14,8 +14,9 @@ from typing import Any, Callable
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole
 
+from live import rtc_media
 from live.config import Settings
-from live.io.webrtc import TrackSource, VideoOutputTrack, use_fast_h264
+from live.io.webrtc import TrackSource, VideoOutputTrack
 from live.pipeline import FrameProcessor, Pipeline
 from live.serve.protocol import ProtocolError
 from live.serve.session import Session
@@ -34,9 +35,11 @@ async def open_peer_session(settings: Settings, offer_sdp: str, *, passthrough: 
     peers find each other through host candidates. ``passthrough``: the
     pipeline returns frames untouched (the latency baseline).
     """
-    use_fast_h264()  # a quarter of x264's default CPU, same PSNR (see live.io.webrtc)
     processor = await asyncio.to_thread(FrameProcessor, settings)  # may load a model
     processor.passthrough = passthrough
+    rtc_media.bound_encoders(settings.webrtc)
+    rtc_media.fast_h264()
+    offer_sdp = rtc_media.prefer_codec(offer_sdp, settings.webrtc.codec)
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     session = Session(processor, kind="webrtc", pc=pc, output=VideoOutputTrack(),
                       on_close=on_close)
@@ -76,7 +79,7 @@ async def open_peer_session(settings: Settings, offer_sdp: str, *, passthrough: 
         raise
     _drain_unsent_audio(session, pc)
     session.start()
-    return session, pc.localDescription.sdp
+    return session, rtc_media.tune_answer(pc.localDescription.sdp, settings.webrtc)
 
 
 def _drain_unsent_audio(session: Session, pc: RTCPeerConnection) -> None:

@@ -135,7 +135,7 @@ def settings_patch(msg: Mapping[str, Any]) -> dict[str, Any]:
                             '{"background": {"mode": "color", "color": "#00ff00"}}')
     for section in patch:
         if section not in CLIENT_SECTIONS:
-            if section in ("source", "output", "server"):
+            if section in ("source", "output", "server", "webrtc"):
                 raise ProtocolError(f"{section} settings are fixed when the server starts and "
                                     "cannot be changed from the control panel")
             raise ProtocolError(f"unknown settings section {str(section)[:40]!r}; expected one "

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import secrets
 import signal
@@ -39,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from websockets.asyncio.server import Server, ServerConnection, serve as ws_serve
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
@@ -254,6 +255,8 @@ class ControlServer:
                 "schema": config_schema(protocol.CLIENT_SECTIONS),
                 "sessions": [s.describe(client) for s in self.sessions.values()],
                 "passthrough": self.passthrough,
+                # the page's camera and sender caps
+                "webrtc": dataclasses.asdict(self.settings.webrtc.resolved()),
                 "limits": {"control_bytes": protocol.MAX_CONTROL_BYTES,
                            "upload_bytes": protocol.MAX_UPLOAD_BYTES,
                            "image_pixels": protocol.MAX_IMAGE_PIXELS,
@@ -288,7 +291,12 @@ class ControlServer:
             await session.apply(new)
         if session.owner is client:
             client.settings = new
-        return {"session": session.id, "settings": client_settings(new)}
+        shown = client_settings(new)
+        # Every other panel showing this session hears of it (the sender has its reply):
+        # two tabs steering one session never disagree about what runs.
+        broadcast([c.ws for c in self.clients if c is not client],
+                  protocol.dumps({"type": "settings", "session": session.id, "settings": shown}))
+        return {"session": session.id, "settings": shown}
 
     async def _on_prompt(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
         prompt = protocol.prompt_from(msg)

@@ -1,0 +1,171 @@
+"""What a browser peer's video may cost: the codec, and bitrate bounds both ways.
+
+Left alone, a 1280x720 camera reaches the server at 320x180 within ~15 s:
+Chrome's bandwidth estimate starts near 300 kbps and follows the REMB that
+aiortc's receiver sends (the throughput it measured, which starts as low as
+Chrome's start and drops whenever the event loop is late), and Chrome scales
+the picture down to fit (``qualityLimitationReason: "bandwidth"``). The way
+back is as thin: aiortc's VP8 encoder starts at 0.5 Mbps and stops at 1.5.
+WebRTC applications widen both with the same tools, gathered here:
+
+* the offer's video codecs reordered so the answer, hence both senders, use
+  the operator's codec (``prefer_codec``);
+* in the answer, ``b=AS``/``b=TIAS`` (ceiling) and Chrome's
+  ``x-google-min/start/max-bitrate`` on each video codec: Chrome's sender starts
+  at the ceiling and never estimates below the floor, so the resolution holds
+  (``tune_answer``); the page adds its own sender limits (web_client/app.js);
+* aiortc's encoders start at the ceiling and follow the browser's REMB only
+  between floor and ceiling (``bound_encoders``);
+* its H.264 encoder runs x264 at a realtime preset rather than x264's default
+  (``fast_h264``: a quarter of the CPU, same PSNR).
+
+The ceiling is sized to the largest picture (0.09 bits per pixel at 30 fps:
+2.5 Mbps at 1280x720), the floor is 40 % of it; an operator on a slow link
+lowers the size or the bitrates (``[webrtc]`` in live/config.py). If the
+server cannot keep up, frames are dropped at the pipeline's mailbox, never the
+resolution. Measured with ``python -m bench.browser`` (chromium, 1280x720
+camera, 2 loaded cores, 2026-11-29): before, the page got 640x360 back in 100 %
+of samples after the first 5 s (the sender "bandwidth"-limited at 353 kbps);
+after, 1280x720 in 100 % of samples, from the first frame.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+from live.config import WebRTCSettings
+
+#: Payload formats that are not a picture codec (no bitrate of their own).
+_NOT_CODECS = {"rtx", "red", "ulpfec", "flexfec-03"}
+_RTPMAP = re.compile(r"^a=rtpmap:(\d+) ([^/]+)/")
+_PT_LINE = re.compile(r"^a=(?:rtpmap|fmtp|rtcp-fb):(\d+) ")
+
+
+def prefer_codec(offer_sdp: str, codec: str) -> str:
+    """``offer_sdp`` with ``codec``'s payload types first in the video section.
+
+    aiortc answers in the order of the offer's rtpmap lines, and both ends send
+    with the answer's first codec, so the m-line and the payload types' lines
+    are both reordered. A browser that does not offer ``codec`` keeps its order.
+    """
+    def reorder(section: list[str]) -> list[str]:
+        names = _payload_names(section)
+        m_line = section[0].split()
+        formats = m_line[3:]
+        first = [pt for pt in formats if names.get(pt, "").upper() == codec.upper()]
+        order = first + [pt for pt in formats if pt not in first]
+        section[0] = " ".join(m_line[:3] + order)
+        per_pt: dict[str, list[str]] = {pt: [] for pt in order}
+        rest: list[str] = []
+        at = None
+        for line in section[1:]:
+            m = _PT_LINE.match(line)
+            if m and m.group(1) in per_pt:
+                at = len(rest) if at is None else at
+                per_pt[m.group(1)].append(line)
+            else:
+                rest.append(line)
+        at = len(rest) if at is None else at
+        return [section[0], *rest[:at], *(ln for pt in order for ln in per_pt[pt]), *rest[at:]]
+
+    return _edit_video(offer_sdp, reorder)
+
+
+def tune_answer(answer_sdp: str, rtc: WebRTCSettings) -> str:
+    """``answer_sdp`` with the bitrate ceiling and floor the browser's sender obeys."""
+    rtc = rtc.resolved()
+    lo, hi = rtc.min_bitrate_kbps, rtc.max_bitrate_kbps
+    google = f"x-google-min-bitrate={lo};x-google-start-bitrate={hi};x-google-max-bitrate={hi}"
+
+    def tune(section: list[str]) -> list[str]:
+        names = _payload_names(section)
+        codecs = [pt for pt, name in names.items() if name.lower() not in _NOT_CODECS]
+        out = [line for line in section if not line.startswith("b=")]
+        at = next((i + 1 for i, line in enumerate(out) if line.startswith("c=")), 1)
+        out[at:at] = [f"b=AS:{hi}", f"b=TIAS:{hi * 1000}"]
+        for pt in codecs:
+            fmtp = next((i for i, line in enumerate(out) if line.startswith(f"a=fmtp:{pt} ")),
+                        None)
+            if fmtp is not None:
+                out[fmtp] += ";" + google
+            else:
+                rtpmap = next(i for i, line in enumerate(out)
+                              if line.startswith(f"a=rtpmap:{pt} "))
+                out.insert(rtpmap + 1, f"a=fmtp:{pt} {google}")
+        return out
+
+    return _edit_video(answer_sdp, tune)
+
+
+def bound_encoders(rtc: WebRTCSettings) -> None:
+    """aiortc's VP8 and H.264 encoders: start at the ceiling, follow REMB between
+    floor and ceiling.
+
+    aiortc has no per-sender API for this (its maintainer, aiortc#402): the
+    codec modules' constants are the knob, so the bounds hold for the whole
+    process, which is why they are the operator's settings and not a page's.
+    """
+    from aiortc.codecs import h264, vpx
+
+    rtc = rtc.resolved()
+    for module in (vpx, h264):
+        module.MIN_BITRATE = rtc.min_bitrate_kbps * 1000
+        module.MAX_BITRATE = module.DEFAULT_BITRATE = rtc.max_bitrate_kbps * 1000
+
+
+#: x264's preset for the video sent back. aiortc leaves x264 at its default,
+#: "medium": 17 ms per 1280x720 frame at 1 Mbps here (28 ms at 2.5 Mbps).
+#: With aiortc's baseline profile and zerolatency tune every preset gave the
+#: same PSNR on a real clip (34.8-35.0 dB at 1 Mbps, 38.8-39.3 at 2.5), and
+#: "superfast" took 4.2 ms (5.2): a quarter of the CPU. "ultrafast" saves
+#: 1.3 ms more but drops x264's deblocking filter, which PSNR does not see
+#: and eyes do.
+H264_PRESET = "superfast"
+
+
+def fast_h264() -> None:
+    """Every H.264 encoder this process makes from now on uses ``H264_PRESET``.
+
+    aiortc builds its encoders through ``aiortc.codecs.get_encoder``, which
+    takes the class from its module, and sets x264's options itself right
+    before opening the codec: so the class is swapped there, and the preset is
+    added back whenever the not-yet-open codec is touched (the last touch
+    before it opens is the encode call).
+    """
+    import aiortc.codecs
+    from aiortc.codecs.h264 import H264Encoder
+
+    class FastH264Encoder(H264Encoder):
+        @property
+        def codec(self) -> Any:
+            ctx = self.__dict__.get("_ctx")
+            if ctx is not None and not ctx.is_open and "preset" not in ctx.options:
+                ctx.options = {**ctx.options, "preset": H264_PRESET}
+            return ctx
+
+        @codec.setter
+        def codec(self, ctx: Any) -> None:
+            self.__dict__["_ctx"] = ctx
+
+    if aiortc.codecs.H264Encoder is H264Encoder:  # once per process
+        aiortc.codecs.H264Encoder = FastH264Encoder  # type: ignore[misc]
+
+
+def _payload_names(section: list[str]) -> dict[str, str]:
+    """Payload type → codec name, from a media section's rtpmap lines."""
+    return {m.group(1): m.group(2) for line in section if (m := _RTPMAP.match(line))}
+
+
+def _edit_video(sdp: str, edit: Callable[[list[str]], list[str]]) -> str:
+    """``sdp`` with ``edit`` applied to each video media section (its lines)."""
+    eol = "\r\n" if "\r\n" in sdp else "\n"
+    sections: list[list[str]] = [[]]
+    for line in sdp.split(eol):
+        if line.startswith("m="):
+            sections.append([])
+        sections[-1].append(line)
+    for i, section in enumerate(sections):
+        if section and section[0].startswith("m=video"):
+            sections[i] = edit(section)
+    return eol.join(line for section in sections for line in section)

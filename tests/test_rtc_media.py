@@ -1,0 +1,136 @@
+"""The operator's video caps reach both ends: the codec the answer puts first, the
+bitrate floor and ceiling a browser's sender obeys, and aiortc's encoder bounds.
+A real aiortc peer offers to ``live serve``; the browser side is in
+test_server_browser.py."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection, RTCRtpSender
+from aiortc.codecs import h264, vpx
+
+from live.serve.client import ControlClient
+from live.config import SettingsError
+from live import rtc_media
+from live.io.webrtc import encoder_frame
+from live.rtc_media import prefer_codec, tune_answer
+from server_helpers import ClipTrack, load_clip, recv_frames, running_server, test_settings
+
+
+def video_section(sdp: str) -> list[str]:
+    lines = sdp.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("m=video"))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("m=")),
+               len(lines))
+    return lines[start:end]
+
+
+def codec_of(section: list[str], pt: str) -> str:
+    return next(ln.split()[1].split("/")[0] for ln in section if ln.startswith(f"a=rtpmap:{pt} "))
+
+
+@pytest.fixture(autouse=True)
+def restore_encoder_bounds():
+    """The bounds are process-wide (aiortc's module constants): put them back."""
+    saved = [(m, m.MIN_BITRATE, m.MAX_BITRATE, m.DEFAULT_BITRATE) for m in (vpx, h264)]
+    yield
+    for m, lo, hi, default in saved:
+        m.MIN_BITRATE, m.MAX_BITRATE, m.DEFAULT_BITRATE = lo, hi, default
+
+
+@pytest.mark.parametrize("codec", ["H264", "VP8"])
+def test_the_answer_uses_the_operators_codec_and_bitrate_bounds(clip_path, codec):
+    frames = load_clip(clip_path, 5)
+
+    async def scenario() -> None:
+        settings = test_settings(webrtc={"codec": codec, "min_bitrate_kbps": 800,
+                                         "max_bitrate_kbps": 3000})
+        async with running_server(settings) as server:
+            async with ControlClient(server.url) as client:
+                track = await client.start_video(ClipTrack(frames))  # offers VP8 then H264
+                section = video_section(client.answer_sdp)
+                assert codec_of(section, section[0].split()[3]) == codec, section[0]
+                assert "b=AS:3000" in section and "b=TIAS:3000000" in section
+                for line in section:
+                    if line.startswith("a=rtpmap:") and "rtx/" not in line:
+                        pt = line.split()[0].split(":")[1]
+                        fmtp = next(ln for ln in section if ln.startswith(f"a=fmtp:{pt} "))
+                        assert ("x-google-min-bitrate=800;x-google-start-bitrate=3000;"
+                                "x-google-max-bitrate=3000") in fmtp, fmtp
+                got = await recv_frames(track, 5)  # and the video flows with it both ways
+                assert got[-1].shape == frames[0].shape
+                assert (vpx.MIN_BITRATE, vpx.MAX_BITRATE) == (800_000, 3_000_000)
+                assert (h264.MIN_BITRATE, h264.DEFAULT_BITRATE) == (800_000, 3_000_000)
+
+    asyncio.run(scenario())
+
+
+def test_an_offer_without_the_codec_keeps_its_order():
+    async def offer(codec: str | None) -> str:
+        pc = RTCPeerConnection()
+        transceiver = pc.addTransceiver("video")
+        if codec:
+            transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video")
+                                             .codecs if c.mimeType == f"video/{codec}"])
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        await pc.close()
+        return sdp
+
+    vp8_only = asyncio.run(offer("VP8"))
+    assert prefer_codec(vp8_only, "H264") == vp8_only
+    both = asyncio.run(offer(None))
+    reordered = video_section(prefer_codec(both, "H264"))
+    assert codec_of(reordered, reordered[0].split()[3]) == "H264"
+    rtpmaps = [ln for ln in reordered if ln.startswith("a=rtpmap:")]
+    assert "H264" in rtpmaps[0] and sorted(reordered) != sorted(video_section(both))
+    assert sorted(video_section(both)[1:]) == sorted(reordered[1:])  # only the order changed
+    # Without a video section, nothing to tune.
+    assert tune_answer("v=0\r\n", test_settings().webrtc) == "v=0\r\n"
+
+
+def test_the_caps_are_the_operators_and_checked():
+    with pytest.raises(SettingsError, match="min_bitrate_kbps"):
+        test_settings(webrtc={"min_bitrate_kbps": 3000, "max_bitrate_kbps": 1000})
+    with pytest.raises(SettingsError, match="min_bitrate_kbps"):  # over the sized ceiling
+        test_settings(webrtc={"min_bitrate_kbps": 3000})
+    # Left to their defaults, the bounds follow the size (a slow link lowers the size).
+    small = test_settings(webrtc={"max_width": 640, "max_height": 360}).webrtc.resolved()
+    assert (small.min_bitrate_kbps, small.max_bitrate_kbps) == (249, 622)
+
+    async def scenario() -> None:
+        async with running_server() as server:
+            async with ControlClient(server.url) as client:
+                hello = await client.request("hello")
+                caps = hello["webrtc"]  # the page sizes its camera and sender by them
+                assert (caps["max_width"], caps["max_height"]) == (1280, 720)
+                assert (caps["min_bitrate_kbps"], caps["max_bitrate_kbps"]) == (995, 2488)
+                reply = await client.request("settings.set",
+                                             settings={"webrtc": {"max_bitrate_kbps": 50_000}})
+                assert reply["type"] == "error" and "cannot be changed" in reply["error"]
+
+    asyncio.run(scenario())
+
+
+def test_h264_answers_encode_at_the_fast_preset():
+    from aiortc.codecs import get_encoder
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    rtc_media.fast_h264()
+    rtc_media.fast_h264()  # twice is once
+    encoder = get_encoder(RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000,
+                                                payloadType=102))
+    frame = encoder_frame(np.full((240, 320, 3), 90, np.uint8))
+    frame.pts, frame.time_base = 0, fractions.Fraction(1, 90000)
+    payloads, _ = encoder.encode(frame)
+    assert payloads, "no H.264 came out"
+    # x264 writes its settings into the first keyframe: superfast's motion search
+    # (me=dia, subme=1) rather than medium's (me=hex, subme=7), and aiortc's own
+    # zero-latency tune still there (sliced threads, no B-frames)
+    stream = b"".join(payloads)
+    assert b"me=dia subme=1" in stream, stream[:800]
+    assert b"sliced_threads=1" in stream and b"bframes=0" in stream
