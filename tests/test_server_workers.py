@@ -35,7 +35,7 @@ def test_two_workers_run_and_steer_their_sessions_independently(clip_path):
     background, _ = reference_regions(frames[0])
 
     async def scenario() -> None:
-        settings = test_settings(server={"workers": 2},
+        settings = test_settings(server={"workers": 2}, webrtc={"codec": "H264"},
                                  background={"mode": "color", "color": "#00ff00"})
         async with running_server(settings) as server:
             async with ControlClient(server.url) as a, ControlClient(server.url) as b:
@@ -45,8 +45,12 @@ def test_two_workers_run_and_steer_their_sessions_independently(clip_path):
                 pids = {session_a.worker.pid, session_b.worker.pid}
                 assert len(pids) == 2 and os.getpid() not in pids, \
                     "the two sessions should run in two worker processes, not the server's"
-                assert "b=AS:" in a.pc.remoteDescription.sdp, "the operator's [webrtc] caps " \
-                    "did not reach the worker's answer"
+                # the operator's [webrtc] section reached the workers: their answers put
+                # H.264 first (the client offers VP8 first) and carry the bitrate ceiling
+                for client in (a, b):
+                    video = client.answer_sdp.split("m=video ")[1]
+                    first = video.split()[3]
+                    assert f"a=rtpmap:{first} H264/" in video and "b=AS:" in video, video
                 assert await turns(track_a, background, GREEN)
                 assert await turns(track_b, background, GREEN)
 
