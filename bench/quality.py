@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 
 from bench import DATA, report
+from bench.data import load_davis
 from live.config import EngineSettings, MatteSettings
 from live.frames import Pyramid
 from live.matte import Matte
@@ -230,19 +231,6 @@ def find_sequences(data: Path, only: list[str] | None) -> list[Path]:
     return seqs
 
 
-def load_sequence(seq: Path, max_frames: int | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    frames_p = sorted((seq / "frames").glob("*.jpg"))[:max_frames]
-    frames, gts = [], []
-    for fp in frames_p:
-        mp = seq / "masks" / (fp.stem + ".png")
-        frame, mask = cv2.imread(str(fp)), cv2.imread(str(mp), cv2.IMREAD_GRAYSCALE)
-        if frame is None or mask is None:
-            raise SystemExit(f"cannot read {fp} or its mask {mp}")
-        frames.append(frame)
-        gts.append(mask > 127)
-    return frames, gts
-
-
 # ---------------------------------------------------------------- timing
 
 def clip_frames(data: Path, n: int = 60) -> list[np.ndarray]:
@@ -299,7 +287,7 @@ def stage_timings(data: Path, segmenter, tmp: Path, n_frames: int = 60,
         return pyramid
 
     matte = Matte(MatteSettings())
-    alphas = [matte.apply(low, f) for low, f in zip(lows, frames)]
+    alphas = [matte.apply(low, f).alpha for low, f in zip(lows, frames)]
     n = len(frames)
     image = tmp / "background.jpg"
     cv2.imwrite(str(image), cv2.resize(frames[n // 2], (1920, 1080)))
@@ -323,9 +311,8 @@ def stage_timings(data: Path, segmenter, tmp: Path, n_frames: int = 60,
                                              prepare=segmented))
             matte.reset()
             both_runs[mode].append(median_ms(
-                lambda i, p: comp.apply(frames[i], matte.apply(lows[i], frames[i], p), p,
-                                        matte.boxes), n,  # (read after matte.apply ran)
-                prepare=segmented))
+                lambda i, p: comp.apply(frames[i], (m := matte.apply(lows[i], frames[i], p)).alpha,
+                                        p, m.boxes), n, prepare=segmented))
             comp.close()
 
     def med(runs: dict[str, list[float]]) -> dict[str, float]:
@@ -395,7 +382,8 @@ def plot_curves(out: Path, seq: str, series: dict[str, dict[str, list]]) -> None
 
 def evaluate_sequence(seq: Path, segmenter, max_frames: int | None, out: Path | None,
                       subjects: str = "all", n_examples: int = 3) -> dict:
-    frames, gts = load_sequence(seq, max_frames)
+    clip = load_davis(seq, max_frames)
+    frames, gts = clip.frames, clip.masks
     segmenter.reset()
     selector = SubjectSelector(subjects)  # the pipeline's step between segment and matte
     lows = [selector.apply(segmenter.step(f)) for f in frames]

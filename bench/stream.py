@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +27,9 @@ import torch
 from PIL import Image
 
 from bench import DATA, report
-from live.checkpoints import sam2_config_name
+from bench.data import load_davis
+from bench.sam2_fixture import random_sam2
+from live.checkpoints import SAM2_MODELS, sam2_config_name
 from live.segment import Prompt
 from live.segment.sam2_stream import (StreamingSAM2, build_model, pick_device, pick_precision,
                                       tensor_bytes)
@@ -42,45 +43,34 @@ def prepare_frames(data: Path, n: int, folder: Path
     A DAVIS folder is ping-ponged to reach n frames and clicked inside its
     ground-truth mask; a clip is decoded (looping) and clicked at the centre.
     """
-    frames: list[np.ndarray] = []
-    click = None
     if data.is_dir():
-        names = sorted(p.name for p in (data / "frames").glob("*.jpg"))
-        if not names:
-            sys.exit(f"no frames/*.jpg in {data}")
-        order = names + names[-2:0:-1]
-        for i in range(n):
-            src = data / "frames" / order[i % len(order)]
-            (folder / f"{i:05d}.jpg").symlink_to(src.resolve())
-        mask_path = data / "masks" / names[0].replace(".jpg", ".png")
-        if mask_path.is_file():
-            ys, xs = np.nonzero(np.asarray(Image.open(mask_path)) > 127)
-            click = (float(xs[len(xs) // 2]), float(ys[len(ys) // 2]))
-    else:
-        import av
+        davis = load_davis(data, n, pingpong=True)
+        davis.link_jpegs(folder)
+        ys, xs = np.nonzero(davis.masks[0])
+        return davis.frames, (float(xs[len(xs) // 2]), float(ys[len(ys) // 2]))
+    import av
 
-        decoded: list[np.ndarray] = []
-        with av.open(str(data)) as container:
-            for frame in container.decode(video=0):
-                decoded.append(frame.to_ndarray(format="rgb24"))
-                if len(decoded) >= n:
-                    break
-        for i in range(n):
-            Image.fromarray(decoded[i % len(decoded)]).save(folder / f"{i:05d}.jpg", quality=95)
+    decoded: list[np.ndarray] = []
+    with av.open(str(data)) as container:
+        for frame in container.decode(video=0):
+            decoded.append(frame.to_ndarray(format="rgb24"))
+            if len(decoded) >= n:
+                break
+    for i in range(n):
+        Image.fromarray(decoded[i % len(decoded)]).save(folder / f"{i:05d}.jpg", quality=95)
+    frames = []
     for i in range(n):  # decode with PIL, exactly as the official loader does
         rgb = np.asarray(Image.open(folder / f"{i:05d}.jpg").convert("RGB"))
         frames.append(np.ascontiguousarray(rgb[..., ::-1]))  # as a camera delivers BGR
-    if click is None:
-        h, w = frames[0].shape[:2]
-        click = (w / 2, h / 2)
-    return frames, click
+    h, w = frames[0].shape[:2]
+    return frames, (w / 2, h / 2)
 
 
 def measure(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--frames", type=int, default=300)
-    ap.add_argument("--model", default="tiny", choices=["tiny", "small", "base_plus", "large"])
+    ap.add_argument("--model", default="tiny", choices=list(SAM2_MODELS))
     ap.add_argument("--checkpoint", default=None,
                     help="SAM 2.1 checkpoint (default: random weights)")
     ap.add_argument("--data", type=Path, default=DATA / "davis-hike",
@@ -93,8 +83,8 @@ def measure(argv: list[str] | None = None) -> dict:
 
     device = pick_device(args.device)
     precision = pick_precision(device, args.precision)
-    torch.manual_seed(0)
-    model = build_model(sam2_config_name(args.model), args.checkpoint, args.image_size, device)
+    model = (random_sam2(args.image_size, device, args.model) if args.checkpoint is None else
+             build_model(sam2_config_name(args.model), args.checkpoint, args.image_size, device))
     stream = StreamingSAM2(model, max_cond_frames=args.max_cond_frames, precision=precision)
 
     def sync() -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from live.config import EngineSettings
+from live.config import SAM2_SIZES, EngineSettings
 
 
 class ModelMissingError(RuntimeError):
@@ -55,13 +55,15 @@ MEDIAPIPE_WHEEL = "mediapipe==0.10.21"
 MEDIAPIPE_MEMBER_DIR = "mediapipe/modules/selfie_segmentation/"
 
 SAM2_BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
-SAM2_MODELS = {
-    "tiny": (ModelFile("sam2.1_hiera_tiny.pt", 156_008_466, None), "configs/sam2.1/sam2.1_hiera_t.yaml"),
-    "small": (ModelFile("sam2.1_hiera_small.pt", 184_416_285, None), "configs/sam2.1/sam2.1_hiera_s.yaml"),
-    "base_plus": (ModelFile("sam2.1_hiera_base_plus.pt", 323_606_802, None),
-                  "configs/sam2.1/sam2.1_hiera_b+.yaml"),
-    "large": (ModelFile("sam2.1_hiera_large.pt", 898_083_611, None), "configs/sam2.1/sam2.1_hiera_l.yaml"),
-}
+#: The checkpoint file and model config of each SAM 2.1 size, in the order of the
+#: schema's one list of sizes (``live.config.SAM2_SIZES``).
+SAM2_MODELS = dict(zip(SAM2_SIZES, [
+    (ModelFile("sam2.1_hiera_tiny.pt", 156_008_466, None), "configs/sam2.1/sam2.1_hiera_t.yaml"),
+    (ModelFile("sam2.1_hiera_small.pt", 184_416_285, None), "configs/sam2.1/sam2.1_hiera_s.yaml"),
+    (ModelFile("sam2.1_hiera_base_plus.pt", 323_606_802, None),
+     "configs/sam2.1/sam2.1_hiera_b+.yaml"),
+    (ModelFile("sam2.1_hiera_large.pt", 898_083_611, None), "configs/sam2.1/sam2.1_hiera_l.yaml"),
+], strict=True))
 
 
 def sha256_of(path: Path) -> str:

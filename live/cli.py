@@ -14,11 +14,12 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import sys
 from typing import Any
 
-from live.config import Settings, SettingsError, add_cli_arguments, settings_from_args
+from live.config import (SAM2_SIZES, EngineSettings, Settings, SettingsError,
+                         add_cli_arguments, settings_from_args)
+from live.signals import install_stop_signals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("what", choices=["selfie", "sam2"],
                        help="selfie: the embedded models (from the mediapipe wheel on PyPI); "
                        "sam2: a SAM 2.1 checkpoint from Meta")
-    fetch.add_argument("--model", default="tiny", choices=["tiny", "small", "base_plus", "large"],
+    fetch.add_argument("--model", default=EngineSettings().sam2_model, choices=SAM2_SIZES,
                        help="SAM 2.1 size (default tiny: 156 MB; large: 898 MB)")
 
     sub.add_parser("doctor", help="check cameras, virtual camera, GPU and model files")
@@ -137,24 +138,19 @@ async def run_pipeline(settings: Settings, max_frames: int | None = None, quiet:
                        control: bool = True) -> int:
     """``live run``: one pipeline, its status line, Ctrl-C to stop with files finalised."""
     pipeline = await build_pipeline(settings, max_frames)
-    processor, sink = pipeline.processor, pipeline.sinks[0]
+    processor = pipeline.processor
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("live.pipeline").setLevel(logging.CRITICAL)  # printed below instead
 
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, pipeline.stop)
-        except (NotImplementedError, RuntimeError):  # Windows, or not the main thread
-            pass
+    install_stop_signals(pipeline.stop)
     control_server = (await _start_control(settings, processor, pipeline, quiet)
                       if control else None)
-    status = asyncio.create_task(_status_line(pipeline, sink, quiet))
+    status = asyncio.create_task(_status_line(pipeline)) if not quiet else None
     try:
         await pipeline.run()
     finally:
-        status.cancel()
-        if not quiet:
+        if status is not None:
+            status.cancel()
             print(file=sys.stderr)
         if control_server is not None:
             await control_server.stop()
@@ -261,14 +257,10 @@ def format_status(m: dict[str, Any]) -> str:
             f"{m['dropped']}{age}")
 
 
-async def _status_line(pipeline: Any, sink: Any, quiet: bool) -> None:
-    """Once a second: the status line, and a stop when the preview window was closed."""
+async def _status_line(pipeline: Any) -> None:
+    """Once a second, the status line."""
     while True:
         await asyncio.sleep(1.0)
-        if getattr(sink, "closed_by_user", False):
-            pipeline.stop()
-        if quiet:
-            continue
         print("\r" + format_status(pipeline.metrics()).ljust(90), end="", file=sys.stderr,
               flush=True)
 

@@ -2,7 +2,7 @@
 
 Background modes: ``blur`` (the frame's own background, blurred without the
 person bleeding into it), ``color``, ``image`` (cover/contain fit), ``video``
-(a looping file, decoded ahead on a thread) and ``transparent`` (BGRA).
+(a looping file, decoded ahead on a worker thread) and ``transparent`` (BGRA).
 
 Every background file is opened and checked *before* it is swapped in, so a
 bad upload raises ``BackgroundError`` and the stream keeps its previous
@@ -13,9 +13,9 @@ solid colour plane) is built once and cached.
 
 from __future__ import annotations
 
+import collections
 import math
-import queue
-import threading
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Protocol
 
@@ -24,6 +24,7 @@ import numpy as np
 
 from live.config import BackgroundSettings
 from live.frames import Pyramid, check_bgr, halve
+from live.io.worker import Worker
 from live.matte import Box, blob_boxes
 
 MAX_IMAGE_PIXELS = 50_000_000  # the control panel uploads images: refuse decompression bombs
@@ -152,6 +153,7 @@ def person_boxes(levels: AlphaLevels) -> list[Box]:
 
 class Background(Protocol):
     fresh: bool  # render returns a new array each call (the compositor may write into it)
+    color: tuple[int, int, int] | None  # (b, g, r) when it is one solid colour (a fill)
 
     def render(self, frame: Pyramid, alpha: AlphaLevels) -> np.ndarray:
         """The background for this frame (``frame.image``), uint8 BGR at its size."""
@@ -172,6 +174,7 @@ class BlurBackground:
     """
 
     fresh = True
+    color = None
 
     def __init__(self, strength: int):
         self.strength = strength
@@ -261,7 +264,7 @@ def load_image(path: str) -> np.ndarray:
 
 
 class VideoBackground:
-    """A looping video file, decoded on a thread a few frames ahead.
+    """A looping video file, decoded on a worker thread a few frames ahead.
 
     ``render`` takes the next decoded frame when one is ready and otherwise
     shows the previous one again, so a slow decoder never stalls the stream.
@@ -270,90 +273,74 @@ class VideoBackground:
     """
 
     fresh = False
+    color = None
 
     def __init__(self, path: str, fit: str):
+        import av
+
+        from live.io.files import VideoReader  # PyAV loads only for a video background
+
         self.path, self.fit = path, fit
         self.stamp = file_stamp(path)
-        from live.io.files import open_video  # PyAV loads only for a video background
-
         try:
-            self._container = open_video(path, MAX_VIDEO_PIXELS)
+            self._reader = VideoReader(path, loop=True, max_pixels=MAX_VIDEO_PIXELS)
         except ValueError as exc:
             raise BackgroundError(f"background video {path}: {exc}") from None
-        self._decoded = self._container.decode(video=0)
         try:
-            first = self._decode_one()
-        except BackgroundError:
-            self._container.close()
-            raise
+            first = self._reader.read()
+        except (av.FFmpegError, ValueError) as exc:
+            self._reader.close()
+            raise BackgroundError(f"background video {path}: cannot decode it ({exc})") \
+                from None
         if first is None:
-            self._container.close()
+            self._reader.close()
             raise BackgroundError(f"background video {path}: no decodable frame")
         self._size: tuple[int, int] | None = None  # (w, h) the frames are wanted at
-        self._last = first
-        self._frames: queue.Queue[np.ndarray] = queue.Queue(maxsize=VIDEO_READ_AHEAD)
-        self._frames.put(first)  # shown first: the check decoded it already
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bg-video", daemon=True)
-        self._thread.start()
+        self._last = first[0]
+        self._failures = 0
+        self._worker = Worker("live-bg-video")
+        shown_first: Future[np.ndarray | None] = Future()  # the check decoded it already
+        shown_first.set_result(first[0])
+        self._ahead = collections.deque([shown_first])
+        self._ahead.extend(self._worker.call(self._decode) for _ in range(VIDEO_READ_AHEAD - 1))
 
-    def _decode_one(self) -> np.ndarray | None:
+    def _decode(self) -> np.ndarray | None:  # worker thread
+        """The next frame fitted to the wanted size; a broken frame rewinds the file, and
+        after a few in a row (or a failed rewind) None: the last good frame stays."""
         import av
 
-        try:
-            return next(self._decoded).to_ndarray(format="bgr24")
-        except StopIteration:
-            return None
-        except (av.FFmpegError, ValueError) as exc:
-            raise BackgroundError(f"background video {self.path}: cannot decode it ({exc})") \
-                from None
-
-    def _run(self) -> None:
-        """Decode, fit to the wanted size, queue; rewind at the end of the file."""
-        import av
-
-        failures = 0
-        while not self._stop.is_set():
+        while self._failures <= 3:
             try:
-                image = self._decode_one()
-            except BackgroundError:
-                image = None
-                failures += 1
-            if image is None:  # end of file (or a broken tail): loop
-                if failures > 3:
-                    return  # keeps showing the last good frame
+                got = self._reader.read()
+            except (av.FFmpegError, ValueError):
+                self._failures += 1
                 try:
-                    self._container.seek(0)
+                    self._reader.rewind()
                 except av.FFmpegError:
-                    return
-                self._decoded = self._container.decode(video=0)
+                    return None
                 continue
-            failures = 0
+            if got is None:
+                return None
+            self._failures = 0
             size = self._size
-            if size is not None:
-                image = fit_image(image, size[0], size[1], self.fit)
-            while not self._stop.is_set():
-                try:
-                    self._frames.put(image, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
+            return got[0] if size is None else fit_image(got[0], size[0], size[1], self.fit)
+        return None
 
     def render(self, frame: Pyramid, alpha: AlphaLevels) -> np.ndarray:
         h, w = frame.image.shape[:2]
         self._size = (w, h)
-        try:
-            self._last = self._frames.get_nowait()
-        except queue.Empty:
-            pass  # decoder behind: show the previous frame again
+        if self._ahead and self._ahead[0].done():  # else the decoder is behind: show it again
+            image = self._ahead.popleft().result()
+            if image is not None:
+                self._last = image
+                self._ahead.append(self._worker.call(self._decode))
         if self._last.shape[:2] != (h, w):  # frames decoded before the size was known
             self._last = fit_image(self._last, w, h, self.fit)
         return self._last
 
     def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2.0)
-        self._container.close()
+        self._worker.shutdown(wait=True)  # the frame being decoded, then no more
+        self._reader.close()
 
 
 class Compositor:
@@ -404,7 +391,7 @@ class Compositor:
         """BGR uint8 HxWx3 (BGRA HxWx4 in transparent mode) with the background replaced.
 
         ``pyramid``: the frame's shared smaller copies (the blur starts from one).
-        ``boxes``: disjoint boxes outside which the alpha is 0 (``Matte.boxes``);
+        ``boxes``: disjoint boxes outside which the alpha is 0 (``Matte.apply`` gives them);
         found here when not given.
         """
         check_bgr(frame_bgr)
@@ -425,7 +412,7 @@ class Compositor:
             return blend(frame_bgr, bg, alpha)
         if background.fresh:
             out = bg
-        elif getattr(background, "color", None) is not None:  # a fill writes only: half a copy
+        elif background.color is not None:  # a fill writes only: half a copy
             out = np.empty_like(bg)
             cv2.rectangle(out, (0, 0), (out.shape[1] - 1, out.shape[0] - 1), background.color,
                           thickness=-1)

@@ -33,13 +33,19 @@ class SettingsError(ValueError):
 
 
 def _f(default: Any, help: str, *, lo: float | None = None, hi: float | None = None,
-       flag: str | None = None, form: tuple[re.Pattern[str], str] | None = None) -> Any:
-    """A setting: its default, help, numeric bounds, CLI flag, and for a string the
-    (pattern, how to say it) it must match."""
-    return field(default=default,
-                 metadata={"help": help, "lo": lo, "hi": hi, "flag": flag, "form": form})
+       flag: str | None = None, form: tuple[re.Pattern[str], str] | None = None,
+       step: int | None = None, rebuild: bool = False) -> Any:
+    """A setting: its default, help, numeric bounds (and ``step``, what a whole number
+    must be a multiple of), CLI flag, for a string the
+    (pattern, how to say it) it must match, and for an engine setting whether a
+    change needs a new model (``rebuild``; the others are read frame by frame)."""
+    return field(default=default, metadata={"help": help, "lo": lo, "hi": hi, "flag": flag,
+                                            "form": form, "step": step,
+                                            "rebuild": rebuild})
 
 
+#: The SAM 2.1 sizes: the one list (checkpoints, ``live fetch`` and ``live doctor`` read it).
+SAM2_SIZES = ("tiny", "small", "base_plus", "large")
 HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 
 
@@ -47,23 +53,23 @@ HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
 class EngineSettings:
     name: Literal["auto", "selfie", "sam2"] = _f(
         "auto", "segmenter: selfie (embedded, CPU), sam2 (streaming SAM 2), auto (sam2 when a "
-        "checkpoint and a GPU are present, else selfie)", flag="--engine")
+        "checkpoint and a GPU are present, else selfie)", flag="--engine", rebuild=True)
     selfie_model: Literal["auto", "square", "landscape"] = _f(
-        "auto", "selfie model variant; auto picks by the frame's aspect ratio")
-    sam2_model: Literal["tiny", "small", "base_plus", "large"] = _f(
-        "tiny", "SAM 2.1 model size", flag="--model")
+        "auto", "selfie model variant; auto picks by the frame's aspect ratio", rebuild=True)
+    sam2_model: Literal[SAM2_SIZES] = _f(
+        "tiny", "SAM 2.1 model size", flag="--model", rebuild=True)
     checkpoint: str | None = _f(
         None, "path of a SAM 2 checkpoint (default: checkpoints/sam2.1_hiera_<model>.pt)",
-        flag="--checkpoint")
+        flag="--checkpoint", rebuild=True)
     image_size: int | None = _f(
         None, "SAM 2 input size, a multiple of 32 (default 1024 on a GPU, 512 on the CPU)",
-        lo=64, hi=2048)
+        lo=64, hi=2048, step=32, rebuild=True)
     device: Literal["auto", "cpu", "cuda", "mps"] = _f("auto", "torch device for SAM 2",
-                                                      flag="--device")
-    compile: bool = _f(False, "torch.compile the SAM 2 image encoder (CUDA)")
+                                                      flag="--device", rebuild=True)
+    compile: bool = _f(False, "torch.compile the SAM 2 image encoder (CUDA)", rebuild=True)
     max_cond_frames: int = _f(
         4, "conditioning (prompted) frames SAM 2 attends to; older ones are freed (at least 2, "
-        "as SAM 2's frame selection requires)", lo=2, hi=64)
+        "as SAM 2's frame selection requires)", lo=2, hi=64, rebuild=True)
     reanchor_frames: int = _f(
         15, "re-prompt SAM 2 from the selfie mask after this many frames of strong "
         "disagreement", lo=1, hi=10_000)
@@ -243,9 +249,6 @@ class Settings:
             raise SettingsError("matte.adaptive_change_lo must be below matte.adaptive_change_hi, "
                                 f"got {self.matte.adaptive_change_lo} and "
                                 f"{self.matte.adaptive_change_hi}")
-        size = self.engine.image_size
-        if size is not None and size % 32:
-            raise SettingsError(f"engine.image_size must be a multiple of 32, got {size}")
         rtc = self.webrtc.resolved()
         if rtc.min_bitrate_kbps > rtc.max_bitrate_kbps:  # type: ignore[operator]
             raise SettingsError(f"webrtc.min_bitrate_kbps ({rtc.min_bitrate_kbps}) must not "
@@ -256,6 +259,18 @@ class Settings:
 
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def check_engine_setting(name: str, value: Any) -> Any:
+    """``engine.<name>`` checked by the schema's own rule, for code handed a bare value
+    (``StreamingSAM2.build(image_size=...)``): the value, or SettingsError."""
+    return getattr(_merge_section(EngineSettings(), "engine", {name: value}), name)
+
+
+def needs_new_engine(old: EngineSettings, new: EngineSettings) -> bool:
+    """Whether going from ``old`` to ``new`` changes a setting marked ``rebuild``."""
+    return any(getattr(old, f.name) != getattr(new, f.name)
+               for f in dataclasses.fields(EngineSettings) if f.metadata["rebuild"])
 
 
 def _setting_fields(sections: tuple[str, ...] | None = None
@@ -339,6 +354,8 @@ def _check_value(path: str, hint: Any, meta: Mapping[str, Any], value: Any) -> A
         lo, hi = meta.get("lo"), meta.get("hi")
         if (lo is not None and num < lo) or (hi is not None and num > hi):
             raise SettingsError(f"{path} must be between {lo} and {hi}, got {num}")
+        if meta.get("step") and num % meta["step"]:
+            raise SettingsError(f"{path} must be a multiple of {meta['step']}, got {num}")
         return num
     if hint is str:
         if not isinstance(value, str):

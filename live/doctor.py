@@ -7,6 +7,7 @@ import platform
 from pathlib import Path
 
 from live.checkpoints import SAM2_MODELS, SELFIE_FILES, checkpoint_dir, is_valid
+from live.segment import gpu_device
 
 
 def _check(ok: bool, what: str, fix: str = "") -> bool:
@@ -63,10 +64,9 @@ def run_doctor() -> int:
     try:
         import torch
 
-        gpu = torch.cuda.is_available()
-        mps = torch.backends.mps.is_available()
-        _check(gpu or mps, f"torch {torch.__version__}: "
-               + (torch.cuda.get_device_name(0) if gpu else "MPS" if mps else "CPU only"),
+        gpu = gpu_device()
+        _check(gpu is not None, f"torch {torch.__version__}: " + (
+               torch.cuda.get_device_name(0) if gpu == "cuda" else "MPS" if gpu else "CPU only"),
                "SAM 2 needs a GPU to run live; the embedded selfie engine runs on the CPU")
     except Exception as exc:
         _check(False, f"torch not importable ({exc})",

@@ -53,6 +53,8 @@ changes parameters between two frames and keeps history.
 from __future__ import annotations
 
 
+from typing import NamedTuple
+
 import cv2
 import numpy as np
 
@@ -289,16 +291,21 @@ class TemporalFilter:
         return change
 
 
+class Matted(NamedTuple):
+    """What ``Matte.apply`` gives: the alpha, and the disjoint full-resolution boxes
+    outside which it is 0 (None: not known). The matte computes only inside them
+    anyway; handed to the compositor, they spare it a search over the whole alpha."""
+
+    alpha: np.ndarray
+    boxes: list[Box] | None
+
+
 class Matte:
     """Low-res alpha + full-res frame → full-res alpha, smoothed over time."""
 
     def __init__(self, settings: MatteSettings | None = None):
         self.settings = settings or MatteSettings()
         self.temporal = TemporalFilter(self.settings)
-        # Disjoint full-resolution boxes outside which the latest alpha is 0 (None: not
-        # known). The matte computes only inside them anyway; handed to the compositor,
-        # they spare it a search over the whole full-resolution alpha.
-        self.boxes: list[Box] | None = None
 
     def update(self, settings: MatteSettings) -> None:
         """New parameters from the next frame on; history is kept so nothing jumps."""
@@ -310,8 +317,8 @@ class Matte:
         self.temporal.reset()
 
     def apply(self, alpha_lowres: np.ndarray, frame_bgr: np.ndarray,
-              pyramid: Pyramid | None = None) -> np.ndarray:
-        """Float32 alpha in [0, 1] at the frame's size (a new array each call).
+              pyramid: Pyramid | None = None) -> Matted:
+        """Float32 alpha in [0, 1] at the frame's size (a new array each call), and its boxes.
 
         ``pyramid``: the frame's shared smaller copies (the guide is one of them).
         """
@@ -342,13 +349,11 @@ class Matte:
         if s.edge_contrast != 1.0:  # (a - 0.5) * gain + 0.5, on a copy: history stays soft
             smoothed = smoothed * s.edge_contrast + 0.5 * (1.0 - s.edge_contrast)
             np.clip(smoothed, 0.0, 1.0, out=smoothed)
-        self.boxes = None
         if s.feather <= 0:
             out = cv2.resize(smoothed, (w, h), interpolation=cv2.INTER_LINEAR)
             np.clip(out, 0.0, 1.0, out=out)
-            return out
+            return Matted(out, None)
         boxes: list[Box] = []
         out = guided_upsample(smoothed, frame_bgr, guide, s.feather * gw / w, s.feather_eps,
                               boxes_out=boxes)
-        self.boxes = boxes
-        return out
+        return Matted(out, boxes)

@@ -21,15 +21,15 @@ import logging
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Sequence, TypeVar
 
 import numpy as np
 
 from live.composite import Compositor
-from live.config import Settings
+from live.config import Settings, needs_new_engine
 from live.frames import EndOfStream, Frame, Pyramid
+from live.io.worker import Worker
 from live.matte import Matte
 from live.segment import Prompt, PromptError, Segmenter, create_segmenter
 from live.subjects import SubjectSelector
@@ -148,9 +148,9 @@ class FrameProcessor:
             pyramid = Pyramid(frame.image)  # the frame's smaller copies, made once for all stages
             alpha = self.selector.apply(self.segmenter.step(frame.image, pyramid))
             t1 = time.perf_counter()
-            alpha = self.matte.apply(alpha, frame.image, pyramid)
+            alpha, boxes = self.matte.apply(alpha, frame.image, pyramid)
             t2 = time.perf_counter()
-            image = self.compositor.apply(frame.image, alpha, pyramid, self.matte.boxes)
+            image = self.compositor.apply(frame.image, alpha, pyramid, boxes)
             t3 = time.perf_counter()
         timings = {"segment": (t1 - t0) * 1e3, "matte": (t2 - t1) * 1e3,
                    "composite": (t3 - t2) * 1e3}
@@ -160,7 +160,7 @@ class FrameProcessor:
         """Swap to ``settings`` (already validated) between two frames."""
         old = self.settings
         segmenter = None
-        if settings.engine != old.engine and _engine_needs_rebuild(old, settings):
+        if needs_new_engine(old.engine, settings.engine):
             segmenter = create_segmenter(settings.engine)  # may raise: nothing swapped yet
         if settings.background != old.background:
             # loads and checks a new image/video first (tens of ms), then swaps atomically;
@@ -193,13 +193,6 @@ class FrameProcessor:
         self.compositor.close()  # a video background's decoder thread and file
 
 
-def _engine_needs_rebuild(old: Settings, new: Settings) -> bool:
-    """Only the knobs that change the model itself need a new segmenter."""
-    keys = ("name", "selfie_model", "sam2_model", "checkpoint", "image_size", "device", "compile",
-            "max_cond_frames")
-    return any(getattr(old.engine, k) != getattr(new.engine, k) for k in keys)
-
-
 class Pipeline:
     """Reads a source, processes on a worker thread, writes to sinks, keeps metrics."""
 
@@ -216,7 +209,7 @@ class Pipeline:
         self.errors: deque[str] = deque(maxlen=20)
         self._mailbox: Mailbox[Frame] = Mailbox()
         self._stop = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"live-{name}")
+        self._worker = Worker(f"live-{name}")
         self._started = 0.0
         self._out_stamps: deque[float] = deque(maxlen=120)
         self._latency: deque[float] = deque(maxlen=300)
@@ -238,7 +231,7 @@ class Pipeline:
                     await closer()
                 except Exception as exc:  # a close must not hide the others
                     self._error(f"closing: {exc}")
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._worker.shutdown(wait=True)
             if self.owns_processor:
                 self.processor.close()
             self.running = False
@@ -265,14 +258,13 @@ class Pipeline:
             self._mailbox.close()
 
     async def _process_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while not self._stop.is_set():
             try:
                 frame = await self._mailbox.get()
             except EndOfStream:
                 return
             try:
-                result = await loop.run_in_executor(self._executor, self.processor.process, frame)
+                result = await self._worker.run(self.processor.process, frame)
             except Exception as exc:
                 log.exception("processing frame %d failed", frame.index)
                 self._error(f"processing: {exc}")
@@ -281,15 +273,21 @@ class Pipeline:
                 self.times.add(stage, ms)
             t0 = time.perf_counter()
             processing_ms = sum(result.timings.values())
+            failed = False
             for sink in list(self.sinks):
                 try:
                     await sink.write(result.image, frame)
+                except EndOfStream:  # an output its user closed (the preview window)
+                    self.sinks.remove(sink)
+                    await _quiet_close(sink)
                 except Exception as exc:
                     self._error(f"sink {type(sink).__name__}: {exc}")
                     self.sinks.remove(sink)
                     await _quiet_close(sink)
+                    failed = True
             if not self.sinks:
-                self._error("no output left; stopping")
+                if failed:
+                    self._error("no output left; stopping")
                 return
             now = time.monotonic()
             sink_ms = (time.perf_counter() - t0) * 1e3

@@ -14,19 +14,19 @@ import pytest
 import torch
 
 from bench import load_frames
+from bench.sam2_fixture import random_sam2
 from live.config import EngineSettings
 from live.segment import Prompt, PromptError
 from live.segment.auto_prompt import (AUTO_OBJ_ID, MIN_PERSON_FRACTION, AutoPromptedSAM2,
                                       largest_component, mask_iou)
-from live.segment.sam2_stream import StreamingSAM2, build_model
+from live.segment.sam2_stream import StreamingSAM2
 
 SIZE = 128
 
 
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return build_model("configs/sam2.1/sam2.1_hiera_t.yaml", None, SIZE, torch.device("cpu"))
+    return random_sam2(SIZE)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,10 @@ import dataclasses
 import pytest
 
 from live.cli import to_toml
-from live.config import (Settings, SettingsError, add_cli_arguments, load_toml,
-                         parse_background, settings_from_args)
+from live.checkpoints import SAM2_MODELS
+from live.config import (SAM2_SIZES, EngineSettings, Settings, SettingsError, add_cli_arguments,
+                         check_engine_setting, load_toml, needs_new_engine, parse_background,
+                         schema, settings_from_args)
 
 
 def parse(*argv: str) -> Settings:
@@ -101,3 +103,27 @@ def test_dumped_toml_loads_back_to_the_same_settings(tmp_path) -> None:
     path = tmp_path / "dump.toml"
     path.write_text(to_toml(settings))
     assert load_toml(path) == settings
+
+
+def test_only_settings_marked_rebuild_need_a_new_engine() -> None:
+    old = EngineSettings()
+    for name, value in [("sam2_model", "small"), ("image_size", 512), ("device", "cpu"),
+                        ("max_cond_frames", 8), ("selfie_model", "square")]:
+        assert needs_new_engine(old, dataclasses.replace(old, **{name: value})), name
+    for name, value in [("reanchor_iou", 0.5), ("reanchor_frames", 3), ("subjects", "main")]:
+        assert not needs_new_engine(old, dataclasses.replace(old, **{name: value})), name
+
+
+def test_the_sam2_sizes_are_the_checkpoint_list() -> None:
+    choices = schema(("engine",))["engine"]["sam2_model"]["choices"]
+    assert choices == list(SAM2_SIZES) == list(SAM2_MODELS)
+    with pytest.raises(SettingsError, match="one of"):
+        Settings().merged({"engine": {"sam2_model": "huge"}})
+
+
+def test_a_bare_engine_value_is_checked_by_the_schema_rule() -> None:
+    assert check_engine_setting("image_size", 512) == 512
+    for bad, message in [(500, "multiple of 32"), (32, "between 64 and 2048"),
+                         (True, "must be a number")]:
+        with pytest.raises(SettingsError, match=message):
+            check_engine_setting("image_size", bad)

@@ -41,7 +41,7 @@ def test_shape_dtype_range(settings: MatteSettings) -> None:
     rng = np.random.default_rng(1)
     matte = Matte(settings)
     for i in range(3):
-        out = matte.apply(rng.random((AH, AW), dtype=np.float32), textured_frame(i))
+        out = matte.apply(rng.random((AH, AW), dtype=np.float32), textured_frame(i)).alpha
         assert out.shape == (H, W) and out.dtype == np.float32
         assert out.min() >= 0.0 and out.max() <= 1.0
 
@@ -49,7 +49,7 @@ def test_shape_dtype_range(settings: MatteSettings) -> None:
 def test_each_call_returns_a_new_array() -> None:
     matte = Matte()
     frame, alpha = person_frame(200)
-    first = matte.apply(alpha, frame)
+    first = matte.apply(alpha, frame).alpha
     kept = first.copy()
     matte.apply(np.zeros_like(alpha), frame)
     assert np.array_equal(first, kept)  # the caller's previous alpha is never overwritten
@@ -63,7 +63,7 @@ def test_smoothing_reduces_flicker_on_a_static_scene() -> None:
     results = {}
     for mode in ("off", "ema", "adaptive"):
         matte = Matte(MatteSettings(smoothing=mode))
-        results[mode] = flicker([matte.apply(a, frame) for a in noisy])
+        results[mode] = flicker([matte.apply(a, frame).alpha for a in noisy])
     assert results["ema"] < 0.7 * results["off"]
     assert results["adaptive"] < 0.5 * results["off"]
     assert results["adaptive"] < results["ema"]
@@ -75,7 +75,7 @@ def test_adaptive_follows_a_moving_subject_without_a_ghost() -> None:
         matte = Matte(MatteSettings(smoothing=mode))
         for x0 in (100, 100, 100, 200):  # still, then a 100 px jump to the right
             frame, alpha = person_frame(x0)
-            outs[mode] = matte.apply(alpha, frame)
+            outs[mode] = matte.apply(alpha, frame).alpha
     row = 190
     vacated, arrived = slice(110, 190), slice(270, 350)
     assert outs["adaptive"][row, vacated].max() < 0.1  # no trail where the subject was
@@ -92,7 +92,7 @@ def test_feathering_snaps_to_the_frames_hard_edge(guide_size: int) -> None:
     steps, crossings = {}, {}
     for feather in (0, 8):
         settings = MatteSettings(feather=feather, guide_size=guide_size)
-        out = Matte(settings).apply(alpha, frame)[H // 2]
+        out = Matte(settings).apply(alpha, frame).alpha[H // 2]
         steps[feather] = float(np.abs(np.diff(out)).max())
         crossings[feather] = int(np.argmax(out > 0.5))
     assert steps[0] < 0.1  # bilinear upsampling: a gentle ramp
@@ -104,7 +104,7 @@ def test_feathering_keeps_a_soft_edge_where_the_frame_has_none() -> None:
     frame = np.full((H, W, 3), 128, np.uint8)  # flat: nothing to snap to
     alpha = np.zeros((AH, AW), np.float32)
     alpha[:, 64:] = 1.0
-    out = Matte(MatteSettings(feather=8)).apply(alpha, frame)[H // 2]
+    out = Matte(MatteSettings(feather=8)).apply(alpha, frame).alpha[H // 2]
     assert np.count_nonzero((out > 0.05) & (out < 0.95)) >= 4
 
 
@@ -114,7 +114,7 @@ def test_reset_forgets_history() -> None:
     for _ in range(5):
         matte.apply(np.zeros_like(alpha), frame)
     matte.reset()
-    assert np.array_equal(matte.apply(alpha, frame), Matte().apply(alpha, frame))
+    assert np.array_equal(matte.apply(alpha, frame).alpha, Matte().apply(alpha, frame).alpha)
 
 
 def test_update_changes_parameters_and_keeps_history() -> None:
@@ -122,7 +122,7 @@ def test_update_changes_parameters_and_keeps_history() -> None:
     matte = Matte(MatteSettings(smoothing="off"))
     matte.apply(np.zeros_like(alpha), frame)
     matte.update(MatteSettings(smoothing="ema", ema=0.5, feather=0))
-    out = matte.apply(alpha, frame)
+    out = matte.apply(alpha, frame).alpha
     assert out[190, 280] == pytest.approx(0.5)  # half of the new mask: history was kept
     assert matte.settings.feather == 0
 
@@ -175,7 +175,7 @@ def test_any_alpha_and_frame_size(alpha_shape: tuple[int, int],
     matte = Matte()
     for _ in range(2):
         frame = rng.integers(0, 256, (*frame_shape, 3), dtype=np.uint8)
-        out = matte.apply(rng.random(alpha_shape, dtype=np.float32), frame)
+        out = matte.apply(rng.random(alpha_shape, dtype=np.float32), frame).alpha
         assert out.shape == frame_shape and out.dtype == np.float32
         assert 0.0 <= out.min() and out.max() <= 1.0
 
@@ -188,7 +188,7 @@ def test_a_lasting_change_on_a_still_picture_is_taken_after_a_few_frames() -> No
         for _ in range(5):
             matte.apply(alpha, frame)
         for _ in range(5):  # the model now says: nobody there (it had been wrong)
-            outs[persist] = matte.apply(np.zeros_like(alpha), frame)
+            outs[persist] = matte.apply(np.zeros_like(alpha), frame).alpha
     assert outs[4].max() < 0.05  # believed after 4 frames of lasting disagreement
     assert outs[0][190, 280] > 0.3  # the motion gate alone would have frozen the error
 
@@ -210,7 +210,7 @@ def test_feather_at_its_maximum_keeps_the_person_opaque(data_dir, guide_size: in
     outside = ~cv2.dilate(gt.view(np.uint8), disk).astype(bool)
     assert inside.sum() > 2000
     for feather in (MatteSettings().feather, _bound("feather", "hi")):
-        out = Matte(MatteSettings(feather=feather, guide_size=guide_size)).apply(low, frame)
+        out = Matte(MatteSettings(feather=feather, guide_size=guide_size)).apply(low, frame).alpha
         assert out[inside].min() > 0.95  # no green showing through the body
         assert out[outside].max() < 0.05  # nor a haze of the room around it
 
@@ -223,7 +223,7 @@ def test_feathering_moves_the_edge_no_further_than_one_model_pixel(guide_size: i
     alpha = np.clip((300 - x) / 40 + 0.5, 0, 1)[None, :].repeat(AH, 0)  # soft edge at 300
     for feather in (6, 16, _bound("feather", "hi")):
         settings = MatteSettings(feather=feather, guide_size=guide_size)
-        out = Matte(settings).apply(alpha, frame)[H // 2]
+        out = Matte(settings).apply(alpha, frame).alpha[H // 2]
         assert abs(int(np.argmax(out < 0.5)) - 300) <= 5  # not dragged to the door frame
         assert out[320:].max() < 0.05
 
@@ -233,7 +233,7 @@ def test_feathering_a_flat_picture_leaves_a_narrow_soft_edge() -> None:
     alpha = np.zeros((AH, AW), np.float32)
     alpha[:, 64:] = 1.0
     for feather in (6, 16, _bound("feather", "hi")):
-        out = Matte(MatteSettings(feather=feather)).apply(alpha, frame)[H // 2]
+        out = Matte(MatteSettings(feather=feather)).apply(alpha, frame).alpha[H // 2]
         assert np.count_nonzero((out > 0.05) & (out < 0.95)) <= 20  # no wide blurred fringe
 
 
@@ -248,7 +248,7 @@ def test_ema_at_its_minimum_still_follows_a_moved_mask() -> None:
     for _ in range(5):
         matte.apply(*reversed(person_frame(100)))
     for _ in range(30):  # a bit over a second at 24 fps
-        out = matte.apply(*reversed(person_frame(300)))
+        out = matte.apply(*reversed(person_frame(300))).alpha
     row = 190
     assert out[row, 110:250].max() < 0.05  # the old place has emptied
     assert out[row, 310:450].min() > 0.95  # the new place is filled
@@ -272,7 +272,7 @@ def test_a_vacated_place_empties_even_where_the_picture_barely_changed() -> None
         for _ in range(5):
             matte.apply(*arm_at(100))
         for _ in range(2):
-            outs[release] = matte.apply(*arm_at(400))
+            outs[release] = matte.apply(*arm_at(400)).alpha
     vacated = (190, slice(110, 250))
     assert outs[MatteSettings().adaptive_release][vacated].max() < 0.05
     assert outs[0.0][vacated].min() > 0.5  # symmetric smoothing: a ghost of the arm
@@ -286,7 +286,7 @@ def test_history_decays_to_exactly_zero() -> None:
     matte = Matte(MatteSettings(smoothing="ema", ema=0.5))
     matte.apply(alpha, frame)
     for _ in range(30):
-        out = matte.apply(tiny, frame)
+        out = matte.apply(tiny, frame).alpha
     assert matte.temporal.state.max() == 0.0
     assert out.max() == 0.0
     assert tiny[0, 0] == np.float32(1e-39)  # the caller's array is left alone

@@ -11,51 +11,47 @@ import pytest
 from live.config import Settings
 from live.frames import EndOfStream, Frame
 from live.pipeline import FrameProcessor, Mailbox, Pipeline
-from live.segment import Prompt, PromptError
 from live.io import NullSink
+from live.segment import Prompt, PromptError
 from live.io.synthetic import SyntheticSource
+from utils import asynctest
 
 SELFIE = Settings().merged({"engine": {"name": "selfie"}})
 
 
-def test_mailbox_keeps_only_the_newest_and_counts_drops() -> None:
-    async def main() -> tuple[list[int], int]:
-        box: Mailbox[int] = Mailbox()
-        for i in range(5):
-            box.put(i)
-        first = await box.get()
-        box.put(5)
+@asynctest
+async def test_mailbox_keeps_only_the_newest_and_counts_drops() -> None:
+    box: Mailbox[int] = Mailbox()
+    for i in range(5):
+        box.put(i)
+    first = await box.get()
+    box.put(5)
+    box.close()
+    second = await box.get()
+    with pytest.raises(EndOfStream):
+        await box.get()
+    assert [first, second] == [4, 5] and box.dropped == 4
+
+
+@asynctest
+async def test_lossless_mailbox_waits_instead_of_dropping() -> None:
+    box: Mailbox[int] = Mailbox()
+
+    async def produce() -> None:
+        for i in range(20):
+            await box.put_when_empty(i)
         box.close()
-        second = await box.get()
-        with pytest.raises(EndOfStream):
-            await box.get()
-        return [first, second], box.dropped
 
-    got, dropped = asyncio.run(main())
-    assert got == [4, 5] and dropped == 4
-
-
-def test_lossless_mailbox_waits_instead_of_dropping() -> None:
-    async def main() -> list[int]:
-        box: Mailbox[int] = Mailbox()
-
-        async def produce() -> None:
-            for i in range(20):
-                await box.put_when_empty(i)
-            box.close()
-
-        task = asyncio.create_task(produce())
-        got = []
-        try:
-            while True:
-                got.append(await box.get())
-                await asyncio.sleep(0)
-        except EndOfStream:
-            await task
-        assert box.dropped == 0
-        return got
-
-    assert asyncio.run(main()) == list(range(20))
+    task = asyncio.create_task(produce())
+    got = []
+    try:
+        while True:
+            got.append(await box.get())
+            await asyncio.sleep(0)
+    except EndOfStream:
+        await task
+    assert box.dropped == 0
+    assert got == list(range(20))
 
 
 class SlowSink(NullSink):
@@ -66,14 +62,11 @@ class SlowSink(NullSink):
         await super().write(image, frame)
 
 
-def test_a_slow_stage_drops_stale_frames_instead_of_building_latency() -> None:
-    async def main() -> Pipeline:
-        source = SyntheticSource(320, 240, fps=200, frames=200)
-        pipe = Pipeline(source, [SlowSink()], FrameProcessor(SELFIE))
-        await pipe.run()
-        return pipe
-
-    pipe = asyncio.run(main())
+@asynctest
+async def test_a_slow_stage_drops_stale_frames_instead_of_building_latency() -> None:
+    source = SyntheticSource(320, 240, fps=200, frames=200)
+    pipe = Pipeline(source, [SlowSink()], FrameProcessor(SELFIE))
+    await pipe.run()
     assert pipe.dropped > 50                      # the camera outran the sink
     assert pipe.frames_out + pipe.dropped <= 200
     m = pipe.metrics()
@@ -82,6 +75,29 @@ def test_a_slow_stage_drops_stale_frames_instead_of_building_latency() -> None:
     assert set(m["stage_ms"]) >= {"read", "segment", "matte", "composite", "sink"}
     assert not pipe.errors
     assert not any(t.name.startswith("live-pipeline") for t in threading.enumerate())
+
+
+class ClosedAfter(NullSink):
+    """An output its user closes after ``n`` frames, as 'q' in the preview window does."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    async def write(self, image: np.ndarray, frame: Frame) -> None:
+        if self.frames == self.n:
+            raise EndOfStream
+        await super().write(image, frame)
+
+
+@asynctest
+async def test_an_output_closed_by_its_user_ends_the_pipeline_without_an_error() -> None:
+    closing, other = ClosedAfter(3), ClosedAfter(6)
+    pipe = Pipeline(SyntheticSource(160, 120, fps=100), [closing, other], FrameProcessor(SELFIE))
+    await asyncio.wait_for(pipe.run(), timeout=60)
+    assert (closing.frames, other.frames) == (3, 6)  # the other output ran on, then ended too
+    assert closing.closed and other.closed
+    assert pipe.frames_out == 6 and not pipe.errors
 
 
 def test_settings_and_prompts_apply_between_frames() -> None:

@@ -22,6 +22,7 @@ from live.io import NullSink
 from live.io.files import FileSource, RecorderSink
 from live.pipeline import FrameProcessor, Pipeline
 from live.segment.selfie import SelfieSegmenter
+from utils import asynctest
 
 REPO = Path(__file__).resolve().parent.parent
 FRAMES = 48
@@ -71,22 +72,18 @@ class FailingSource:
         await self.inner.close()
 
 
-def test_source_failing_mid_stream_is_reported_and_the_file_is_finalised(
+@asynctest
+async def test_source_failing_mid_stream_is_reported_and_the_file_is_finalised(
         clip_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "partial.mp4"
-
-    async def main() -> Pipeline:
-        settings = Settings().merged({"engine": {"name": "selfie"}})
-        pipe = Pipeline(FailingSource(clip_path, 10), [RecorderSink(out, 24)],
-                        FrameProcessor(settings))
-        await pipe.run()
-        # the event loop is still healthy: another pipeline runs on it afterwards
-        other = Pipeline(FailingSource(clip_path, 3), [NullSink()], FrameProcessor(settings))
-        await other.run()
-        assert other.frames_out == 3
-        return pipe
-
-    pipe = asyncio.run(main())
+    settings = Settings().merged({"engine": {"name": "selfie"}})
+    pipe = Pipeline(FailingSource(clip_path, 10), [RecorderSink(out, 24)],
+                    FrameProcessor(settings))
+    await pipe.run()
+    # the event loop is still healthy: another pipeline runs on it afterwards
+    other = Pipeline(FailingSource(clip_path, 3), [NullSink()], FrameProcessor(settings))
+    await other.run()
+    assert other.frames_out == 3
     assert pipe.frames_out == 10
     assert any("device reset by driver" in e for e in pipe.errors)
     assert len(load_frames(out)) == 10                       # playable, nothing lost

@@ -17,33 +17,26 @@ import pytest
 import torch
 from PIL import Image
 
+from bench.data import load_davis
+from bench.sam2_fixture import random_sam2
 from live.checkpoints import ModelMissingError
-from live.config import EngineSettings, SettingsError
+from live.config import EngineSettings, SettingsError, check_engine_setting
 from live.segment import Prompt, PromptError
 from live.segment.pil_resize import resize_like_pil
-from live.segment.sam2_stream import StreamingSAM2, check_image_size, tensor_bytes
+from live.segment.sam2_stream import StreamingSAM2, tensor_bytes
 
-CONFIG = "configs/sam2.1/sam2.1_hiera_t.yaml"
 SIZE = 128
 
 
 @pytest.fixture(scope="module")
 def model() -> torch.nn.Module:
-    from sam2.build_sam import build_sam2_video_predictor
-
-    torch.manual_seed(0)
-    return build_sam2_video_predictor(CONFIG, ckpt_path=None, device="cpu",
-                                      hydra_overrides_extra=[f"++model.image_size={SIZE}"])
+    return random_sam2(SIZE)
 
 
 @pytest.fixture(scope="module")
 def model64() -> torch.nn.Module:
     """The smallest size SAM 2 takes: the 300-frame memory test only counts bytes."""
-    from sam2.build_sam import build_sam2_video_predictor
-
-    torch.manual_seed(0)
-    return build_sam2_video_predictor(CONFIG, ckpt_path=None, device="cpu",
-                                      hydra_overrides_extra=["++model.image_size=64"])
+    return random_sam2(64)
 
 
 @dataclass
@@ -55,21 +48,11 @@ class Clip:
 
 def make_clip(data_dir: Path, tmp_path: Path, seq: str, n: int) -> Clip:
     """The first n frames of a DAVIS sequence, ping-ponged if it is shorter."""
-    src = data_dir / f"davis-{seq}"
-    names = sorted(p.name for p in (src / "frames").glob("*.jpg"))
-    if not names:
-        pytest.skip(f"{src} has no frames")
-    order = names + names[-2:0:-1]
-    folder = tmp_path / seq
-    folder.mkdir()
-    frames, masks = [], []
-    for i in range(n):
-        name = order[i % len(order)]
-        (folder / f"{i:05d}.jpg").symlink_to(src / "frames" / name)
-        # PIL decodes, like the official loader: cv2's libjpeg may round differently
-        frames.append(np.asarray(Image.open(src / "frames" / name).convert("RGB"))[..., ::-1])
-        masks.append(np.asarray(Image.open(src / "masks" / name.replace(".jpg", ".png"))) > 127)
-    return Clip(folder, frames, masks)
+    try:
+        davis = load_davis(data_dir / f"davis-{seq}", n, pingpong=True)
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+    return Clip(davis.link_jpegs(tmp_path / seq), davis.frames, davis.masks)
 
 
 def inside_point(mask: np.ndarray, label: int = 1) -> tuple[float, float, int]:
@@ -290,8 +273,8 @@ def test_clear_errors(model, data_dir, tmp_path):
     with pytest.raises(PromptError, match="unknown object id 42"):
         stream.remove_object(42)
     with pytest.raises(SettingsError, match="multiple of 32"):
-        check_image_size(100)
-    with pytest.raises(SettingsError, match="at least 2"):
+        check_engine_setting("image_size", 100)
+    with pytest.raises(SettingsError, match="max_cond_frames must be between 2 and"):
         StreamingSAM2(model, max_cond_frames=1)
     with pytest.raises(ValueError, match="BGR uint8"):
         stream.step(np.zeros((4, 4), np.uint8))

@@ -9,7 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from bench.quality import iou, load_sequence
+from bench.data import load_davis
+from bench.quality import iou
 from live.checkpoints import SELFIE_FILES, selfie_model_path, sha256_of
 from live.config import EngineSettings
 from live.frames import Pyramid
@@ -29,7 +30,8 @@ def sequence(data_dir: Path, name: str) -> tuple[list[np.ndarray], list[np.ndarr
     folder = data_dir / f"davis-{name}"
     if not folder.is_dir():
         pytest.skip(f"{folder} is missing from the evaluation data")
-    return load_sequence(folder, None)
+    clip = load_davis(folder)
+    return clip.frames, clip.masks
 
 
 def at_frame_size(alpha: np.ndarray, frame: np.ndarray) -> np.ndarray:
@@ -44,7 +46,7 @@ def test_iou_on_davis_hike_stays_above_the_measured_floor(data_dir: Path) -> Non
         pyramid = Pyramid(frame)
         low = engine.step(frame, pyramid)
         raw.append(iou(at_frame_size(low, frame), gt))
-        matted.append(iou(matte.apply(low, frame, pyramid), gt))
+        matted.append(iou(matte.apply(low, frame, pyramid).alpha, gt))
     assert engine.last_variant == "landscape"  # 854x480 is wider than 4:3
     assert np.mean(raw) >= HIKE_MEAN_FLOOR, f"mean IoU {np.mean(raw):.3f}"
     assert min(raw) >= HIKE_FRAME_FLOOR, f"worst frame IoU {min(raw):.3f}"

@@ -21,6 +21,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from live.serve import protocol
 from server_helpers import ServerThread, StreamingPeer, load_clip, test_settings
+from utils import asynctest
 
 
 # --------------------------------------------------------------------------- helpers
@@ -445,7 +446,8 @@ def _fuzz(server, peer: StreamingPeer) -> None:
 # --------------------------------------------------------------------------- attached
 
 
-def test_an_attached_pipeline_is_steered_and_left_to_its_owner():
+@asynctest
+async def test_an_attached_pipeline_is_steered_and_left_to_its_owner():
     """`live run` hands its virtual-camera pipeline to the control server: the
     panel can list and steer it, and stopping the server does not stop it."""
     import asyncio
@@ -454,38 +456,34 @@ def test_an_attached_pipeline_is_steered_and_left_to_its_owner():
     from live.serve.server import ControlServer
     from live.io import NullSink
     from live.io.synthetic import SyntheticSource
+    settings = test_settings()
+    processor = FrameProcessor(settings)
+    sink = NullSink()
+    pipeline = Pipeline(SyntheticSource(320, 180, 30.0), [sink], processor, name="run")
+    task = asyncio.create_task(pipeline.run())
+    server = ControlServer(settings, sessions={"run": (processor, pipeline)})
+    await server.start()
+    try:
+        from live.serve.client import ControlClient
 
-    async def scenario() -> None:
-        settings = test_settings()
-        processor = FrameProcessor(settings)
-        sink = NullSink()
-        pipeline = Pipeline(SyntheticSource(320, 180, 30.0), [sink], processor, name="run")
-        task = asyncio.create_task(pipeline.run())
-        server = ControlServer(settings, sessions={"run": (processor, pipeline)})
-        await server.start()
-        try:
-            from live.serve.client import ControlClient
-
-            async with ControlClient(server.url) as client:
-                listed = await client.request("sessions.list")
-                assert [s["session"] for s in listed["sessions"]] == ["run"]
-                changed = await client.request("settings.set", session="run",
-                                               settings={"background": {"mode": "color"}})
-                assert changed["type"] == "ok" and changed["session"] == "run"
-                assert processor.settings.background.mode == "color"
-                for _ in range(100):
-                    if sink.frames > 3:
-                        break
-                    await asyncio.sleep(0.05)
-                stats = await client.request("stats", session="run")
-                assert stats["type"] == "ok" and stats["stats"]["frames"] > 0
-        finally:
-            await server.stop()
-        assert pipeline.running and not task.done(), "the owner's pipeline was stopped"
-        pipeline.stop()
-        await asyncio.wait_for(task, 10)
-
-    asyncio.run(scenario())
+        async with ControlClient(server.url) as client:
+            listed = await client.request("sessions.list")
+            assert [s["session"] for s in listed["sessions"]] == ["run"]
+            changed = await client.request("settings.set", session="run",
+                                           settings={"background": {"mode": "color"}})
+            assert changed["type"] == "ok" and changed["session"] == "run"
+            assert processor.settings.background.mode == "color"
+            for _ in range(100):
+                if sink.frames > 3:
+                    break
+                await asyncio.sleep(0.05)
+            stats = await client.request("stats", session="run")
+            assert stats["type"] == "ok" and stats["stats"]["frames"] > 0
+    finally:
+        await server.stop()
+    assert pipeline.running and not task.done(), "the owner's pipeline was stopped"
+    pipeline.stop()
+    await asyncio.wait_for(task, 10)
 
 
 def upload_dirs() -> set[Path]:

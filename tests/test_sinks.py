@@ -26,6 +26,7 @@ from live.io.files import RecorderSink
 from live.io.preview import PreviewSink, over_checkerboard
 from live.io.vcam import VirtualCameraSink
 from live.io.webrtc import VideoOutputTrack, encoder_frame
+from utils import asynctest
 
 
 def run(coro):
@@ -46,32 +47,26 @@ def numbered(index: int, w: int = 64, h: int = 48) -> np.ndarray:
 # --------------------------------------------------------------------------- NullSink
 
 
-def test_null_sink_counts_frames():
-    async def main():
-        sink = NullSink()
-        for i in range(5):
-            await sink.write(numbered(i), frame_of(numbered(i), i))
-        await sink.close()
-        await sink.close()
-        return sink
-
-    sink = run(main())
+@asynctest
+async def test_null_sink_counts_frames():
+    sink = NullSink()
+    for i in range(5):
+        await sink.write(numbered(i), frame_of(numbered(i), i))
+    await sink.close()
+    await sink.close()
     assert sink.frames == 5 and sink.last_index == 4 and sink.closed
 
 
 # --------------------------------------------------------------------------- VideoOutputTrack
 
 
-def test_track_delivers_in_order_with_pts_from_the_capture_clock():
-    async def main():
-        track = VideoOutputTrack()
-        got = []
-        for i in range(3):
-            await track.write(numbered(40 * i), frame_of(numbered(40 * i), i))
-            got.append(await track.recv())
-        return track, got
-
-    track, got = run(main())
+@asynctest
+async def test_track_delivers_in_order_with_pts_from_the_capture_clock():
+    track = VideoOutputTrack()
+    got = []
+    for i in range(3):
+        await track.write(numbered(40 * i), frame_of(numbered(40 * i), i))
+        got.append(await track.recv())
     assert track.kind == "video"
     # I420, what the encoders take (no conversion of theirs): a level or two of rounding
     assert np.allclose([int(f.to_ndarray(format="bgr24")[0, 0, 0]) for f in got], [0, 40, 80],
@@ -82,54 +77,46 @@ def test_track_delivers_in_order_with_pts_from_the_capture_clock():
     assert list(track.sent) == [0, 1, 2] and track.dropped == 0
 
 
-def test_track_newest_wins_and_counts_drops():
-    async def main():
-        track = VideoOutputTrack()
-        for i in range(4):  # nobody is receiving: each write replaces the previous
-            await track.write(numbered(40 * i), frame_of(numbered(40 * i), i))
-        first = await track.recv()
-        pending = asyncio.ensure_future(track.recv())
-        await asyncio.sleep(0.01)
-        assert not pending.done()  # waits for a new frame rather than repeating one
-        await track.write(numbered(200), frame_of(numbered(200), 9))
-        second = await asyncio.wait_for(pending, 1)
-        return track, first, second
-
-    track, first, second = run(main())
+@asynctest
+async def test_track_newest_wins_and_counts_drops():
+    track = VideoOutputTrack()
+    for i in range(4):  # nobody is receiving: each write replaces the previous
+        await track.write(numbered(40 * i), frame_of(numbered(40 * i), i))
+    first = await track.recv()
+    pending = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0.01)
+    assert not pending.done()  # waits for a new frame rather than repeating one
+    await track.write(numbered(200), frame_of(numbered(200), 9))
+    second = await asyncio.wait_for(pending, 1)
     assert track.dropped == 3
     assert abs(int(first.to_ndarray(format="bgr24")[0, 0, 0]) - 120) <= 2
     assert abs(int(second.to_ndarray(format="bgr24")[0, 0, 0]) - 200) <= 2
     assert list(track.sent) == [3, 9]
 
 
-def test_track_carries_the_incoming_webrtc_clock():
-    async def main():
-        track = VideoOutputTrack()
-        tb = fractions.Fraction(1, 90000)
-        await track.write(numbered(1), frame_of(numbered(1), 1, pts=123456, time_base=tb))
-        return await track.recv()
-
-    out = run(main())
+@asynctest
+async def test_track_carries_the_incoming_webrtc_clock():
+    track = VideoOutputTrack()
+    tb = fractions.Fraction(1, 90000)
+    await track.write(numbered(1), frame_of(numbered(1), 1, pts=123456, time_base=tb))
+    out = await track.recv()
     assert out.pts == 123456 and out.time_base == fractions.Fraction(1, 90000)
 
 
-def test_track_frames_go_through_aiortcs_vp8_encoder_on_the_incoming_clock():
+@asynctest
+async def test_track_frames_go_through_aiortcs_vp8_encoder_on_the_incoming_clock():
     from aiortc.codecs import get_encoder
     from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-
-    async def main():
-        track = VideoOutputTrack()
-        tb = fractions.Fraction(1, 1000)  # an incoming clock other than 90 kHz
-        out = []
-        for i in range(3):
-            img = random_image(120, 160, seed=i)
-            await track.write(img, frame_of(img, i, pts=5000 + 40 * i, time_base=tb))
-            out.append(await track.recv())
-        return out
-
+    track = VideoOutputTrack()
+    tb = fractions.Fraction(1, 1000)  # an incoming clock other than 90 kHz
+    out = []
+    for i in range(3):
+        img = random_image(120, 160, seed=i)
+        await track.write(img, frame_of(img, i, pts=5000 + 40 * i, time_base=tb))
+        out.append(await track.recv())
     encoder = get_encoder(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000))
     stamps = []
-    for frame in run(main()):
+    for frame in out:
         payloads, timestamp = encoder.encode(frame)
         assert payloads and all(payloads)
         stamps.append(timestamp)
@@ -143,57 +130,48 @@ def test_track_hands_an_odd_sized_image_over_as_bgr():
     assert (vf.to_ndarray(format="bgr24") == numbered(90, w=7, h=5)).all()
 
 
-def test_track_bgra_becomes_bgr_over_black():
-    async def main():
-        track = VideoOutputTrack()
-        img = np.zeros((4, 6, 4), np.uint8)
-        img[..., :3] = 200
-        img[:, :3, 3] = 255  # left half opaque, right half transparent
-        await track.write(img, frame_of(img, 0))
-        return await track.recv()
-
-    out = run(main()).to_ndarray(format="bgr24")
+@asynctest
+async def test_track_bgra_becomes_bgr_over_black():
+    track = VideoOutputTrack()
+    img = np.zeros((4, 6, 4), np.uint8)
+    img[..., :3] = 200
+    img[:, :3, 3] = 255  # left half opaque, right half transparent
+    await track.write(img, frame_of(img, 0))
+    out = (await track.recv()).to_ndarray(format="bgr24")
     assert out.shape == (4, 6, 3)
     assert (out[:, :3] == 200).all() and (out[:, 3:] == 0).all()
 
 
-def test_track_stop_wakes_a_pending_recv_and_later_recvs_fail():
-    async def main():
-        track = VideoOutputTrack()
-        pending = asyncio.ensure_future(track.recv())
-        await asyncio.sleep(0.01)
-        track.stop()
-        with pytest.raises(MediaStreamError):
-            await asyncio.wait_for(pending, 1)
-        with pytest.raises(MediaStreamError):
-            await track.recv()
-        await track.write(numbered(0), frame_of(numbered(0), 0))  # peer gone: ignored
-        await track.close()  # idempotent
-        return track
-
-    track = run(main())
+@asynctest
+async def test_track_stop_wakes_a_pending_recv_and_later_recvs_fail():
+    track = VideoOutputTrack()
+    pending = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0.01)
+    track.stop()
+    with pytest.raises(MediaStreamError):
+        await asyncio.wait_for(pending, 1)
+    with pytest.raises(MediaStreamError):
+        await track.recv()
+    await track.write(numbered(0), frame_of(numbered(0), 0))  # peer gone: ignored
+    await track.close()  # idempotent
     assert track.readyState == "ended" and track.frames == 0
 
 
-def test_track_close_wakes_recv():
-    async def main():
-        track = VideoOutputTrack()
-        pending = asyncio.ensure_future(track.recv())
-        await asyncio.sleep(0.01)
-        await track.close()
-        with pytest.raises(MediaStreamError):
-            await asyncio.wait_for(pending, 1)
-
-    run(main())
+@asynctest
+async def test_track_close_wakes_recv():
+    track = VideoOutputTrack()
+    pending = asyncio.ensure_future(track.recv())
+    await asyncio.sleep(0.01)
+    await track.close()
+    with pytest.raises(MediaStreamError):
+        await asyncio.wait_for(pending, 1)
 
 
-def test_track_rejects_a_non_image():
-    async def main():
-        track = VideoOutputTrack()
-        with pytest.raises(SinkError, match="uint8 BGR"):
-            await track.write(np.zeros((4, 4), np.float32), frame_of(numbered(0), 0))
-
-    run(main())
+@asynctest
+async def test_track_rejects_a_non_image():
+    track = VideoOutputTrack()
+    with pytest.raises(SinkError, match="uint8 BGR"):
+        await track.write(np.zeros((4, 4), np.float32), frame_of(numbered(0), 0))
 
 
 # --------------------------------------------------------------------------- VirtualCameraSink
@@ -258,18 +236,14 @@ def random_image(h: int, w: int, channels: int = 3, seed: int = 0) -> np.ndarray
     return np.random.default_rng(seed).integers(0, 256, (h, w, channels), dtype=np.uint8)
 
 
-def test_vcam_sends_bgr_unconverted_and_crops_odd_sizes_to_even(backend):
+@asynctest
+async def test_vcam_sends_bgr_unconverted_and_crops_odd_sizes_to_even(backend):
     images = [random_image(481, 641, seed=i) for i in range(3)]
-
-    async def main():
-        sink = VirtualCameraSink(backend="live-test", fps=1000, pace=True)
-        for i, img in enumerate(images):
-            await sink.write(img, frame_of(img, i))
-        await sink.close()
-        await sink.close()
-        return sink
-
-    sink = run(main())
+    sink = VirtualCameraSink(backend="live-test", fps=1000, pace=True)
+    for i, img in enumerate(images):
+        await sink.write(img, frame_of(img, i))
+    await sink.close()
+    await sink.close()
     (cam,) = RecordingBackend.opened
     assert (cam.width, cam.height) == (640, 480)
     assert cam.fmt == pyvirtualcam.PixelFormat.BGR == sink.pixel_format
@@ -279,66 +253,53 @@ def test_vcam_sends_bgr_unconverted_and_crops_odd_sizes_to_even(backend):
     assert cam.closed
 
 
-def test_vcam_converts_to_rgb_for_a_backend_without_bgr(backend):
+@asynctest
+async def test_vcam_converts_to_rgb_for_a_backend_without_bgr(backend):
     img = random_image(48, 64)
-
-    async def main():
-        sink = VirtualCameraSink(backend="live-test-rgb", fps=30)
-        await sink.write(img, frame_of(img, 0))
-        await sink.close()
-
-    run(main())
+    sink = VirtualCameraSink(backend="live-test-rgb", fps=30)
+    await sink.write(img, frame_of(img, 0))
+    await sink.close()
     (cam,) = RgbOnlyBackend.opened
     assert cam.fmt == pyvirtualcam.PixelFormat.RGB
     np.testing.assert_array_equal(cam.frames[0], img[..., ::-1])
 
 
-def test_vcam_bgra_is_composited_onto_black_and_size_changes_are_resized(backend):
+@asynctest
+async def test_vcam_bgra_is_composited_onto_black_and_size_changes_are_resized(backend):
     bgra = np.zeros((48, 64, 4), np.uint8)
     bgra[..., :3] = (10, 100, 250)
     bgra[:, :32, 3] = 255  # left half opaque, right half transparent
-
-    async def main():
-        sink = VirtualCameraSink(backend="live-test", fps=1000, pace=True)
-        await sink.write(bgra, frame_of(bgra, 0))
-        bigger = random_image(96, 128)
-        await sink.write(bigger, frame_of(bigger, 1))
-        await sink.close()
-
-    run(main())
+    sink = VirtualCameraSink(backend="live-test", fps=1000, pace=True)
+    await sink.write(bgra, frame_of(bgra, 0))
+    bigger = random_image(96, 128)
+    await sink.write(bigger, frame_of(bigger, 1))
+    await sink.close()
     (cam,) = RecordingBackend.opened
     assert (cam.frames[0][:, :32] == (10, 100, 250)).all()
     assert (cam.frames[0][:, 32:] == 0).all()
     assert cam.frames[1].shape == (48, 64, 3)  # the camera keeps the size it opened with
 
 
-def test_vcam_pacing_holds_the_output_to_fps(backend):
+@asynctest
+async def test_vcam_pacing_holds_the_output_to_fps(backend):
     img = random_image(48, 64)
-
-    async def main():
-        sink = VirtualCameraSink(backend="live-test", fps=30, pace=True)
-        t0 = time.perf_counter()
-        for i in range(30):
-            await sink.write(img, frame_of(img, i))
-        await sink.close()
-        return time.perf_counter() - t0, sink
-
-    elapsed, sink = run(main())
+    sink = VirtualCameraSink(backend="live-test", fps=30, pace=True)
+    t0 = time.perf_counter()
+    for i in range(30):
+        await sink.write(img, frame_of(img, i))
+    await sink.close()
+    elapsed = time.perf_counter() - t0
     assert len(RecordingBackend.opened[0].frames) == 30 and sink.dropped == 0
     assert elapsed >= 0.8, f"30 frames at 30 fps took only {elapsed:.2f} s"
 
 
-def test_vcam_without_pacing_drops_frames_while_a_send_is_in_flight(backend):
+@asynctest
+async def test_vcam_without_pacing_drops_frames_while_a_send_is_in_flight(backend):
     images = [numbered(i) for i in range(10)]
-
-    async def main():
-        sink = VirtualCameraSink(backend="live-test-slow", fps=30)
-        for i, img in enumerate(images):
-            await sink.write(img, frame_of(img, i))  # returns at once: the send is threaded
-        await sink.close()
-        return sink
-
-    sink = run(main())
+    sink = VirtualCameraSink(backend="live-test-slow", fps=30)
+    for i, img in enumerate(images):
+        await sink.write(img, frame_of(img, i))  # returns at once: the send is threaded
+    await sink.close()
     sent = [int(f[0, 0, 0]) for f in SlowBackend.opened[0].frames]
     assert sink.dropped >= 1 and sink.frames + sink.dropped == 10 == len(sent) + sink.dropped
     assert sent[0] == 0 and sent == sorted(sent)
@@ -498,7 +459,7 @@ PREVIEW_SCRIPT = """
 import asyncio, ctypes, json, sys
 import numpy as np
 from live.io.preview import PreviewSink  # first: it loads OpenCV before PyAV
-from live.frames import Frame
+from live.frames import EndOfStream, Frame
 
 def press(keysym):
     x11, xtst = ctypes.CDLL("libX11.so.6"), ctypes.CDLL("libXtst.so.6")
@@ -518,13 +479,15 @@ async def main():
     for i in range(150):
         img = np.zeros((240, 320, 4 if i % 2 else 3), np.uint8)
         img[..., -1] = i
-        await sink.write(img, Frame(img, i, i / 30))
+        try:
+            await sink.write(img, Frame(img, i, i / 30))
+        except EndOfStream:  # closed by the key: this output has ended
+            assert sink.closed_by_user
+            break
         written += 1
         await asyncio.sleep(0.01)
         if i == 10:
             press(sys.argv[1])
-        if sink.closed_by_user:
-            break
     await sink.close()
     await sink.close()
     print(json.dumps({"written": written, "frames": sink.frames, "dropped": sink.dropped,

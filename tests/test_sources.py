@@ -16,71 +16,61 @@ from live.io import SourceError, open_source
 from live.io.files import FileSource
 from live.io.synthetic import SyntheticSource
 from live.io.webcam import WebcamSource
+from utils import asynctest
 
 
 async def read_n(source, n: int) -> list:
     return [await source.read() for _ in range(n)]
 
 
-def test_file_source_reads_every_frame_in_order(clip_path: Path) -> None:
-    async def main() -> tuple[list, bool]:
-        src = FileSource(clip_path)
-        frames = []
-        try:
-            while True:
-                frames.append(await src.read())
-        except EndOfStream:
-            ended = True
-        await src.close()
-        return frames, ended
-
-    frames, ended = asyncio.run(main())
+@asynctest
+async def test_file_source_reads_every_frame_in_order(clip_path: Path) -> None:
+    src = FileSource(clip_path)
+    frames = []
+    try:
+        while True:
+            frames.append(await src.read())
+    except EndOfStream:
+        ended = True
+    await src.close()
     assert ended and len(frames) == 230  # the clip's frame count (see shared/data/README)
     assert frames[0].image.shape == (720, 1280, 3) and frames[0].image.dtype == np.uint8
     assert [f.index for f in frames] == list(range(230))
     assert all(b.pts > a.pts for a, b in zip(frames, frames[1:]))
 
 
-def test_looping_file_keeps_time_increasing(clip_path: Path) -> None:
-    async def main() -> list:
-        src = FileSource(clip_path, loop=True)
-        frames = await read_n(src, 240)
-        await src.close()
-        return frames
-
-    frames = asyncio.run(main())
+@asynctest
+async def test_looping_file_keeps_time_increasing(clip_path: Path) -> None:
+    src = FileSource(clip_path, loop=True)
+    frames = await read_n(src, 240)
+    await src.close()
     assert len(frames) == 240
     assert all(b.pts > a.pts for a, b in zip(frames, frames[1:]))
     # the frame after the loop point is the clip's first frame again
     assert np.array_equal(frames[230].image, frames[0].image)
 
 
-def test_realtime_file_is_paced_like_a_camera(clip_path: Path) -> None:
-    async def main() -> float:
-        src = FileSource(clip_path, realtime=True)
-        t0 = time.monotonic()
-        await read_n(src, 13)
-        elapsed = time.monotonic() - t0
-        await src.close()
-        return elapsed
-
+@asynctest
+async def test_realtime_file_is_paced_like_a_camera(clip_path: Path) -> None:
+    src = FileSource(clip_path, realtime=True)
+    t0 = time.monotonic()
+    await read_n(src, 13)
+    elapsed = time.monotonic() - t0
+    await src.close()
     assert src_live(clip_path)
-    assert asyncio.run(main()) >= 12 / 24 * 0.9  # 24 fps clip: 12 intervals take ~0.5 s
+    assert elapsed >= 12 / 24 * 0.9  # 24 fps clip: 12 intervals take ~0.5 s
 
 
 def src_live(clip_path: Path) -> bool:
     return FileSource(clip_path, realtime=True).live and not FileSource(clip_path).live
 
 
-def test_synthetic_source_is_deterministic_and_ends_when_asked() -> None:
-    async def main() -> list:
-        src = SyntheticSource(320, 240, fps=200, frames=3)
-        frames = await read_n(src, 3)
-        with pytest.raises(EndOfStream):
-            await src.read()
-        return frames
-
-    frames = asyncio.run(main())
+@asynctest
+async def test_synthetic_source_is_deterministic_and_ends_when_asked() -> None:
+    src = SyntheticSource(320, 240, fps=200, frames=3)
+    frames = await read_n(src, 3)
+    with pytest.raises(EndOfStream):
+        await src.read()
     assert frames[0].image.shape == (240, 320, 3)
     assert np.array_equal(frames[1].image, SyntheticSource(320, 240).render(1))
     assert not np.array_equal(frames[0].image, frames[1].image)  # the figure moves
@@ -97,49 +87,44 @@ def test_open_source_errors_are_clear(tmp_path: Path) -> None:
         open_source(SourceSettings(spec=str(broken)))
 
 
-def test_camera_that_disappears_is_reported_and_reopened(clip_path: Path, tmp_path: Path) -> None:
+@asynctest
+async def test_camera_that_disappears_is_reported_and_reopened(clip_path: Path,
+                                                             tmp_path: Path) -> None:
     """OpenCV opens a file like a device: delete it mid-stream, then bring it back."""
     device = tmp_path / "cam.mp4"
     shutil.copy(clip_path, device)
+    cam = WebcamSource(str(device), 1280, 720, 30)
+    cam.BACKOFF = (0.05, 0.1)
+    first = await read_n(cam, 230)            # the whole "device"
+    device.unlink()                           # unplugged
+    statuses = []
 
-    async def main() -> tuple[list, list, int]:
-        cam = WebcamSource(str(device), 1280, 720, 30)
-        cam.BACKOFF = (0.05, 0.1)
-        first = await read_n(cam, 230)            # the whole "device"
-        device.unlink()                           # unplugged
-        statuses = []
+    async def replug() -> None:
+        while cam.failures < 3:
+            await asyncio.sleep(0.02)
+            statuses.append(cam.status)
+        shutil.copy(clip_path, device)        # plugged back in
 
-        async def replug() -> None:
-            while cam.failures < 3:
-                await asyncio.sleep(0.02)
-                statuses.append(cam.status)
-            shutil.copy(clip_path, device)        # plugged back in
-
-        plug = asyncio.create_task(replug())
-        again = await asyncio.wait_for(cam.read(), timeout=30)
-        await plug
-        failures_seen = cam.failures
-        await cam.close()
-        return first, [again, *statuses], failures_seen
-
-    first, (again, *statuses), failures = asyncio.run(main())
+    plug = asyncio.create_task(replug())
+    again = await asyncio.wait_for(cam.read(), timeout=30)
+    await plug
+    failures = cam.failures
+    await cam.close()
     assert len(first) == 230
     assert any("lost" in s or "cannot open" in s for s in statuses)
     assert again.image.shape == (720, 1280, 3) and again.index == 230
     assert failures == 0  # reset once frames flow again
 
 
-def test_a_camera_that_never_opens_fails_at_once(tmp_path: Path) -> None:
+@asynctest
+async def test_a_camera_that_never_opens_fails_at_once(tmp_path: Path) -> None:
     """No retry loop when there is no camera at all: the user gets the fix immediately."""
-    async def main() -> None:
-        cam = WebcamSource(str(tmp_path / "no-such-camera"), 640, 480, 30)
-        try:
-            with pytest.raises(SourceError, match="live doctor"):
-                await asyncio.wait_for(cam.read(), timeout=10)
-        finally:
-            await cam.close()
-
-    asyncio.run(main())
+    cam = WebcamSource(str(tmp_path / "no-such-camera"), 640, 480, 30)
+    try:
+        with pytest.raises(SourceError, match="live doctor"):
+            await asyncio.wait_for(cam.read(), timeout=10)
+    finally:
+        await cam.close()
 
 
 def test_a_file_without_video_is_refused_and_closed(tmp_path: Path) -> None:

@@ -55,6 +55,51 @@ def open_video(path: str | Path, max_pixels: int | None = None) -> Any:
 
 
 
+class VideoReader:
+    """A video file's frames in order, as (BGR image, seconds); the one looping reader
+    (the file source and the background video both read through it).
+
+    ``loop``: rewind at the end, with time still increasing across the seam.
+    Blocking: call it on a ``Worker``. Raises ValueError on open (see
+    ``open_video``) and PyAV's ``FFmpegError`` for a frame that cannot be decoded.
+    """
+
+    def __init__(self, path: str | Path, *, loop: bool = False, max_pixels: int | None = None):
+        self.container = open_video(path, max_pixels)
+        self.stream = self.container.streams.video[0]
+        self.fps = float(self.stream.average_rate or 30)
+        self.loop = loop
+        self._frames = self.container.decode(self.stream)
+        self._count = 0
+        self._offset = 0.0  # seconds added per completed loop so time keeps increasing
+        self._last_pts = 0.0
+
+    def read(self) -> tuple[np.ndarray, float] | None:
+        """The next frame and its time; None at the end (of a file that does not loop,
+        or of one that has no frame left after a rewind)."""
+        for _attempt in range(2):
+            try:
+                vf = next(self._frames)
+            except StopIteration:
+                if not self.loop:
+                    return None
+                self.rewind()
+                continue
+            pts = float(vf.pts * vf.time_base) if vf.pts is not None else self._count / self.fps
+            self._last_pts = pts + self._offset
+            self._count += 1
+            return vf.to_ndarray(format="bgr24"), self._last_pts
+        return None
+
+    def rewind(self) -> None:
+        self._offset = self._last_pts + 1.0 / self.fps
+        self.container.seek(0)
+        self._frames = self.container.decode(self.stream)
+
+    def close(self) -> None:
+        self.container.close()
+
+
 class FileSource:
     """A video file decoded with PyAV; optionally looped and paced like a camera."""
 
@@ -62,41 +107,25 @@ class FileSource:
         self._worker = Worker("live-src-file")
         self.path = Path(path)
         try:
-            self.container = open_video(self.path)
+            self.reader = VideoReader(self.path, loop=loop)
         except ValueError as exc:
             raise SourceError(f"cannot read video {self.path}: {exc}") from None
-        self.stream = self.container.streams.video[0]
-        self.fps = float(self.stream.average_rate or 30)
+        self.fps = self.reader.fps
         self.loop, self.live = loop, realtime
-        self._frames = self.container.decode(self.stream)
         self.index = 0
-        self._offset = 0.0  # pts added per completed loop so time keeps increasing
-        self._last_pts = 0.0
         self._start: float | None = None
 
     def _next(self) -> tuple[np.ndarray, float] | None:
-        for _attempt in range(2):
-            try:
-                vf = next(self._frames)
-                pts = float(vf.pts * vf.time_base) if vf.pts is not None else self.index / self.fps
-                return vf.to_ndarray(format="bgr24"), pts
-            except StopIteration:
-                if not self.loop:
-                    return None
-                self._offset = self._last_pts + 1.0 / self.fps
-                self.container.seek(0)
-                self._frames = self.container.decode(self.stream)
-            except av.error.FFmpegError as exc:
-                raise SourceError(f"decoding {self.path} failed: {exc}") from None
-        return None
+        try:
+            return self.reader.read()
+        except av.error.FFmpegError as exc:
+            raise SourceError(f"decoding {self.path} failed: {exc}") from None
 
     async def read(self) -> Frame:
         got = await self._worker.run(self._next)
         if got is None:
             raise EndOfStream
         image, pts = got
-        pts += self._offset
-        self._last_pts = pts
         if self.live:  # wait for the frame's moment, as a camera would deliver it
             now = time.monotonic()
             if self._start is None:
@@ -106,9 +135,8 @@ class FileSource:
         return Frame(image, self.index - 1, pts)
 
     async def close(self) -> None:
-        await self._worker.run(self.container.close)
+        await self._worker.run(self.reader.close)
         self._worker.shutdown()
-
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ import sys
 import cv2
 import numpy as np
 
-from live.frames import Frame
+from live.frames import EndOfStream, Frame
 from live.io.base import SinkError, check_image, flatten_alpha
 from live.io.worker import Worker
 
@@ -41,8 +41,9 @@ def _imported_before(first: str, second: str) -> bool:
 class PreviewSink:
     """A local window (OpenCV) to look at the output without a video call.
 
-    'q' or Esc (or closing the window) sets ``closed_by_user``; the pipeline
-    polls it and stops. All window calls run on the sink's one worker thread:
+    'q' or Esc (or closing the window) sets ``closed_by_user``, and the next
+    ``write`` raises ``EndOfStream``: this output has ended (the pipeline stops
+    when it was the last one). All window calls run on the sink's one worker thread:
     HighGUI wants a window used from a single thread. Frames arriving while
     the previous one is being drawn are dropped (``dropped``). On macOS,
     Cocoa only draws windows from the main thread, so there the ~1 ms of
@@ -70,7 +71,9 @@ class PreviewSink:
 
     async def write(self, image: np.ndarray, frame: Frame) -> None:
         check_image(image)
-        if self._closed or self.closed_by_user:
+        if self.closed_by_user:
+            raise EndOfStream
+        if self._closed:
             return
         if self._worker.busy():
             self.dropped += 1

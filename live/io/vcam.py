@@ -11,7 +11,8 @@ import pyvirtualcam
 from pyvirtualcam.camera import BACKENDS
 
 from live.frames import Frame
-from live.io.base import SinkError, check_image, even_crop, flatten_alpha, positive_fps, to_open_size
+from live.io.base import (SinkError, check_image, even_crop, flatten_alpha, positive_fps,
+                          to_open_size)
 from live.io.worker import Worker
 
 log = logging.getLogger("live.io.vcam")

@@ -1,15 +1,16 @@
-"""The private thread every source and sink does its blocking work on."""
+"""The private thread every source, sink, pipeline and background video does its
+blocking work on: the one threading style of ``live``."""
 
 from __future__ import annotations
 
 import asyncio
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
 
 class Worker:
-    """One dedicated thread for a source or a sink: device and codec calls stay off
-    the event loop and run one at a time, in submission order.
+    """One dedicated thread for a source, a sink or a pipeline: device, codec and model
+    calls stay off the event loop and run one at a time, in submission order.
 
     It remembers the latest ``submit``ted call, so a sink that drops frames
     rather than queueing them asks ``busy`` before submitting the next one.
@@ -46,5 +47,10 @@ class Worker:
         """Call and wait (opening, closing): not a call that ``busy`` tracks."""
         return await asyncio.wrap_future(self._pool.submit(fn, *args))
 
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=False)
+    def call(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Queue a call from a thread without an event loop (the processing thread)."""
+        return self._pool.submit(fn, *args)
+
+    def shutdown(self, wait: bool = False) -> None:
+        """Drop the calls not started; ``wait`` for the one running."""
+        self._pool.shutdown(wait=wait, cancel_futures=True)

@@ -65,6 +65,21 @@ class Segmenter(Protocol):
         """Engine-specific live figures for the status line (e.g. memory bank bytes)."""
 
 
+def gpu_device() -> str | None:
+    """``"cuda"`` or ``"mps"`` when torch sees one, else None (also when torch is missing,
+    without the [sam2] extra, or broken: the embedded engine works). The one GPU check."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+    except Exception:
+        pass
+    return None
+
+
 def resolve_engine_name(settings: EngineSettings) -> str:
     """``auto`` means SAM 2 only when it can run well: a checkpoint and a GPU.
 
@@ -77,13 +92,7 @@ def resolve_engine_name(settings: EngineSettings) -> str:
 
     if not sam2_checkpoint_path(settings).is_file():
         return "selfie"
-    try:
-        import torch
-
-        has_gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
-    except Exception:  # torch missing (no [sam2] extra) or broken: the embedded engine works
-        has_gpu = False
-    return "sam2" if has_gpu else "selfie"
+    return "sam2" if gpu_device() is not None else "selfie"
 
 
 def create_segmenter(settings: EngineSettings) -> Segmenter:

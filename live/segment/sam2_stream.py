@@ -42,9 +42,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from live.config import SettingsError
+from live.config import SettingsError, check_engine_setting
 from live.frames import check_bgr
-from live.segment import Prompt, PromptError
+from live.segment import Prompt, PromptError, gpu_device
 from live.segment.pil_resize import resize_like_pil
 
 log = logging.getLogger(__name__)
@@ -63,13 +63,7 @@ NO_OBJ_SCORE = -1024.0  # sam2.modeling.sam2_base.NO_OBJ_SCORE: "object absent" 
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    return torch.device(name if name != "auto" else gpu_device() or "cpu")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -92,13 +86,6 @@ def pick_precision(device: torch.device, precision: str = "auto") -> str:
     return "fp32"  # MPS, and CPUs without native bf16
 
 
-def check_image_size(size: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, int) or size < 64 or size % 32:
-        raise SettingsError(f"engine.image_size must be a multiple of 32 and at least 64, "
-                            f"got {size!r}")
-    return size
-
-
 def default_image_size(device: torch.device) -> int:
     if device.type == "cpu":
         log.warning("SAM 2 on the CPU runs at 512 px by default to stay usable; the "
@@ -117,7 +104,7 @@ def build_model(config: str, checkpoint: str | Path | None, image_size: int,
     """
     from sam2.build_sam import build_sam2_video_predictor
 
-    check_image_size(image_size)
+    check_engine_setting("image_size", image_size)
     return build_sam2_video_predictor(
         config, ckpt_path=str(checkpoint) if checkpoint else None, device=str(device),
         hydra_overrides_extra=[f"++model.image_size={image_size}"])
@@ -201,9 +188,8 @@ class StreamingSAM2:
     def __init__(self, model: torch.nn.Module, *, max_cond_frames: int = 4,
                  precision: str = "auto", compile_encoder: bool = False,
                  resize_on_device: bool | None = None):
-        if max_cond_frames < 2:
-            # select_closest_cond_frames asserts >= 2 once there are more cond frames than this
-            raise SettingsError(f"engine.max_cond_frames must be at least 2, got {max_cond_frames}")
+        # select_closest_cond_frames asserts >= 2 once there are more cond frames than this
+        check_engine_setting("max_cond_frames", max_cond_frames)
         self.model = model.eval()
         # The official code reads the cap from the model; set it there so both agree.
         self.model.max_cond_frames_in_attn = int(max_cond_frames)
@@ -238,7 +224,8 @@ class StreamingSAM2:
               device: str = "auto", max_cond_frames: int = 4, precision: str = "auto",
               compile_encoder: bool = False) -> "StreamingSAM2":
         dev = pick_device(device)
-        size = check_image_size(image_size) if image_size is not None else default_image_size(dev)
+        size = (check_engine_setting("image_size", image_size) if image_size is not None
+                else default_image_size(dev))
         return cls(build_model(config, checkpoint, size, dev), max_cond_frames=max_cond_frames,
                    precision=precision, compile_encoder=compile_encoder)
 

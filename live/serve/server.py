@@ -22,9 +22,10 @@ page and relays each session's messages to the worker that holds it.
 sessions={"run": (processor, pipeline)})`` (or a list of ``Session``), so the
 same page steers it.
 
-Security: loopback only unless ``server.allow_remote``; a random token (printed
-in the URL, as Jupyter does) guards the websocket; a browser's Origin must be
-the page's own; message sizes and rates are bounded per connection.
+Security (``http.py``, ``protocol.py``): loopback only unless
+``server.allow_remote``; a random token (printed in the URL, as Jupyter does)
+guards the websocket; a browser's Origin must be the page's own; message sizes
+and rates are bounded per connection.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import collections
 import dataclasses
 import logging
 import secrets
-import signal
 import sys
 import time
 from pathlib import Path
@@ -53,6 +53,7 @@ from live.serve.protocol import ProtocolError
 from live.serve.session import Client, Session, client_settings
 from live.serve.uploads import Uploads
 from live.serve.workers import WorkerPool
+from live.signals import install_stop_signals
 
 log = logging.getLogger("live.serve")
 
@@ -127,7 +128,7 @@ class ControlServer:
         """Close every peer session and connection; attached sessions are left to their owner."""
         for session in list(self.sessions.values()):
             if session.kind == "webrtc":
-                await self.close_session(session)
+                await session.close()
         if self._server is not None:
             self._server.close()  # ends every control connection, hence their sessions
             await self._server.wait_closed()
@@ -138,10 +139,6 @@ class ControlServer:
         if self.workers is not None:
             await self.workers.close()
         self.uploads.close()
-
-    async def close_session(self, session: Session) -> None:
-        """Close a session (it releases what it owns); safe to call more than once."""
-        await session.close()
 
     def _forget(self, session: Session) -> None:
         """A peer session closed: it is no longer listed, nor its client's."""
@@ -190,7 +187,7 @@ class ControlServer:
             await asyncio.gather(pusher, return_exceptions=True)
             self.clients.discard(client)
             if client.session is not None:
-                await self.close_session(client.session)
+                await client.session.close()
 
     async def _reply(self, client: Client, raw: str | bytes) -> dict[str, Any]:
         """The reply to one message; every failure becomes an error reply, never a crash."""
@@ -329,7 +326,7 @@ class ControlServer:
     async def _on_offer(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
         sdp = protocol.offer_sdp(msg)
         if client.session is not None:  # a new offer replaces this client's old session
-            await self.close_session(client.session)
+            await client.session.close()
         peers = sum(1 for s in self.sessions.values() if s.kind == "webrtc") + self._opening
         if peers >= self.max_peers:
             raise ProtocolError(f"too many video sessions ({peers}); close one first")
@@ -384,12 +381,7 @@ def serve(settings: Settings, passthrough: bool = False) -> None:
             raise SettingsError(f"cannot listen on {where} ({exc.strerror or exc}): is another "
                                 "`live serve` running there? Pick another --port") from None
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, stop.set)
-            except (NotImplementedError, RuntimeError, ValueError):  # Windows, or not main thread
-                pass
+        install_stop_signals(stop.set)
         print(f"live: serving on {server.url}\nlive: open that URL in a browser "
               "(Ctrl-C stops)", flush=True)
         if server.workers is not None:  # the first page need not wait for its worker
