@@ -3,7 +3,9 @@ plays a clip, talking WebRTC and the control socket to ``live serve``."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import time
 
 import cv2
@@ -237,6 +239,31 @@ def test_page_replaces_background_sends_clicks_and_follows_the_panel(browser, cl
             assert not page.is_visible("#preview")
             assert not errors, errors
             assert not page.console_errors, page.console_errors  # no 404 (favicon) either
+        finally:
+            page.close()
+
+
+def test_a_page_whose_worker_died_starts_its_camera_again_on_a_fresh_one(browser):
+    """Sessions run in worker processes: killing one ends its session, the server
+    tells the page (session.ended), and the page offers again, no reload."""
+    with ServerThread(test_settings(server={"workers": 1})) as st:
+        server = st.server
+        page, errors = open_page(browser, server.url)
+        try:
+            page.wait_for_selector("#status[data-state='connected']", timeout=10_000)
+            page.click("#connect")
+            first = wait_for(lambda: page.evaluate("() => window.liveClient.ownSession"), 30,
+                             "the page's session")
+            pid = server.sessions[first].worker.pid
+            assert pid != os.getpid()
+            os.kill(pid, signal.SIGKILL)
+            second = wait_for(lambda: (s := page.evaluate("() => window.liveClient.ownSession"))
+                              not in (None, first) and s, 60, "the page to start again")
+            assert second in server.sessions and server.sessions[second].worker.pid != pid
+            wait_for(lambda: page.evaluate(
+                "() => document.getElementById('processed').videoWidth") > 0, 30,
+                "the processed video back on the page")
+            assert not errors, errors
         finally:
             page.close()
 
