@@ -23,6 +23,9 @@ from live.serve.workers import WorkerBase, WorkerError, unwrap
 
 #: The cluster's CPUs a session worker reserves (its decode, pipeline and encode).
 ACTOR_CPUS = 1.0
+#: The GPU share a session worker reserves when the operator runs SAM 2 on CUDA:
+#: four sessions to a GPU (a guess, not measured: no GPU was available here).
+ACTOR_GPUS_SAM2 = 0.25
 EVENTS_TIMEOUT_S = 1.0
 
 
@@ -121,7 +124,10 @@ def ray_worker_starter(settings: Settings) -> Callable[[str], Awaitable[RayWorke
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise SettingsError(f"cannot join the Ray cluster at {settings.server.cluster!r}: "
                                 f"{exc}") from None
-    actor_class = ray.remote(num_cpus=ACTOR_CPUS, max_restarts=0)(SessionWorkerActor)
+    engine = settings.engine
+    gpus = ACTOR_GPUS_SAM2 if engine.name == "sam2" and engine.device == "cuda" else 0
+    actor_class = ray.remote(num_cpus=ACTOR_CPUS, num_gpus=gpus,
+                             max_restarts=0)(SessionWorkerActor)
 
     async def start(name: str) -> RayWorker:
         worker = RayWorker(name, actor_class.remote())
