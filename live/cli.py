@@ -142,23 +142,74 @@ async def run_pipeline(settings: Settings, max_frames: int | None = None, quiet:
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("live.pipeline").setLevel(logging.CRITICAL)  # printed below instead
 
-    install_stop_signals(pipeline.stop)
+    stopper = _Stopper(pipeline, settings.output.target, asyncio.get_running_loop())
+    install_stop_signals(stopper.stop)
     control_server = (await _start_control(settings, processor, pipeline, quiet)
                       if control else None)
     status = asyncio.create_task(_status_line(pipeline)) if not quiet else None
     try:
         await pipeline.run()
     finally:
+        stopper.done()
         if status is not None:
             status.cancel()
             print(file=sys.stderr)
         if control_server is not None:
             await control_server.stop()
-    if pipeline.errors:
-        print("live: " + "\nlive: ".join(pipeline.errors), file=sys.stderr)
-    if not quiet and settings.output.target not in ("vcam", "preview"):
+    code = _outcome(pipeline)
+    if not quiet and _is_file_output(settings.output.target):
         print(f"live: {describe_recording(settings.output.target)}", file=sys.stderr)
-    return 1 if pipeline.frames_out == 0 and pipeline.errors else 0
+    return code
+
+
+def _is_file_output(target: str) -> bool:
+    from live.io.files import RECORD_FORMATS  # PyAV: loaded already for a file output
+
+    return os.path.splitext(target.strip())[1].lower() in RECORD_FORMATS
+
+
+def _outcome(pipeline: Any) -> int:
+    """The exit status, with the reason on stderr: a source or output that failed (a full
+    disk, a broken file) is a failure, however many frames made it out before."""
+    for message in pipeline.errors:
+        print(f"live: {message}", file=sys.stderr)
+    corrupt = pipeline.metrics().get("corrupt_packets")
+    if corrupt:
+        print(f"live: {corrupt} damaged packet(s) of the source were skipped", file=sys.stderr)
+    if pipeline.failures or (pipeline.frames_out == 0 and pipeline.errors):
+        reason = (pipeline.failures or list(pipeline.errors))[0]
+        print(f"live: FAILED after {pipeline.frames_out} frames: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class _Stopper:
+    """Ctrl-C / SIGTERM: stop the pipeline, and if it has not finished within
+    ``GRACE_S`` (an output blocked in a write: an unread pipe, a hung device), or on
+    a second signal, exit at once with status 1. A recording keeps every frame it
+    wrote (it is written in fragments)."""
+
+    GRACE_S = 0.8
+
+    def __init__(self, pipeline: Any, target: str, loop: asyncio.AbstractEventLoop):
+        self.pipeline, self.target, self.loop = pipeline, target, loop
+        self._timer: asyncio.TimerHandle | None = None
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._force()
+        self.pipeline.stop()
+        self._timer = self.loop.call_later(self.GRACE_S, self._force)
+
+    def done(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _force(self) -> None:
+        print(f"\nlive: stopped; the output ({self.target}) did not finish within "
+              f"{self.GRACE_S:g} s (it is blocked) and may be incomplete", file=sys.stderr,
+              flush=True)
+        os._exit(1)  # a thread blocked in write() cannot be joined: leave without it
 
 
 def describe_recording(path: str) -> str:
@@ -196,7 +247,7 @@ async def _start_control(settings: Settings, processor: Any, pipeline: Any,
             continue
         if not quiet:
             taken = f" (port {port} is taken, by `live serve`?)" if attempt else ""
-            print(f"live: control panel at {server.url}{taken}", file=sys.stderr)
+            print(f"live: control panel at {server.operator_url}{taken}", file=sys.stderr)
         return server
     print(f"live: control panel not started ({last}); continuing without it", file=sys.stderr)
     return None
@@ -244,6 +295,9 @@ class _Limited:
 
     async def close(self) -> None:
         await self._source.close()
+
+    def stats(self) -> dict[str, Any]:
+        return self._source.stats() if hasattr(self._source, "stats") else {}
 
 
 def format_status(m: dict[str, Any]) -> str:

@@ -9,6 +9,13 @@ bad upload raises ``BackgroundError`` and the stream keeps its previous
 background. Per-frame work is a handful of OpenCV calls on uint8/float32
 arrays: anything that only depends on the frame size (a resized image, a
 solid colour plane) is built once and cached.
+
+A background is bounded by what it costs, not only by its pixel count: a
+legal 100x500,000 PNG once asked OpenCV for 6 GB per frame (the cover fit
+scaled the whole strip before cropping it). So the aspect ratio is bounded
+(``check_image_size``, also the upload's rule), a decoded image is kept at
+most at ``MAX_KEPT_PIXELS``, and a fit crops before it resizes: its working
+size is the frame's, whatever the picture.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from live.matte import Box, blob_boxes
 
 MAX_IMAGE_PIXELS = 50_000_000  # the control panel uploads images: refuse decompression bombs
 MAX_VIDEO_PIXELS = 3840 * 2160
+MAX_ASPECT = 16  # a 16:1 panorama still fits; a 1:5000 strip is no picture of a room
+MAX_KEPT_PIXELS = 3840 * 2160  # a larger image is shrunk once, on load: no 4K frame needs more
 VIDEO_READ_AHEAD = 4
 
 
@@ -43,10 +52,27 @@ def hex_to_bgr(color: str) -> tuple[int, int, int]:
     return b, g, r
 
 
+def check_image_size(width: int, height: int) -> str | None:
+    """Why an image of width x height may not be a background, or None when it may.
+
+    One rule for uploads (checked on the header, before decoding) and for files.
+    """
+    if width < 1 or height < 1:
+        return "the image is empty"
+    if width * height > MAX_IMAGE_PIXELS:
+        return (f"{width}x{height} is {width * height / 1e6:.0f} megapixels, the limit is "
+                f"{MAX_IMAGE_PIXELS / 1e6:.0f}")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        return (f"{width}x{height} is too elongated (at most {MAX_ASPECT}:1 either way); "
+                "crop it first")
+    return None
+
+
 def fit_image(image: np.ndarray, width: int, height: int, fit: str,
               fill: str = "black") -> np.ndarray:
     """``image`` resized to width x height: ``cover`` crops the overflow, ``contain``
-    letterboxes so nothing is cut off.
+    letterboxes so nothing is cut off. Nothing larger than the output is
+    ever allocated (cover crops the source before resizing it).
 
     The letterbox bars are black (``fill="black"``) or, with ``fill="blur"``, a
     blurred and dimmed copy of the image itself stretched over the frame (the
@@ -56,12 +82,13 @@ def fit_image(image: np.ndarray, width: int, height: int, fit: str,
     """
     ih, iw = image.shape[:2]
     scale = (max if fit == "cover" else min)(width / iw, height / ih)
-    nw, nh = max(1, round(iw * scale)), max(1, round(ih * scale))
     interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    if fit == "cover":  # the part of the source that shows, then one resize to the output
+        cw, ch = min(iw, max(1, round(width / scale))), min(ih, max(1, round(height / scale)))
+        x0, y0 = (iw - cw) // 2, (ih - ch) // 2
+        return cv2.resize(image[y0:y0 + ch, x0:x0 + cw], (width, height), interpolation=interp)
+    nw, nh = min(width, max(1, round(iw * scale))), min(height, max(1, round(ih * scale)))
     resized = cv2.resize(image, (nw, nh), interpolation=interp)
-    if fit == "cover":
-        x0, y0 = (nw - width) // 2, (nh - height) // 2
-        return np.ascontiguousarray(resized[y0:y0 + height, x0:x0 + width])
     if fill == "blur" and (nw, nh) != (width, height):
         sw, sh = max(1, width // 8), max(1, height // 8)
         small = fit_image(image, sw, sh, "cover")
@@ -217,8 +244,12 @@ class StillBackground:
 
     def render(self, frame: Pyramid, alpha: AlphaLevels) -> np.ndarray:
         h, w = frame.image.shape[:2]
-        if self._cache is None or self._cache.shape[:2] != (h, w):
-            self._cache = fit_image(self.image, w, h, self.fit, "blur")
+        return self.fitted(w, h)
+
+    def fitted(self, width: int, height: int) -> np.ndarray:
+        """The picture at width x height, fitted once per size change."""
+        if self._cache is None or self._cache.shape[:2] != (height, width):
+            self._cache = fit_image(self.image, width, height, self.fit, "blur")
         return self._cache
 
     def close(self) -> None:
@@ -248,10 +279,9 @@ def load_image(path: str) -> np.ndarray:
         raise BackgroundError(f"background image {path}: no such file")
     try:
         with Image.open(p) as img:  # reads the header only: the size is known before decoding
-            w, h = img.size
-            if w * h > MAX_IMAGE_PIXELS:
-                raise BackgroundError(f"background image {path}: {w}x{h} is {w * h / 1e6:.0f} "
-                                      f"megapixels, the limit is {MAX_IMAGE_PIXELS / 1e6:.0f}")
+            refused = check_image_size(*img.size)
+            if refused:
+                raise BackgroundError(f"background image {path}: {refused}")
             img = ImageOps.exif_transpose(img)  # phone photos stand the right way up
             rgb = np.asarray(img.convert("RGB"))
     except BackgroundError:
@@ -260,6 +290,11 @@ def load_image(path: str) -> np.ndarray:
         raise BackgroundError(f"background image {path}: cannot decode it ({exc})") from None
     if rgb.size == 0:
         raise BackgroundError(f"background image {path}: the image is empty")
+    h, w = rgb.shape[:2]
+    if w * h > MAX_KEPT_PIXELS:  # kept (and refitted at each size change) at most at 4K
+        s = math.sqrt(MAX_KEPT_PIXELS / (w * h))
+        rgb = cv2.resize(rgb, (max(1, int(w * s)), max(1, int(h * s))),
+                         interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 
@@ -286,6 +321,10 @@ class VideoBackground:
             self._reader = VideoReader(path, loop=True, max_pixels=MAX_VIDEO_PIXELS)
         except ValueError as exc:
             raise BackgroundError(f"background video {path}: {exc}") from None
+        refused = check_image_size(self._reader.stream.width, self._reader.stream.height)
+        if refused:
+            self._reader.close()
+            raise BackgroundError(f"background video {path}: {refused}")
         try:
             first = self._reader.read()
         except (av.FFmpegError, ValueError) as exc:
@@ -348,17 +387,26 @@ class Compositor:
 
     def __init__(self, settings: BackgroundSettings | None = None):
         self.settings = settings or BackgroundSettings()
+        self._size: tuple[int, int] | None = None  # (w, h) of the last frame composited
         self._background = self._build(self.settings, None)
 
     def update(self, settings: BackgroundSettings) -> None:
         """Switch to ``settings``; raises BackgroundError and keeps the old one on bad input.
 
-        A new image or video is decoded here (tens of ms for a large file), so
-        call it outside any per-frame lock: the swap is one attribute
-        assignment and ``apply`` reads it once, so ``update`` may run on
-        another thread while ``apply`` is running.
+        A new image or video is decoded here (tens of ms for a large file), and
+        a picture is fitted here to the current frame size, so call it outside
+        any per-frame lock: the swap is one attribute assignment and ``apply``
+        reads it once, so ``update`` may run on another thread while ``apply``
+        is running.
         """
         new = self._build(settings, self._background)
+        if isinstance(new, StillBackground) and self._size is not None:
+            try:
+                new.fitted(*self._size)
+            except (cv2.error, MemoryError) as exc:  # bounded above; refused, never per frame
+                raise BackgroundError(f"background image {settings.image}: cannot be fitted to "
+                                      f"{self._size[0]}x{self._size[1]} ({type(exc).__name__})"
+                                      ) from None
         old, self._background, self.settings = self._background, new, settings
         if old is not new and old is not None:
             old.close()
@@ -399,6 +447,7 @@ class Compositor:
             raise ValueError(f"alpha {alpha_fullres.shape} does not match the frame "
                              f"{frame_bgr.shape[:2]}")
         alpha = np.asarray(alpha_fullres, dtype=np.float32)
+        self._size = (frame_bgr.shape[1], frame_bgr.shape[0])
         background = self._background  # one read: an update swaps it atomically
         if background is None:
             out = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2BGRA)

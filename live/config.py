@@ -46,7 +46,11 @@ def _f(default: Any, help: str, *, lo: float | None = None, hi: float | None = N
 
 #: The SAM 2.1 sizes: the one list (checkpoints, ``live fetch`` and ``live doctor`` read it).
 SAM2_SIZES = ("tiny", "small", "base_plus", "large")
-HEX_COLOR = re.compile(r"^#[0-9a-fA-F]{6}$")
+HEX_COLOR = re.compile(r"#[0-9a-fA-F]{6}")  # always .fullmatch: "$" lets a "\n" through
+# Numbers written as text (CLI flags, --background blur:N): plain ASCII digits only, so
+# " 5 ", "5_0" and "٣" (which int() takes) are refused like any other typo.
+INT_TEXT = re.compile(r"[+-]?[0-9]+")
+FLOAT_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,17 @@ class EngineSettings:
         "checkpoint and a GPU are present, else selfie)", flag="--engine", rebuild=True)
     selfie_model: Literal["auto", "square", "landscape"] = _f(
         "auto", "selfie model variant; auto picks by the frame's aspect ratio", rebuild=True)
+    selfie_crop: bool = _f(
+        True, "selfie engine: run the model on a crop around the tracked people (a small or "
+        "distant person is seen at the model's full input size); the whole frame is searched "
+        "every selfie_refresh_frames frames for people coming in")
+    selfie_refresh_frames: int = _f(
+        10, "selfie engine: frames between two whole-frame passes while people are tracked",
+        lo=1, hi=1000)
+    selfie_hold_frames: int = _f(
+        4, "selfie engine: at most this many frames a person's mask is held when the model "
+        "loses them while the picture there barely changed (0 = believe every drop)",
+        lo=0, hi=100)
     sam2_model: Literal[SAM2_SIZES] = _f(
         "tiny", "SAM 2.1 model size", flag="--model", rebuild=True)
     checkpoint: str | None = _f(
@@ -166,7 +181,14 @@ class ServerSettings:
     port: int = _f(8787, "HTTP/websocket port (0 = any free port)", lo=0, hi=65535,
                    flag="--port")
     allow_remote: bool = _f(False, "allow binding to a non-loopback address", flag="--allow-remote")
-    token: str | None = _f(None, "access token (default: a new random one each start)")
+    token: str | None = _f(None, "access token of the page: it starts and steers its own video "
+                                 "sessions (default: a new random one each start)")
+    operator_token: str | None = _f(
+        None, "the operator's token: also sees and steers every session, e.g. `live run`'s "
+        "(default: a new random one each start)")
+    media_dir: str | None = _f(
+        None, "folder whose image and video files clients may pick as backgrounds, by name; "
+        "no other server file is ever opened for a client", flag="--media-dir")
     workers: int | None = _f(
         None, "worker processes the WebRTC sessions run in, each session on the least-loaded "
         "one (default: one per CPU core; 0 = every session in the server's own process)",
@@ -229,10 +251,10 @@ class Settings:
             sections[sec_field.name] = getattr(self, sec_field.name)
         for sec_name, values in patch.items():
             if sec_name not in sections:
-                raise SettingsError(f"unknown settings section {sec_name!r}; "
+                raise SettingsError(f"unknown settings section {_show(sec_name)}; "
                                     f"expected one of {sorted(sections)}")
             if not isinstance(values, Mapping):
-                raise SettingsError(f"settings section {sec_name!r} must be an object")
+                raise SettingsError(f"settings section {_show(sec_name)} must be an object")
             sections[sec_name] = _merge_section(sections[sec_name], sec_name, values)
         new = Settings(**sections)
         new.validate()
@@ -308,13 +330,22 @@ def _merge_section(current: Any, sec_name: str, values: Mapping[str, Any]) -> An
     changes = {}
     for name, value in values.items():
         if name not in known:
-            raise SettingsError(f"unknown setting {sec_name}.{name}; expected one of "
-                                f"{sorted(known)}")
+            raise SettingsError(f"unknown setting {sec_name}.{_show(name, quote=False)}; "
+                                f"expected one of {sorted(known)}")
         changes[name] = _check_value(f"{sec_name}.{name}", hints[name], known[name].metadata, value)
     return dataclasses.replace(current, **changes)
 
 
+def _show(value: Any, limit: int = 40, quote: bool = True) -> str:
+    """``value`` for an error message, cut short: a reply never echoes megabytes."""
+    text = repr(value) if quote or not isinstance(value, str) else value
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 def _check_value(path: str, hint: Any, meta: Mapping[str, Any], value: Any) -> Any:
+    """``value`` checked against the field's type and bounds: JSON types only (a number
+    is a number, not a string holding one; text from the command line is converted by
+    ``parse_text`` first)."""
     optional = False
     args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
@@ -326,47 +357,56 @@ def _check_value(path: str, hint: Any, meta: Mapping[str, Any], value: Any) -> A
         raise SettingsError(f"{path} cannot be empty")
     if typing.get_origin(hint) is Literal:
         choices = typing.get_args(hint)
-        if value not in choices:
-            raise SettingsError(f"{path} must be one of {list(choices)}, got {value!r}")
+        if not isinstance(value, str) or value not in choices:
+            raise SettingsError(f"{path} must be one of {list(choices)}, got {_show(value)}")
         return value
     if hint is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no",
-                                                         "on", "off"):
-            return value.lower() in ("true", "1", "yes", "on")
-        raise SettingsError(f"{path} must be true or false, got {value!r}")
+        raise SettingsError(f"{path} must be true or false, got {_show(value)}")
     if hint in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise SettingsError(f"{path} must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SettingsError(f"{path} must be a number, got {_show(value)}")
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise SettingsError(f"{path} must be a whole number, got {_show(value)}")
         try:
-            num = hint(value) if not isinstance(value, float) or hint is float else value
-        except (ValueError, OverflowError):  # OverflowError: float(10**400)
-            raise SettingsError(f"{path} must be a number, got {value!r}") from None
-        if hint is int and (isinstance(num, float) and not float(num).is_integer()):
-            raise SettingsError(f"{path} must be a whole number, got {value!r}")
-        try:
-            num = hint(num)
-        except OverflowError:
-            raise SettingsError(f"{path} must be a finite number, got {value!r}") from None
+            num = hint(value)
+        except (ValueError, OverflowError):  # int(inf), float(10**400)
+            raise SettingsError(f"{path} must be a finite number, got {_show(value)}") from None
         if num != num or num in (float("inf"), float("-inf")):
-            raise SettingsError(f"{path} must be a finite number, got {value!r}")
+            raise SettingsError(f"{path} must be a finite number, got {_show(value)}")
         lo, hi = meta.get("lo"), meta.get("hi")
         if (lo is not None and num < lo) or (hi is not None and num > hi):
-            raise SettingsError(f"{path} must be between {lo} and {hi}, got {num}")
+            raise SettingsError(f"{path} must be between {lo} and {hi}, got {_show(num)}")
         if meta.get("step") and num % meta["step"]:
             raise SettingsError(f"{path} must be a multiple of {meta['step']}, got {num}")
         return num
     if hint is str:
         if not isinstance(value, str):
-            raise SettingsError(f"{path} must be a string, got {value!r}")
+            raise SettingsError(f"{path} must be a string, got {_show(value)}")
         if len(value) > 4096:
-            raise SettingsError(f"{path} is too long")
+            raise SettingsError(f"{path} is too long ({len(value)} characters, at most 4096)")
         form = meta.get("form")
-        if form is not None and not form[0].match(value):
-            raise SettingsError(f"{path} must look like {form[1]}, got {value!r}")
+        if form is not None and not form[0].fullmatch(value):
+            raise SettingsError(f"{path} must look like {form[1]}, got {_show(value)}")
         return value
     raise TypeError(f"unsupported settings type {hint} for {path}")  # a bug in this module
+
+
+def parse_text(hint: Any, text: str) -> Any:
+    """A number typed on the command line, as the JSON value it stands for.
+
+    Only plain ASCII decimal notation: Python's own int() would also take
+    " 5 ", "5_0" and "٣". Anything else is returned as is for ``_check_value``
+    to refuse with the setting's name.
+    """
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) else hint
+    if base is int and INT_TEXT.fullmatch(text):
+        return int(text)
+    if base is float and FLOAT_TEXT.fullmatch(text):
+        return float(text)
+    return text
 
 
 def parse_background(spec: str) -> dict[str, Any]:
@@ -374,10 +414,10 @@ def parse_background(spec: str) -> dict[str, Any]:
     if spec == "blur":
         return {"mode": "blur"}
     if spec.startswith("blur:"):
-        return {"mode": "blur", "blur": spec[5:]}
+        return {"mode": "blur", "blur": parse_text(int, spec[5:])}
     if spec == "transparent":
         return {"mode": "transparent"}
-    if HEX_COLOR.match(spec):
+    if HEX_COLOR.fullmatch(spec):
         return {"mode": "color", "color": spec}
     suffix = Path(spec).suffix.lower()
     if suffix in VIDEO_SUFFIXES:
@@ -455,10 +495,13 @@ def _flag_help(default: Any, meta: Mapping[str, Any]) -> str:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Defaults, then the config file, then the flags given on the command line."""
     settings = load_toml(args.config) if getattr(args, "config", None) else Settings()
+    hints = {(section, f.name): hint for section, f, hint in _setting_fields()}
     patch: dict[str, dict[str, Any]] = {}
     for key, value in vars(args).items():
         if key.startswith("set__") and value is not None:
             _, section, name = key.split("__")
+            if isinstance(value, str):
+                value = parse_text(hints[section, name], value)
             patch.setdefault(section, {})[name] = value
     if getattr(args, "background_spec", None):
         patch.setdefault("background", {}).update(parse_background(args.background_spec))

@@ -207,6 +207,9 @@ class Pipeline:
         self.times = StageTimes()
         self.frames_out = 0
         self.errors: deque[str] = deque(maxlen=20)
+        # What made the output incomplete (a source or sink that failed, a file not
+        # finalised): `live run` exits non-zero with these, never "success".
+        self.failures: list[str] = []
         self._mailbox: Mailbox[Frame] = Mailbox()
         self._stop = asyncio.Event()
         self._worker = Worker(f"live-{name}")
@@ -230,7 +233,7 @@ class Pipeline:
                 try:
                     await closer()
                 except Exception as exc:  # a close must not hide the others
-                    self._error(f"closing: {exc}")
+                    self._error(f"closing: {exc}", failed=True)
             self._worker.shutdown(wait=True)
             if self.owns_processor:
                 self.processor.close()
@@ -253,7 +256,7 @@ class Pipeline:
         except EndOfStream:
             pass
         except Exception as exc:
-            self._error(f"source: {exc}")
+            self._error(f"source: {exc}", failed=True)
         finally:
             self._mailbox.close()
 
@@ -281,7 +284,7 @@ class Pipeline:
                     self.sinks.remove(sink)
                     await _quiet_close(sink)
                 except Exception as exc:
-                    self._error(f"sink {type(sink).__name__}: {exc}")
+                    self._error(f"sink {type(sink).__name__}: {exc}", failed=True)
                     self.sinks.remove(sink)
                     await _quiet_close(sink)
                     failed = True
@@ -297,9 +300,11 @@ class Pipeline:
             self._out_stamps.append(now)
             self.frames_out += 1
 
-    def _error(self, message: str) -> None:
+    def _error(self, message: str, failed: bool = False) -> None:
         log.error("%s: %s", self.name, message)
         self.errors.append(message)
+        if failed and len(self.failures) < 20:
+            self.failures.append(message)
 
     @property
     def dropped(self) -> int:
@@ -319,6 +324,7 @@ class Pipeline:
             "engine": self.processor.segmenter.stats(),
             "errors": list(self.errors),
             "running": self.running,
+            **(self.source.stats() if hasattr(self.source, "stats") else {}),
         }
 
 

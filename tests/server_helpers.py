@@ -19,6 +19,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from bench import load_frames
 from live.serve.client import ControlClient
 from live.config import Settings
+from live.serve.admission import Admission
 from live.serve.server import ControlServer
 
 TEST_SIZE = (640, 360)  # small enough for VP8 both ways on two shared cores
@@ -69,10 +70,19 @@ def test_settings(**sections: dict[str, Any]) -> Settings:
 test_settings.__test__ = False  # type: ignore[attr-defined]  # not a test, despite its name
 
 
+def counting_only(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Server arguments whose admission caps the session count only: these tests are
+    about other things and run on a loaded, shared machine (admission by measured
+    load has its own tests in test_hardening.py)."""
+    if "admission" not in kwargs:
+        kwargs = dict(kwargs, admission=Admission(kwargs.get("max_peers", 8), measured=False))
+    return kwargs
+
+
 @contextlib.asynccontextmanager
 async def running_server(settings: Settings | None = None,
                          **kwargs: Any) -> AsyncIterator[ControlServer]:
-    server = ControlServer(settings or test_settings(), **kwargs)
+    server = ControlServer(settings or test_settings(), **counting_only(kwargs))
     await server.start()
     try:
         yield server
@@ -113,7 +123,7 @@ class ServerThread:
         self.thread = threading.Thread(target=self.loop.run_forever, name="test-server-loop",
                                        daemon=True)
         self.thread.start()
-        self.server = ControlServer(settings or test_settings(), **kwargs)
+        self.server = ControlServer(settings or test_settings(), **counting_only(kwargs))
         self.call(self.server.start())
 
     def call(self, coro: Any, timeout: float = 60.0) -> Any:

@@ -46,9 +46,9 @@ def test_bad_values_name_the_setting(patch: dict, message: str) -> None:
         Settings().merged(patch)
 
 
-def test_merge_returns_a_new_object_and_coerces_strings() -> None:
+def test_merge_returns_a_new_object() -> None:
     base = Settings()
-    new = base.merged({"matte": {"feather": "3"}, "source": {"loop": "yes"}})
+    new = base.merged({"matte": {"feather": 3}, "source": {"loop": True}})
     assert new.matte.feather == 3 and new.source.loop is True
     assert new is not base and base == Settings()  # the original is left as it was
     assert new.server.allow_remote is False
@@ -60,7 +60,7 @@ def test_background_shorthand() -> None:
     assert parse_background("#112233") == {"mode": "color", "color": "#112233"}
     assert parse_background("beach.jpg") == {"mode": "image", "image": "beach.jpg"}
     assert parse_background("waves.mp4")["mode"] == "video"
-    assert parse_background("blur:40") == {"mode": "blur", "blur": "40"}
+    assert parse_background("blur:40") == {"mode": "blur", "blur": 40}
     with pytest.raises(SettingsError, match="expected blur"):
         parse_background("beach.txt")
 
@@ -127,3 +127,38 @@ def test_a_bare_engine_value_is_checked_by_the_schema_rule() -> None:
                          (True, "must be a number")]:
         with pytest.raises(SettingsError, match=message):
             check_engine_setting("image_size", bad)
+
+
+@pytest.mark.parametrize("patch", [
+    {"background": {"color": "#00b140\n"}},   # "$" would have matched before the newline
+    {"background": {"color": " #00b140"}},
+    {"matte": {"feather": " 5 "}},              # int() takes all of these
+    {"matte": {"feather": "5_0"}},
+    {"matte": {"feather": "\u0663"}},          # Arabic-Indic three
+    {"matte": {"feather": "5"}},                # a number is a JSON number, not text
+    {"source": {"loop": "yes"}},
+    {"background": {"mode": ["blur"]}},
+])
+def test_control_values_are_json_types_exactly(patch: dict) -> None:
+    with pytest.raises(SettingsError):
+        Settings().merged(patch)
+
+
+@pytest.mark.parametrize("flag", [" 5 ", "5_0", "\u0663", "5.5", "0x5"])
+def test_cli_numbers_are_plain_ascii_decimals(flag: str) -> None:
+    with pytest.raises(SettingsError, match="matte.feather"):
+        parse("--feather", flag)
+    assert parse("--feather", "5").matte.feather == 5
+    assert parse("--source-fps", "12.5").source.fps == 12.5
+    assert parse("--engine-image-size", "256").engine.image_size == 256
+    with pytest.raises(SettingsError, match="blur"):
+        parse("--background", "blur:\u0663")
+
+
+def test_errors_never_echo_megabytes() -> None:
+    huge = "x" * 900_000
+    for patch in ({"matte": {huge: 1}}, {huge: {}}, {"background": {"mode": huge}},
+                  {"background": {"color": huge[:4000]}}, {"matte": {"feather": huge}}):
+        with pytest.raises(SettingsError) as err:
+            Settings().merged(patch)
+        assert len(str(err.value)) < 400, str(err.value)[:100]

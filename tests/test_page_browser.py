@@ -100,7 +100,8 @@ def test_settings_survive_a_reload_including_an_uploaded_image(browser, tmp_path
 def test_a_session_changed_from_another_tab_shows_the_change_in_its_own_panel(browser):
     with ServerThread(test_settings(background={"mode": "color", "color": "#00ff00"})) as st:
         owner, owner_errors = open_page(browser, st.server.url)
-        steering, steering_errors = open_page(browser, st.server.url)
+        # another tab steers the owner's session: that takes the operator's token
+        steering, steering_errors = open_page(browser, st.server.operator_url)
         try:
             for page in (owner, steering):
                 page.wait_for_selector("#status[data-state='connected']", timeout=10_000)

@@ -113,7 +113,7 @@ def test_page_replaces_background_sends_clicks_and_follows_the_panel(browser, cl
                              engine={"checkpoint": "/nonexistent/sam2.pt"})
     with ServerThread(settings) as st:
         server = st.server
-        page, errors = open_page(browser, server.url)
+        page, errors = open_page(browser, server.operator_url)  # it steers another session too
         try:
             page.wait_for_selector("#status[data-state='connected']", timeout=10_000)
             assert not page.is_visible("#preview"), "an empty camera thumbnail"
@@ -167,14 +167,14 @@ def test_page_replaces_background_sends_clicks_and_follows_the_panel(browser, cl
             assert session.processor.settings.engine.name == "selfie"
             assert page.input_value("#engine-name") == "selfie"
 
-            # A video background needs a path on the server's machine: said before sending.
+            # A video background is a file of the server's media folder: said before sending.
             sent = server.received["settings.set"]
             page.fill("#bg-video", "")
             page.click("#bg-video-apply")
-            assert "enter the path of a video file on the machine running live" in \
+            assert "enter the name of a video in the server's media folder" in \
                 page.text_content("#message")
             page.select_option("#bg-mode", "video")
-            assert "enter the path" in page.text_content("#message")
+            assert "enter the name" in page.text_content("#message")
             assert page.input_value("#bg-mode") == "color"  # what still runs
             assert not page.is_visible("#message-help")  # the old help went with its error
             assert server.received["settings.set"] == sent
@@ -383,7 +383,7 @@ def test_transparent_is_offered_only_for_live_run_sessions(browser, run_session)
 
     with ServerThread(sessions=[run_session]) as st:
         running = asyncio.run_coroutine_threadsafe(run_session.pipeline.run(), st.loop)
-        page, errors = open_page(browser, st.server.url)
+        page, errors = open_page(browser, st.server.operator_url)  # steers `live run`
         try:
             page.wait_for_selector("#status[data-state='connected']", timeout=10_000)
             # This page's own session: WebRTC, so no alpha; the page says why.

@@ -103,7 +103,8 @@ def test_every_message_type_round_trips(st_server, frames):
         upload = ask(ws, {"type": "background.upload", "id": 3,
                           "data": "data:image/png;base64," + png_b64(frames[0])})
         assert upload["type"] == "ok", upload
-        image_path = Path(upload["settings"]["background"]["image"])
+        assert upload["settings"]["background"]["image"] == upload["upload"]  # an id, no path
+        image_path = server.uploads.path_of(upload["upload"])
         assert upload["settings"]["background"]["mode"] == "image" and image_path.is_file()
         assert cv2.imread(str(image_path)).shape == frames[0].shape
 
@@ -117,7 +118,11 @@ def test_every_message_type_round_trips(st_server, frames):
     peer = StreamingPeer(st_server, frames)  # offer → answer, through live.serve.client
     try:
         peer.wait_frames(5)
-        with ws_connect(server) as ws:
+        with ws_connect(server) as ws:  # the page's token: another page's session is not its
+            assert ask(ws, {"type": "sessions.list", "id": 6})["sessions"] == []
+            refused = ask(ws, {"type": "reset", "id": 6, "session": peer.session})
+            assert refused["type"] == "error" and "operator" in refused["error"]
+        with ws_connect(server, token=server.operator_token) as ws:
             listed = ask(ws, {"type": "sessions.list", "id": 6})["sessions"]
             assert [s["session"] for s in listed] == [peer.session]
             assert listed[0]["kind"] == "webrtc" and listed[0]["own"] is False
@@ -140,7 +145,10 @@ def test_every_message_type_round_trips(st_server, frames):
             # A change that cannot be applied is refused and changes nothing.
             missing = ask(ws, {"type": "settings.set", "id": 11, **target, "settings": {
                 "engine": {"name": "sam2", "checkpoint": "/nonexistent/sam2.pt"}}})
-            assert missing["type"] == "error" and "/nonexistent/sam2.pt" in missing["error"]
+            assert missing["type"] == "error" and "operator" in missing["error"]
+            missing = ask(ws, {"type": "settings.set", "id": 11, **target, "settings": {
+                "engine": {"name": "sam2", "sam2_model": "large"}}})
+            assert missing["type"] == "error" and "live fetch sam2" in missing["error"]
             assert server.sessions[peer.session].processor.settings.engine.name == "selfie"
 
             # Stats are also pushed, unasked, about once a second.
@@ -158,13 +166,16 @@ def test_every_message_type_round_trips(st_server, frames):
 
 
 def test_a_settings_change_is_pushed_to_every_other_client_of_the_session(st_server, frames):
-    """Two tabs on one session: whoever changes it, the other sees the new settings."""
+    """Two tabs on one session: whoever changes it, the other sees the new settings.
+    (Tabs other than the session's own page steer it with the operator's token.)"""
     server = st_server.server
     owner = StreamingPeer(st_server, frames)  # the session's own page
     try:
         owner.wait_frames(3)
         target = {"session": owner.session}
-        with ws_connect(server) as steering, ws_connect(server) as watching:
+        with ws_connect(server, token=server.operator_token) as steering, \
+                ws_connect(server, token=server.operator_token) as watching, \
+                ws_connect(server) as stranger:  # the page's token: not its session
             ask(watching, {"type": "hello", "id": 1})
             changed = ask(steering, {"type": "settings.set", "id": 2, **target,
                                      "settings": {"background": {"mode": "color",
@@ -207,6 +218,7 @@ def test_a_settings_change_is_pushed_to_every_other_client_of_the_session(st_ser
 
             assert pushes_before_reply(steering, 5) == []  # the refused change pushed nothing
             assert pushes_before_reply(watching, 6) == []  # nor did its own upload, to itself
+            assert pushes_before_reply(stranger, 7) == []  # another page hears nothing of it
         owner.wait_frames(3)
     finally:
         owner.close()
@@ -231,13 +243,14 @@ BAD_MESSAGES = [
     ('{"type": "hello", "id": [1]}', "id must be"),
     ('{"type": "hello", "id": true}', "id must be"),
     ('{"type": "settings.set", "id": 1, "settings": {"matte": {"ema": NaN}}}', "NaN"),
-    ("[" * 50_000 + "]" * 50_000, "malformed JSON"),
+    ("[" * 50_000 + "]" * 50_000, "at most 512 lists"),           # refused unparsed
+    ("[" * 500 + "]" * 499, "malformed JSON"),
     ('{"type": "settings.set", "id": 1}', "needs \"settings\""),
     (_settings_set({"matte": {"feather": "wide"}}), "matte.feather must be a number"),
     (_settings_set({"matte": {"feather": 1000}}), "between 0 and 64"),
     (_settings_set({"matte": {"feather": 2.5}}), "whole number"),
     ('{"type": "settings.set", "id": 1, "settings": {"matte": {"feather_eps": 1%s}}}' % ("0" * 400),
-     "matte.feather_eps must be a number"),                    # float() of it overflows
+     "matte.feather_eps must be a finite number"),             # float() of it overflows
     (_settings_set({"background": {"color": "green"}}), "#RRGGBB"),
     (_settings_set({"background": {"mode": "sparkles"}}), "must be one of"),
     (_settings_set({"background": {"mode": "image"}}), "needs background.image"),
@@ -269,7 +282,8 @@ BAD_MESSAGES = [
     (json.dumps({"type": "background.upload", "id": 1,
                  "data": base64.b64encode(png_claiming_size(64, 64)).decode()}), "damaged"),
     (json.dumps({"type": "settings.get", "id": 1, "pad": "x" * (protocol.MAX_CONTROL_BYTES + 1)}),
-     "over the 1048576-byte limit"),
+     f"over the {protocol.MAX_CONTROL_BYTES}-byte limit"),
+    (json.dumps({"type": "settings.get", "id": 1, "pad": [[1]] * 600}), "at most 512 lists"),
     (b"\x00\x01binary", "binary messages are not supported"),
 ]
 
@@ -466,7 +480,13 @@ async def test_an_attached_pipeline_is_steered_and_left_to_its_owner():
     try:
         from live.serve.client import ControlClient
 
-        async with ControlClient(server.url) as client:
+        async with ControlClient(server.url) as client:  # the page's token: not its session
+            listed = await client.request("sessions.list")
+            assert listed["sessions"] == []
+            refused = await client.request("settings.set", session="run",
+                                           settings={"background": {"mode": "color"}})
+            assert refused["type"] == "error" and "operator" in refused["error"]
+        async with ControlClient(server.operator_url) as client:  # what `live run` prints
             listed = await client.request("sessions.list")
             assert [s["session"] for s in listed["sessions"]] == ["run"]
             changed = await client.request("settings.set", session="run",
@@ -515,8 +535,8 @@ def test_serve_prints_its_url_serves_the_page_and_stops_cleanly_on_a_signal(sig)
             image = np.full((36, 64, 3), 200, np.uint8)
             reply = ask(ws, {"type": "background.upload", "id": 1, "data": png_b64(image)})
         assert reply["type"] == "ok", reply
-        uploaded = Path(reply["settings"]["background"]["image"])
-        assert uploaded.is_file() and uploaded.parent.name.startswith("live-uploads-")
+        uploaded = next(folder / reply["upload"] for folder in upload_dirs()
+                        if (folder / reply["upload"]).is_file())
         proc.send_signal(getattr(signal, sig))
         out, _ = proc.communicate(timeout=20)
     finally:
@@ -549,7 +569,8 @@ def test_the_uploads_folder_is_made_on_first_upload_and_removed_at_stop(frames):
         with ws_connect(st_.server) as ws:
             reply = ask(ws, {"type": "background.upload", "id": 1, "data": png_b64(frames[0])})
         assert reply["type"] == "ok", reply
-        folder = Path(reply["settings"]["background"]["image"]).parent
+        assert reply["settings"]["background"]["image"] == reply["upload"]  # never a path
+        folder = st_.server.uploads.path_of(reply["upload"]).parent
         assert folder in upload_dirs() - before
     finally:
         st_.close()

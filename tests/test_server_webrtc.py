@@ -169,7 +169,7 @@ async def test_offers_racing_for_the_last_video_slot_admit_one(clip_path):
                                            b.start_video(ClipTrack(frames)),
                                            return_exceptions=True)
             refused = [r for r in results if isinstance(r, Exception)]
-            assert len(refused) == 1 and "too many video sessions" in str(refused[0])
+            assert len(refused) == 1 and "at capacity" in str(refused[0])
             assert len(server.sessions) == 1
         await wait_until(lambda: not server.sessions and not pipeline_threads(), 15,
                          "teardown")

@@ -527,8 +527,8 @@ function throttled(fn, ms = 100) {
   };
 }
 
-const VIDEO_PATH_NEEDED = "enter the path of a video file on the machine running live " +
-  "(the server reads it, not this browser), then press Use";
+const VIDEO_PATH_NEEDED = "enter the name of a video in the server's media folder " +
+  "(live serve --media-dir), then press Use";
 
 function wireSettings() {
   for (const el of settingControls()) {
@@ -705,6 +705,11 @@ function showStats(sessions) {
   if (bank != null) {
     parts.push([`memory bank ${(bank / 1048576).toFixed(1)} MiB`,
       "what SAM 2 remembers of past frames; bounded, so it stays flat"]);
+  }
+  if (s.overloaded) {
+    parts.push(["server overloaded: late frames skipped", "frames that reached the server " +
+      "too late were dropped so the picture stays current: the machine has more work than " +
+      "it can do"]);
   }
   const spans = [];
   for (const [text, help] of parts.filter(Boolean)) {

@@ -60,16 +60,25 @@ class VideoReader:
     (the file source and the background video both read through it).
 
     ``loop``: rewind at the end, with time still increasing across the seam.
-    Blocking: call it on a ``Worker``. Raises ValueError on open (see
-    ``open_video``) and PyAV's ``FFmpegError`` for a frame that cannot be decoded.
+    Packets are decoded one by one, so a damaged one (a bad sector, a cut
+    download) is skipped and counted in ``corrupt`` instead of ending the file:
+    the frames after it still come (with artefacts until the next keyframe).
+    Only ``MAX_BAD_RUN`` damaged packets in a row end it (``FFmpegError``).
+    Blocking: call it on a ``Worker``. Raises ValueError on open (see ``open_video``).
     """
 
+    MAX_BAD_RUN = 250
+
     def __init__(self, path: str | Path, *, loop: bool = False, max_pixels: int | None = None):
+        self.path = Path(path)
         self.container = open_video(path, max_pixels)
         self.stream = self.container.streams.video[0]
         self.fps = float(self.stream.average_rate or 30)
         self.loop = loop
-        self._frames = self.container.decode(self.stream)
+        self.corrupt = 0  # damaged packets skipped
+        self._bad_run = 0
+        self._packets = self.container.demux(self.stream)
+        self._decoded: collections.deque[Any] = collections.deque()
         self._count = 0
         self._offset = 0.0  # seconds added per completed loop so time keeps increasing
         self._last_pts = 0.0
@@ -78,9 +87,8 @@ class VideoReader:
         """The next frame and its time; None at the end (of a file that does not loop,
         or of one that has no frame left after a rewind)."""
         for _attempt in range(2):
-            try:
-                vf = next(self._frames)
-            except StopIteration:
+            vf = self._next_frame()
+            if vf is None:
                 if not self.loop:
                     return None
                 self.rewind()
@@ -91,17 +99,37 @@ class VideoReader:
             return vf.to_ndarray(format="bgr24"), self._last_pts
         return None
 
+    def _next_frame(self) -> Any:
+        """The next decoded av.VideoFrame, None at the end; skips damaged packets."""
+        while not self._decoded:
+            try:
+                packet = next(self._packets)
+            except StopIteration:
+                return None
+            try:
+                self._decoded.extend(packet.decode())
+                self._bad_run = 0
+            except av.error.FFmpegError as exc:
+                self.corrupt += 1
+                self._bad_run += 1
+                log.warning("%s: damaged packet skipped (%s)", self.path, exc)
+                if self._bad_run > self.MAX_BAD_RUN:
+                    raise
+        return self._decoded.popleft()
+
     def rewind(self) -> None:
         self._offset = self._last_pts + 1.0 / self.fps
         self.container.seek(0)
-        self._frames = self.container.decode(self.stream)
+        self._packets = self.container.demux(self.stream)
+        self._decoded.clear()
 
     def close(self) -> None:
         self.container.close()
 
 
 class FileSource:
-    """A video file decoded with PyAV; optionally looped and paced like a camera."""
+    """A video file decoded with PyAV; optionally looped and paced like a camera.
+    Damaged packets are skipped and counted (see ``VideoReader``)."""
 
     def __init__(self, path: str | Path, loop: bool = False, realtime: bool = False):
         self._worker = Worker("live-src-file")
@@ -120,6 +148,9 @@ class FileSource:
             return self.reader.read()
         except av.error.FFmpegError as exc:
             raise SourceError(f"decoding {self.path} failed: {exc}") from None
+
+    def stats(self) -> dict[str, Any]:
+        return {"corrupt_packets": self.reader.corrupt}
 
     async def read(self) -> Frame:
         got = await self._worker.run(self._next)
@@ -164,6 +195,17 @@ _PRORES_4444 = _Codec("prores_ks", "yuva444p10le", {"profile": "4444"},
 # accurate rounding with full-resolution chroma input costs ~0.5 ms more per 720p frame.
 _ACCURATE = Interpolation.BILINEAR | Interpolation.ACCURATE_RND | Interpolation.FULL_CHR_H_INP
 
+# Container options that keep a recording playable up to its last written frame when the
+# process is killed or the disk fills up (no index at the end to lose): MP4/MOV in
+# fragments, one per frame; Matroska/WebM in clusters of at most half a second. And
+# every packet handed to the OS at once (`flush_packets`), not kept in a buffer.
+_FRAGMENTED_MP4 = {"movflags": "frag_every_frame+empty_moov+default_base_moof",
+                   "flush_packets": "1"}
+_SHORT_CLUSTERS = {"cluster_time_limit": "500", "flush_packets": "1"}
+CONTAINER_OPTIONS = {".mp4": _FRAGMENTED_MP4, ".mov": _FRAGMENTED_MP4,
+                     ".webm": _SHORT_CLUSTERS, ".mkv": _SHORT_CLUSTERS}
+CONTAINER_FORMATS = {".mp4": "mp4", ".mov": "mov", ".webm": "webm", ".mkv": "matroska"}
+
 # suffix → (codec for opaque video, codec for transparent video or None)
 RECORD_FORMATS: dict[str, tuple[_Codec, _Codec | None]] = {
     ".mp4": (_H264, None),
@@ -184,9 +226,10 @@ class RecorderSink:
     frame period after the previous one. Colours are converted and tagged as
     BT.709. Encoding runs on the sink's worker thread with at most
     ``MAX_PENDING`` frames queued, so the pipeline is not held up by each
-    encode and memory stays bounded. ``close`` flushes the encoder and writes
-    the index, so the file plays after Ctrl-C (the pipeline closes sinks in a
-    ``finally``). A recording that got no frame leaves no file.
+    encode and memory stays bounded. The file is written in fragments
+    (``CONTAINER_OPTIONS``), so it plays up to the last frame written even if
+    the process is killed or the disk fills up; ``close`` flushes the encoder
+    and finishes it. A recording that got no frame leaves no file.
     """
 
     MAX_PENDING = 4
@@ -215,6 +258,7 @@ class RecorderSink:
         self.frames = 0
         self.size: tuple[int, int] | None = None
         self._container: Any = None
+        self._file: Any = None
         self._stream: Any = None
         self._first_pts: float | None = None
         self._offset = 0.0
@@ -279,9 +323,17 @@ class RecorderSink:
         self.frames += 1
 
     def _open(self, width: int, height: int) -> None:
+        # Written through a Python file, not by FFmpeg itself: FFmpeg's own write()
+        # holds the GIL, so an output that blocks (an unread pipe) froze the whole
+        # process, Ctrl-C included; Python's write releases it while it waits.
+        suffix = self.path.suffix.lower()
         try:
-            container = av.open(str(self.path), "w")
+            self._file = open(self.path, "wb")
+            container = av.open(self._file, "w", format=CONTAINER_FORMATS[suffix],
+                                options=CONTAINER_OPTIONS[suffix])
         except (OSError, av.FFmpegError) as exc:
+            if self._file is not None:
+                self._file.close()
             raise SinkError(f"cannot create {self.path}: {exc}") from exc
         try:
             rate = fractions.Fraction(self.fps).limit_denominator(1001)
@@ -295,6 +347,7 @@ class RecorderSink:
             ctx.open()  # fails here, not on the first frame, if the encoder rejects a setting
         except (av.FFmpegError, ValueError) as exc:
             container.close()
+            self._file.close()
             self.path.unlink(missing_ok=True)
             raise SinkError(f"cannot start the {self.codec.name} encoder for {self.path} "
                             f"({width}x{height}): {exc}") from exc
@@ -309,8 +362,11 @@ class RecorderSink:
             for packet in self._stream.encode(None):
                 self._container.mux(packet)
         finally:
-            self._container.close()
-            self._container = None
+            container, self._container = self._container, None
+            try:
+                container.close()
+            finally:
+                self._file.close()
 
     async def close(self) -> None:
         """Encode what is queued, flush the encoder, finalise the file; safe to call twice."""

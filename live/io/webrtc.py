@@ -110,25 +110,64 @@ class VideoOutputTrack(MediaStreamTrack):
 
 
 class TrackSource:
-    """An incoming aiortc video track, read frame by frame as BGR."""
+    """An incoming aiortc video track, read frame by frame as BGR.
+
+    Frames that waited too long before we got to read them are dropped here,
+    before they cost a conversion, a model pass and an encode. Under overload
+    the backlog is not in any queue of ours but in the kernel's UDP buffer
+    (the event loop reads RTP slower than it arrives), so "newest frame wins"
+    downstream never sees how old a frame is: only its RTP time does. A
+    frame's delay is (arrival − RTP time) minus the smallest such difference
+    seen (the clock offset; it may creep up ``DRIFT_PER_S`` for clock drift);
+    beyond ``MAX_AGE_S`` it is stale. ``overloaded`` says frames were dropped
+    so in the last ``OVERLOAD_WINDOW_S``: the page tells its user.
+    """
 
     live = True
     fps = 30.0
+    MAX_AGE_S = 0.15
+    DRIFT_PER_S = 0.001
+    OVERLOAD_WINDOW_S = 3.0
 
     def __init__(self, track: Any):
         self.track = track
         self.index = 0
+        self.stale = 0  # frames dropped for arriving too late
+        self._offset: float | None = None  # least (arrival - RTP time) seen
+        self._offset_at = 0.0
+        self._stale_at = -float("inf")
 
     async def read(self) -> Frame:
-        try:
-            vf = await self.track.recv()
-        except MediaStreamError:
-            raise EndOfStream from None
-        time_base = vf.time_base or fractions.Fraction(1, 90_000)
+        while True:
+            try:
+                vf = await self.track.recv()
+            except MediaStreamError:
+                raise EndOfStream from None
+            time_base = vf.time_base or fractions.Fraction(1, 90_000)
+            if vf.pts is None or not self._too_old(float(vf.pts * time_base)):
+                break
         pts = float(vf.pts * time_base) if vf.pts is not None else time.monotonic()
         image = vf.to_ndarray(format="bgr24")
         self.index += 1
         return Frame(image, self.index - 1, pts, meta={"pts": vf.pts, "time_base": time_base})
+
+    def _too_old(self, pts: float) -> bool:
+        now = time.monotonic()
+        lag = now - pts
+        if self._offset is None:
+            self._offset = lag
+        else:
+            self._offset = min(lag, self._offset + (now - self._offset_at) * self.DRIFT_PER_S)
+        self._offset_at = now
+        if lag - self._offset <= self.MAX_AGE_S:
+            return False
+        self.stale += 1
+        self._stale_at = now
+        return True
+
+    def stats(self) -> dict[str, Any]:
+        return {"stale_dropped": self.stale,
+                "overloaded": time.monotonic() - self._stale_at < self.OVERLOAD_WINDOW_S}
 
     async def close(self) -> None:
         self.track.stop()

@@ -91,7 +91,7 @@ def resolve_engine_name(settings: EngineSettings) -> str:
     from live.checkpoints import sam2_checkpoint_path
 
     if not sam2_checkpoint_path(settings).is_file():
-        return "selfie"
+        return "selfie"  # decided without importing torch (~500 MB that never goes back)
     return "sam2" if gpu_device() is not None else "selfie"
 
 
@@ -103,9 +103,10 @@ def create_segmenter(settings: EngineSettings) -> Segmenter:
 
         return SelfieSegmenter(settings)
     if name == "sam2":
-        from live.checkpoints import require_sam2_software
+        from live.checkpoints import require_sam2_checkpoint, require_sam2_software
 
-        require_sam2_software()
+        require_sam2_software()  # neither check imports torch: a refusal costs nothing
+        require_sam2_checkpoint(settings)
         from live.segment.auto_prompt import AutoPromptedSAM2
 
         return AutoPromptedSAM2(settings)

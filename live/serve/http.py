@@ -45,8 +45,10 @@ TOKEN_REFUSED = (b"Unauthorized: missing or wrong token; open the URL that `live
 class HttpGate:
     """Answers plain HTTP requests and decides whether a websocket upgrade may proceed."""
 
-    def __init__(self, token: str, web_root: Path = WEB_ROOT, allow_remote: bool = False):
+    def __init__(self, token: str, web_root: Path = WEB_ROOT, allow_remote: bool = False,
+                 operator_token: str | None = None):
         self.token = token
+        self.operator_token = operator_token  # also opens the socket (with more rights)
         self.web_root = web_root.resolve()
         self.allow_remote = allow_remote
 
@@ -65,8 +67,11 @@ class HttpGate:
         return None
 
     def _token_ok(self, query: str) -> bool:
-        token = parse_qs(query).get("token", [""])[0]
-        return secrets.compare_digest(token.encode(), self.token.encode())
+        return self.is_operator(query) or _same(query, self.token)
+
+    def is_operator(self, query: str) -> bool:
+        """Whether the query's token is the operator's (steers every session)."""
+        return self.operator_token is not None and _same(query, self.operator_token)
 
     def _check_token(self, query: str) -> Response:
         """``GET /ws-check?token=...``: 200 or 401, so the page can tell a stale link
@@ -103,6 +108,11 @@ class HttpGate:
             return response(200, target.read_bytes(), CONTENT_TYPES[target.suffix])
         except (OSError, ValueError):
             return not_found
+
+
+def _same(query: str, token: str) -> bool:
+    given = parse_qs(query).get("token", [""])[0]
+    return secrets.compare_digest(given.encode(), token.encode())
 
 
 def response(status: int, body: bytes, content_type: str) -> Response:

@@ -15,18 +15,26 @@ import base64
 import binascii
 import io
 import json
+import re
 import time
 from typing import Any, Mapping
 
-from live.composite import MAX_IMAGE_PIXELS  # the compositor's limit: one rule for both
+from live.composite import MAX_IMAGE_PIXELS, check_image_size  # the compositor's rule: one for both
 from live.segment import Prompt
 
-#: A control message (anything but an upload) may not be larger than this.
-MAX_CONTROL_BYTES = 1 << 20
+#: A control message (anything but an upload) may not be larger than this: an offer's
+#: SDP fits (MAX_SDP_CHARS), and parsing the worst JSON of this size takes ~10 ms,
+#: not the ~160 ms of 1 MiB of nested lists (on the event loop, every session waits).
+MAX_CONTROL_BYTES = 128 << 10
+#: '{' and '[' in one control message (a prompt has 66 at most): more is refused unparsed.
+MAX_CONTAINERS = 512
 #: The websocket's own frame limit: a base64 background image fits, nothing bigger.
 MAX_MESSAGE_BYTES = 16 << 20
 #: Decoded upload limit (base64 inflates by 4/3, so this fits MAX_MESSAGE_BYTES).
 MAX_UPLOAD_BYTES = 11 << 20
+#: Bytes a connection may send: 4 MiB a second on average, bursts of two full uploads.
+BYTES_PER_SECOND = 4 << 20
+BYTES_BURST = 2 * MAX_MESSAGE_BYTES
 MAX_SDP_CHARS = 64 * 1024
 MAX_PROMPT_POINTS = 64
 MAX_OBJECTS = 64
@@ -34,6 +42,10 @@ MAX_OBJECTS = 64
 #: The settings sections a client may change; source/output/server are the
 #: operator's (a web page must never rebind the server or read its token).
 CLIENT_SECTIONS = ("engine", "matte", "background")
+
+#: Fields of those sections that name server files: never a client's to choose.
+#: (Background files are named by upload id or --media-dir name, see live/serve/media.py.)
+OPERATOR_FIELDS = {"engine": ("checkpoint",)}
 
 MESSAGE_TYPES = ("hello", "settings.get", "settings.set", "prompt", "reset",
                  "background.upload", "offer", "stats", "sessions.list")
@@ -54,6 +66,36 @@ class ProtocolError(ValueError):
 
 
 # --------------------------------------------------------------------------- framing
+
+# A frame over MAX_CONTROL_BYTES may only be an upload, and that is told from its first
+# bytes: parsing 15 MiB of nested lists held the event loop (and the GIL: a thread does
+# not help) for seconds, stalling every session. The page writes "type" first.
+_UPLOAD_HEAD = re.compile(r'\s*\{\s*"type"\s*:\s*"background\.upload"\s*,')
+# {"type": ..., "id": ...} as the page writes it: the id of a refusal told from the head
+_HEAD_ID = re.compile(r'\s*\{\s*"type"\s*:\s*"[^"\\]{0,40}"\s*,\s*"id"\s*:\s*'
+                      r'(-?\d{1,15}|"[^"\\]{0,64}")\s*[,}]')
+_MAX_UPLOAD_NESTING = 8  # '{' and '[' in a whole upload: one object of flat fields
+
+
+def screen(raw: str | bytes) -> None:
+    """Refuse, without parsing it, a frame that would cost the event loop: one over
+    MAX_CONTROL_BYTES that is not a flat ``background.upload``, or one of more than
+    MAX_CONTAINERS lists and objects (a prefix match and character counts: ~1 ms a MiB)."""
+    if len(raw) <= MAX_CONTROL_BYTES:
+        if isinstance(raw, str) and raw.count("{") + raw.count("[") > MAX_CONTAINERS:
+            head = _HEAD_ID.match(raw[:200])
+            raise ProtocolError(f"a control message may hold at most {MAX_CONTAINERS} lists "
+                                "and objects", json.loads(head.group(1)) if head else None)
+        return
+    if isinstance(raw, bytes) or not _UPLOAD_HEAD.match(raw[:200]):
+        head = _HEAD_ID.match(raw[:200]) if isinstance(raw, str) else None
+        raise ProtocolError(f"message of {len(raw)} bytes is over the {MAX_CONTROL_BYTES}-byte "
+                            'limit for control messages (only a background.upload, "type" '
+                            "written first, may be larger)",
+                            json.loads(head.group(1)) if head else None)
+    if raw.count("{") + raw.count("[") > _MAX_UPLOAD_NESTING:
+        raise ProtocolError("background.upload: an upload is one flat object "
+                            '({"type", "id", "data", ...}), no nested lists or objects')
 
 
 def parse_message(raw: str | bytes) -> tuple[Any, dict[str, Any]]:
@@ -140,6 +182,11 @@ def settings_patch(msg: Mapping[str, Any]) -> dict[str, Any]:
                                     "cannot be changed from the control panel")
             raise ProtocolError(f"unknown settings section {str(section)[:40]!r}; expected one "
                                 f"of {list(CLIENT_SECTIONS)}")
+        values = patch[section]
+        for name in OPERATOR_FIELDS.get(section, ()):
+            if isinstance(values, dict) and name in values:
+                raise ProtocolError(f"{section}.{name} is the operator's (a path on the server): "
+                                    "set it on the command line or in the config file")
     return patch
 
 
@@ -229,9 +276,9 @@ def decode_image_upload(msg: Mapping[str, Any]) -> tuple[bytes, str]:
         if fmt not in IMAGE_FORMATS:
             raise ProtocolError(f"{fmt} images are not supported; upload a PNG, JPEG, WebP "
                                 "or BMP")
-        if w * h > MAX_IMAGE_PIXELS:
-            raise ProtocolError(f"image is {w}x{h} = {w * h / 1e6:.0f} megapixels; the limit "
-                                f"is {MAX_IMAGE_PIXELS / 1e6:.0f}")
+        refused = check_image_size(w, h)
+        if refused:
+            raise ProtocolError(f"image refused: {refused}")
         try:
             image.load()
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
@@ -244,7 +291,8 @@ def decode_image_upload(msg: Mapping[str, Any]) -> tuple[bytes, str]:
 
 
 class RateLimiter:
-    """Token bucket: ``rate`` messages a second on average, bursts up to ``burst``."""
+    """Token bucket: ``rate`` messages (or bytes) a second on average, bursts up to
+    ``burst``."""
 
     def __init__(self, rate: float = 50.0, burst: float = 100.0):
         self.rate = rate
@@ -252,11 +300,12 @@ class RateLimiter:
         self._tokens = burst
         self._last = time.monotonic()
 
-    def allow(self) -> bool:
+    def allow(self, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens (1 per message, or the bytes of one) if there are enough."""
         now = time.monotonic()
         self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= cost:
+            self._tokens -= cost
             return True
         return False

@@ -44,11 +44,16 @@ from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from live.checkpoints import ModelMissingError, require_sam2_checkpoint
+from live.composite import BackgroundError, Compositor
 from live.config import LOOPBACK_HOSTS, Settings, SettingsError
 from live.config import schema as config_schema
 from live.pipeline import FrameProcessor, Pipeline
+from live.segment import PromptError, resolve_engine_name
 from live.serve import protocol
+from live.serve.admission import Admission
 from live.serve.http import WEB_ROOT, HttpGate
+from live.serve.media import MediaFiles
 from live.serve.protocol import ProtocolError
 from live.serve.session import Client, Session, client_settings
 from live.serve.uploads import Uploads
@@ -56,6 +61,14 @@ from live.serve.workers import WorkerPool
 from live.signals import install_stop_signals
 
 log = logging.getLogger("live.serve")
+
+# Refusals whose text is written for the client. Anything else is a bug or an
+# internal failure: the client gets a reference to the log, never its text
+# (an IndexError, torch's unpickling error or a KeyError said too much).
+CLIENT_ERRORS = (ProtocolError, SettingsError, BackgroundError, PromptError, ModelMissingError)
+NOT_STEERABLE = ("no session {sid!r} that this connection may steer: a session is steered by "
+                 "the page that started it, any other (e.g. `live run`'s) with the operator's "
+                 "token")
 
 
 class ControlServer:
@@ -70,10 +83,12 @@ class ControlServer:
                  *,
                  web_root: Path = WEB_ROOT, passthrough: bool = False,
                  rate: float = 50.0, burst: float = 100.0, stats_interval: float = 1.0,
-                 max_peers: int = 8, max_clients: int = 32):
+                 max_peers: int = 8, max_clients: int = 32, admission: Admission | None = None):
         self.settings = settings
         self.token = settings.server.token or secrets.token_urlsafe(24)
-        self.gate = HttpGate(self.token, web_root, settings.server.allow_remote)
+        self.operator_token = settings.server.operator_token or secrets.token_urlsafe(24)
+        self.gate = HttpGate(self.token, web_root, settings.server.allow_remote,
+                             operator_token=self.operator_token)
         self.passthrough = passthrough
         self.rate, self.burst = rate, burst
         self.stats_interval = stats_interval
@@ -87,6 +102,9 @@ class ControlServer:
         self.port: int | None = None
         self._server: Server | None = None
         self.uploads = Uploads()
+        self.media = MediaFiles(self.uploads, settings.server.media_dir)
+        self.admission = admission or Admission(max_peers)  # max_peers: the cap on top
+        self._watchers: list[asyncio.Task[None]] = []
         self.workers = WorkerPool.for_settings(settings)  # None: sessions run in this process
         self._peer_tasks: set[asyncio.Task[None]] = set()
         if isinstance(sessions, Mapping):  # {"run": (processor, pipeline)} from `live run`
@@ -108,8 +126,11 @@ class ControlServer:
         self._server = await ws_serve(
             self._handle_connection, server.host, server.port,
             process_request=self._process_request, max_size=protocol.MAX_MESSAGE_BYTES,
-            max_queue=4, compression=None, ping_interval=20, ping_timeout=20)
+            max_queue=2, compression=None, ping_interval=20, ping_timeout=20,
+            open_timeout=5)  # an idle TCP connection without a handshake goes after 5 s
         self.port = self._server.sockets[0].getsockname()[1]
+        self._watchers = [asyncio.create_task(self.admission.watch_loop()),
+                          asyncio.create_task(self._sample_load())]
         if server.host not in LOOPBACK_HOSTS:  # only possible with allow_remote (config checks)
             print(f"live: WARNING: listening on {server.host}:{self.port}, reachable from the "
                   "network; anyone with the token can see and steer the video sessions",
@@ -117,18 +138,37 @@ class ControlServer:
 
     @property
     def url(self) -> str:
+        """The page's link: it starts and steers its own video sessions."""
+        return self._url(self.token)
+
+    @property
+    def operator_url(self) -> str:
+        """The operator's link: also sees and steers every other session (`live run`'s)."""
+        return self._url(self.operator_token)
+
+    def _url(self, token: str) -> str:
         host = self.settings.server.host
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
         if ":" in host:
             host = f"[{host}]"
-        return f"http://{host}:{self.port}/?token={self.token}"
+        return f"http://{host}:{self.port}/?token={token}"
+
+    async def _sample_load(self, interval: float = 0.5) -> None:
+        """Feed admission the frames processed so far, per session, twice a second."""
+        while True:
+            self.admission.sample({s.id: s.frames_out for s in self.sessions.values()
+                                   if s.running})
+            await asyncio.sleep(interval)
 
     async def stop(self) -> None:
         """Close every peer session and connection; attached sessions are left to their owner."""
         for session in list(self.sessions.values()):
             if session.kind == "webrtc":
                 await session.close()
+        for task in self._watchers:
+            task.cancel()
+        await asyncio.gather(*self._watchers, return_exceptions=True)
         if self._server is not None:
             self._server.close()  # ends every control connection, hence their sessions
             await self._server.wait_closed()
@@ -173,7 +213,9 @@ class ControlServer:
     # ------------------------------------------------------------------ websocket
 
     async def _handle_connection(self, ws: ServerConnection) -> None:
-        client = Client(ws, self.settings, self.rate, self.burst)
+        query = ws.request.path.partition("?")[2] if ws.request is not None else ""
+        client = Client(ws, self.settings, self.rate, self.burst,
+                        operator=self.gate.is_operator(query))
         self.clients.add(client)
         pusher = asyncio.create_task(self._push_stats(client))
         try:
@@ -194,25 +236,35 @@ class ControlServer:
         if not client.limiter.allow():
             return protocol.error(None, f"too many messages (limit {self.rate:g} per second); "
                                        "this one was dropped")
+        if not client.bytes.allow(len(raw)):
+            return protocol.error(None, f"too much data (limit {protocol.BYTES_PER_SECOND >> 20} "
+                                        "MiB a second per connection); this message was dropped")
         msg_id = None
         try:
-            msg_id, msg = protocol.parse_message(raw)
+            protocol.screen(raw)  # what would stall the loop is refused unparsed
+            if len(raw) > protocol.MAX_CONTROL_BYTES:  # only an upload; parsed off the loop
+                msg_id, msg = await asyncio.to_thread(protocol.parse_message, raw)
+            else:
+                msg_id, msg = protocol.parse_message(raw)
             self.received[msg["type"]] += 1
             handler = getattr(self, "_on_" + msg["type"].replace(".", "_"))
             return protocol.ok(msg_id, **await handler(client, msg))
         except ProtocolError as exc:
             return protocol.error(exc.msg_id if msg_id is None else msg_id, str(exc))
-        except (ValueError, RuntimeError, OSError) as exc:  # SettingsError, PromptError, ...
+        except CLIENT_ERRORS as exc:
             log.info("request refused: %s", exc)
             return protocol.error(msg_id, str(exc) or type(exc).__name__)
-        except Exception as exc:  # a bug: report it, keep serving
-            log.exception("request failed")
-            return protocol.error(msg_id, f"internal error ({type(exc).__name__}): {exc}")
+        except Exception:  # a bug or an internal failure: its text stays in the log
+            ref = secrets.token_hex(4)
+            log.exception("request failed (reference %s)", ref)
+            return protocol.error(msg_id, f"internal error (reference {ref} in the server's "
+                                          "log)")
 
     async def _push_stats(self, client: Client) -> None:
         while True:
             await asyncio.sleep(self.stats_interval)
-            stats = [dict(st, own=s.owner is client) for s, st in self._running_stats()]
+            stats = [dict(st, own=s.owner is client) for s, st in self._running_stats()
+                     if client.may_steer(s)]
             try:
                 await client.ws.send(protocol.dumps({"type": "stats", "sessions": stats}))
             except ConnectionClosed:
@@ -233,8 +285,8 @@ class ControlServer:
         sid = protocol.optional_session(msg)
         if sid is not None:
             session = self.sessions.get(sid)
-            if session is None:
-                raise ProtocolError(f"no session {sid!r}; sessions.list names the running ones")
+            if session is None or not client.may_steer(session):  # one text: no probing
+                raise ProtocolError(NOT_STEERABLE.format(sid=sid))
             return session
         if client.session is None and required:
             raise ProtocolError(f"{msg['type']}: no video session yet; start the camera "
@@ -248,9 +300,11 @@ class ControlServer:
 
         return {"server": "live", "version": __version__,
                 "session": client.session.id if client.session else None,
-                "settings": client_settings(self._settings_of(client, client.session)),
+                "settings": self._view(self._settings_of(client, client.session)),
                 "schema": config_schema(protocol.CLIENT_SECTIONS),
-                "sessions": [s.describe(client) for s in self.sessions.values()],
+                "sessions": self._visible(client),
+                "operator": client.operator,
+                "media": self.media.names(),
                 "passthrough": self.passthrough,
                 # the page's camera and sender caps
                 "webrtc": dataclasses.asdict(self.settings.webrtc.resolved()),
@@ -263,14 +317,35 @@ class ControlServer:
     def _settings_of(self, client: Client, session: Session | None) -> Settings:
         return session.settings if session is not None else client.settings
 
+    def _view(self, settings: Settings) -> dict[str, Any]:
+        """What a client sees of settings: its sections, with names instead of paths."""
+        return self.media.client_view(client_settings(settings))
+
+    def _visible(self, client: Client) -> list[dict[str, Any]]:
+        """The sessions a client is shown: its own; every one for the operator."""
+        return [dict(s.describe(client), settings=self._view(s.settings))
+                for s in self.sessions.values() if client.may_steer(s)]
+
     async def _on_settings_get(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
         session = self._target(client, msg, required=False)
         return {"session": session.id if session else None,
-                "settings": client_settings(self._settings_of(client, session))}
+                "settings": self._view(self._settings_of(client, session))}
 
     async def _on_settings_set(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
         session = self._target(client, msg, required=False)
-        return await self._apply(client, session, protocol.settings_patch(msg))
+        patch = protocol.settings_patch(msg)
+        if isinstance(patch.get("background"), dict):  # names → paths, or NOT_AVAILABLE
+            patch = dict(patch, background=self.media.resolve(patch["background"]))
+        try:
+            return await self._apply(client, session, patch)
+        except BackgroundError:
+            bg = msg["settings"].get("background")
+            if not isinstance(bg, dict) or (bg.get("image") is None and bg.get("video") is None):
+                raise  # about the session's own file (the operator's): its text is fine
+            # the file the client named cannot be used: the same one text as a file that
+            # is not there, so nothing is learnt about the server's files
+            kind = "video" if bg.get("video") is not None else "image"
+            raise ProtocolError(self.media.unavailable(kind, bg.get(kind))) from None
 
     async def _apply(self, client: Client, session: Session | None,
                      patch: dict[str, Any]) -> dict[str, Any]:
@@ -281,17 +356,24 @@ class ControlServer:
         the session exactly as it was.
         """
         if session is None:
-            client.settings = client.settings.merged(patch)
-            return {"session": None, "settings": client_settings(client.settings)}
+            new = client.settings.merged(patch)
+            if "engine" in patch and resolve_engine_name(new.engine) == "sam2":
+                require_sam2_checkpoint(new.engine)  # refused now, and nothing loaded
+            if "background" in patch and new.background.mode in ("image", "video"):
+                # checked now (decoded once, off the loop), not when a session starts
+                await asyncio.to_thread(lambda: Compositor(new.background).close())
+            client.settings = new
+            return {"session": None, "settings": self._view(client.settings)}
         async with session.lock:
             new = session.settings.merged(patch)
             await session.apply(new)
         if session.owner is client:
             client.settings = new
-        shown = client_settings(new)
+        shown = self._view(new)
         # Every other panel showing this session hears of it (the sender has its reply):
-        # two tabs steering one session never disagree about what runs.
-        broadcast([c.ws for c in self.clients if c is not client],
+        # two tabs steering one session never disagree about what runs. Only panels that
+        # may steer it: another page learns nothing of a session that is not its own.
+        broadcast([c.ws for c in self.clients if c is not client and c.may_steer(session)],
                   protocol.dumps({"type": "settings", "session": session.id, "settings": shown}))
         return {"session": session.id, "settings": shown}
 
@@ -315,9 +397,13 @@ class ControlServer:
         try:
             reply = await self._apply(client, session,
                                       {"background": {"mode": "image", "image": str(path)}})
+        except BackgroundError as exc:  # e.g. too elongated: the reason, named by its id
+            path.unlink(missing_ok=True)
+            raise ProtocolError(str(exc).replace(str(path), "the uploaded image")) from None
         except BaseException:
             path.unlink(missing_ok=True)
             raise
+        reply["upload"] = path.name  # the id to pick this image again (settings.set)
         in_use = {s.settings.background.image for s in self.sessions.values()}
         in_use |= {c.settings.background.image for c in self.clients}
         self.uploads.adopt(path, in_use)
@@ -327,9 +413,11 @@ class ControlServer:
         sdp = protocol.offer_sdp(msg)
         if client.session is not None:  # a new offer replaces this client's old session
             await client.session.close()
-        peers = sum(1 for s in self.sessions.values() if s.kind == "webrtc") + self._opening
-        if peers >= self.max_peers:
-            raise ProtocolError(f"too many video sessions ({peers}); close one first")
+        peers = [s for s in self.sessions.values() if s.kind == "webrtc"]
+        overloaded = any(s.running and s.stats().get("overloaded") for s in peers)
+        refusal = self.admission.refusal(len(peers), self._opening, overloaded)
+        if refusal is not None:
+            raise ProtocolError(refusal)
         self._opening += 1  # answering takes a while (a model loads): others wait their turn
         try:
             session, answer = await self._open_peer(client.settings, sdp)
@@ -345,13 +433,12 @@ class ControlServer:
     async def _open_peer(self, settings: Settings, sdp: str) -> tuple[Any, str]:
         """A new peer session, in the least-loaded worker (``live.serve.workers``), or
         in this process with ``--workers 0``; its answer SDP."""
+        where = {"passthrough": self.passthrough, "bind_host": self.settings.server.host}
         if self.workers is not None:
-            return await self.workers.open(settings, sdp, passthrough=self.passthrough,
-                                           on_close=self._forget)
+            return await self.workers.open(settings, sdp, on_close=self._forget, **where)
         from live.serve.peer import open_peer_session  # aiortc loads only when a peer comes
 
-        return await open_peer_session(settings, sdp, passthrough=self.passthrough,
-                                       on_close=self._forget)
+        return await open_peer_session(settings, sdp, on_close=self._forget, **where)
 
     async def _on_stats(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
         session = self._target(client, msg, required=True)
@@ -359,7 +446,7 @@ class ControlServer:
         return {"stats": dict(session.stats(), own=session.owner is client)}
 
     async def _on_sessions_list(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
-        return {"sessions": [s.describe(client) for s in self.sessions.values()]}
+        return {"sessions": self._visible(client)}
 
 
 # ---------------------------------------------------------------------- entry point
@@ -371,6 +458,8 @@ def serve(settings: Settings, passthrough: bool = False) -> None:
 
     The first line printed is ``live: serving on URL`` (bench.webrtc reads it).
     """
+
+    _raise_open_files_limit()
 
     async def main() -> None:
         server = ControlServer(settings, passthrough=passthrough)
@@ -384,6 +473,8 @@ def serve(settings: Settings, passthrough: bool = False) -> None:
         install_stop_signals(stop.set)
         print(f"live: serving on {server.url}\nlive: open that URL in a browser "
               "(Ctrl-C stops)", flush=True)
+        print(f"live: operator URL (also sees and steers every session): "
+              f"{server.operator_url}", flush=True)
         if server.workers is not None:  # the first page need not wait for its worker
             server.workers.prewarm()
         try:
@@ -396,3 +487,17 @@ def serve(settings: Settings, passthrough: bool = False) -> None:
     except KeyboardInterrupt:
         pass
     print("live: stopped", flush=True)
+
+
+def _raise_open_files_limit() -> None:
+    """Soft limit on open files up to the hard one: 1,290 idle TCP connections once ran
+    a server out of descriptors at the usual soft limit of 1,024."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError):  # Windows, or not allowed: keep the default
+        pass

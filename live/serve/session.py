@@ -64,6 +64,10 @@ class Session:
     def running(self) -> bool:
         return self.pipeline is not None
 
+    @property
+    def frames_out(self) -> int:
+        return self.pipeline.frames_out if self.pipeline is not None else 0
+
     async def apply(self, settings: Settings) -> None:
         """Swap to ``settings`` (validated) between two frames; a new model or background
         image is built off the event loop first."""
@@ -120,13 +124,20 @@ class Session:
 
 
 class Client:
-    """One control websocket: its settings until it has a session, its session, its rate."""
+    """One control websocket: its settings until it has a session, its session, its
+    message and byte budgets, and whether it came with the operator's token."""
 
-    def __init__(self, ws: ServerConnection, settings: Settings, rate: float, burst: float):
+    def __init__(self, ws: ServerConnection, settings: Settings, rate: float, burst: float,
+                 operator: bool = False):
         self.ws = ws
         self.settings = settings
         self.session: Session | None = None
         self.limiter = protocol.RateLimiter(rate, burst)
+        self.bytes = protocol.RateLimiter(protocol.BYTES_PER_SECOND, protocol.BYTES_BURST)
+        self.operator = operator  # sees and steers every session, not only its own
+
+    def may_steer(self, session: Session) -> bool:
+        return self.operator or session.owner is self
 
 
 def client_settings(settings: Settings) -> dict[str, Any]:

@@ -5,10 +5,14 @@ nothing), the oldest unused ones deleted, the folder removed at shutdown."""
 from __future__ import annotations
 
 import collections
+import re
 import secrets
 import shutil
 import tempfile
 from pathlib import Path
+
+
+_UPLOAD_ID = re.compile(r"[0-9a-f]{16}\.(png|jpg|webp|bmp)")
 
 
 class Uploads:
@@ -24,6 +28,18 @@ class Uploads:
         path = self._dir / f"{secrets.token_hex(8)}{suffix}"
         path.write_bytes(blob)
         return path
+
+    def id_of(self, path: str | Path) -> str | None:
+        """The id a client names an upload by (its file name), None if not an upload."""
+        p = Path(path)
+        return p.name if self._dir is not None and p.parent == self._dir else None
+
+    def path_of(self, upload_id: str) -> Path | None:
+        """The file of an upload id, None if there is no such upload (any more)."""
+        if self._dir is None or not _UPLOAD_ID.fullmatch(upload_id):
+            return None
+        path = self._dir / upload_id
+        return path if path.is_file() else None
 
     def adopt(self, path: Path, in_use: set[str | None]) -> None:
         """Keep ``path``; delete the oldest uploads beyond ``keep`` that are not ``in_use``."""

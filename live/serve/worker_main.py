@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 from typing import Any
@@ -44,13 +45,13 @@ class WorkerHost:
         self.sessions: dict[str, Session] = {}
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
-    async def open(self, settings: dict[str, Any], sdp: str,
-                   passthrough: bool = False) -> dict[str, Any]:
+    async def open(self, settings: dict[str, Any], sdp: str, passthrough: bool = False,
+                   bind_host: str = "0.0.0.0") -> dict[str, Any]:
         """Answer a peer's offer and start its pipeline here."""
         from live.serve.peer import open_peer_session  # aiortc: loaded once per worker
 
         session, answer = await open_peer_session(Settings().merged(settings), sdp,
-                                                  passthrough=passthrough,
+                                                  passthrough=passthrough, bind_host=bind_host,
                                                   on_close=self._closed)
         self.sessions[session.id] = session
         return {"session": session.id, "answer": answer, "pid": os.getpid()}
@@ -103,19 +104,22 @@ class WorkerHost:
             self.events.put_nowait({"event": "closed", "session": session.id})
 
     async def handle(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
-        """One request, by name; the error reply says what went wrong, and of what kind
-        (a ProtocolError or a SettingsError reads the same on the control server)."""
+        """One request, by name. A refusal the server would show its client (a bad
+        setting, a prompt the engine cannot take) goes back with its text and kind;
+        anything else is logged here and goes back as a reference into this log."""
+        from live.serve.server import CLIENT_ERRORS
+
         if op not in ("open", "apply", "prompt", "reset", "close"):
             return {"error": f"unknown worker request {op!r}", "kind": "ProtocolError"}
         try:
             return {"ok": await getattr(self, op)(**fields)}
-        except (ValueError, RuntimeError, OSError) as exc:
-            return {"error": str(exc) or type(exc).__name__,
-                    "kind": "ProtocolError" if isinstance(exc, protocol.ProtocolError)
-                    else "ValueError"}
-        except Exception as exc:  # a bug: the session's owner hears of it, the worker lives on
-            log.exception("worker request %s failed", op)
-            return {"error": f"internal error ({type(exc).__name__}): {exc}", "kind": "Error"}
+        except CLIENT_ERRORS as exc:
+            return {"error": str(exc) or type(exc).__name__, "kind": type(exc).__name__}
+        except Exception:  # a bug or an internal failure: the worker lives on
+            ref = secrets.token_hex(4)
+            log.exception("worker request %s failed (reference %s)", op, ref)
+            return {"error": f"internal error in worker {os.getpid()} (reference {ref} in the "
+                             "server's log)", "kind": "internal"}
 
 
 # --------------------------------------------------------------------------- process main

@@ -39,7 +39,7 @@ MAX_LINE_BYTES = 1 << 22
 
 
 class WorkerError(RuntimeError):
-    """The worker holding a session is gone (the session went with it)."""
+    """The worker holding a session is gone (the session went with it), or failed."""
 
 
 class Worker(Protocol):
@@ -89,6 +89,10 @@ class RemoteSession:
     @property
     def running(self) -> bool:
         return not self.closed
+
+    @property
+    def frames_out(self) -> int:
+        return self.latest.get("frames", 0)
 
     def stats(self) -> dict[str, Any]:
         return {"session": self.id, "kind": self.kind, **self.latest, "worker": self.worker.name}
@@ -181,11 +185,15 @@ class WorkerBase:
 
 
 def unwrap(reply: dict[str, Any]) -> dict[str, Any]:
-    """A worker's reply: its fields, or its refusal raised as the same kind of error."""
-    if "error" in reply:
-        kind = ProtocolError if reply.get("kind") == "ProtocolError" else ValueError
-        raise kind(reply["error"])
-    return reply["ok"]
+    """A worker's reply: its fields, or its refusal raised as the same kind of error
+    (a client's mistake as its own class, whose text the client sees; anything else
+    as a WorkerError, whose text stays in the server's log)."""
+    if "error" not in reply:
+        return reply["ok"]
+    from live.serve.server import CLIENT_ERRORS
+
+    kind = next((k for k in CLIENT_ERRORS if k.__name__ == reply.get("kind")), WorkerError)
+    raise kind(reply["error"])
 
 
 class ProcessWorker(WorkerBase):
@@ -331,14 +339,16 @@ class WorkerPool:
         return worker
 
     async def open(self, settings: Settings, sdp: str, *, passthrough: bool = False,
-                   on_close: Callable[[Any], None] | None = None) -> tuple[RemoteSession, str]:
-        """Answer ``sdp`` in the least-loaded worker; the session and the answer SDP."""
+                   bind_host: str = "0.0.0.0", on_close: Callable[[Any], None] | None = None
+                   ) -> tuple[RemoteSession, str]:
+        """Answer ``sdp`` in the least-loaded worker (its media sockets on ``bind_host``);
+        the session and the answer SDP."""
         i = self._place()
         self._opening[i] += 1
         try:
             worker = await self._worker(i)
             reply = await worker.call("open", settings=portable(settings), sdp=sdp,
-                                      passthrough=passthrough)
+                                      passthrough=passthrough, bind_host=bind_host)
         finally:
             self._opening[i] -= 1
         session = RemoteSession(worker, reply["session"], settings, on_close)
