@@ -96,7 +96,7 @@ async def run_peer(url: str, clip: Path, size: tuple[int, int], codec: str, fps:
     import av
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-    from bench.webrtc import read_stamp
+    from bench.webrtc import returned
     from live.serve.client import ControlClient
 
     w, h = size
@@ -124,17 +124,9 @@ async def run_peer(url: str, clip: Path, size: tuple[int, int], codec: str, fps:
             return vf
 
     track = Stamped()
-    received: dict[int, float] = {}
     async with ControlClient(url) as client:
         remote = await client.start_video(track, codec=codec)
-        while time.monotonic() < end + 1.0:
-            try:
-                vf = await asyncio.wait_for(remote.recv(), 5.0)
-            except (asyncio.TimeoutError, MediaStreamError):
-                break
-            index = read_stamp(vf.to_ndarray(format="gray"))
-            if index is not None and index in track.sent:
-                received.setdefault(index, time.monotonic())
+        received = await returned(remote, track.sent, end + 1.0)
     in_window = {i: t for i, t in received.items() if start <= track.sent[i] < end}
     return {"frames": len(in_window), "fps": len(in_window) / (end - start),
             "rtt_ms": [round((t - track.sent[i]) * 1e3, 1) for i, t in in_window.items()],
@@ -150,17 +142,9 @@ class Server:
     def __init__(self, passthrough: bool, serve_args: list[str]):
         import psutil
 
-        cmd = [sys.executable, "-m", "bench.capacity", "--serve", *serve_args]
-        if passthrough:
-            cmd.append("--passthrough")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        prefix = "live: serving on "
-        if not line.startswith(prefix):
-            self.stop()
-            raise RuntimeError(f"benchmark server did not start: {line!r}")
-        self.url = line[len(prefix):].strip()
+        from bench.webrtc import start_server
+
+        self.proc, self.url = start_server(passthrough, "bench.capacity", serve_args)
         self.ps = psutil.Process(self.proc.pid)
 
     def cpu_seconds(self) -> float:

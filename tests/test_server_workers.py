@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import psutil
 import pytest
@@ -73,6 +74,13 @@ async def test_two_workers_run_and_steer_their_sessions_independently(clip_path)
             await wait_until(lambda: any(s.get("frames", 0) > 0 and s.get("worker")
                                          for m in a.stats for s in m["sessions"]), 15,
                              "the workers' stats to reach the control socket")
+            # admission prices a frame with the workers' CPU too, not only the server's
+            # (which only relays): each worker reports what it used
+            await wait_until(lambda: server.workers.cpu_seconds() > 0.5, 15,
+                             "the workers to report their CPU")
+            before = time.process_time()
+            counted = server.workers.admission_load()["cpu_seconds"]()
+            assert counted - before >= server.workers.cpu_seconds()
         await wait_until(lambda: not server.sessions, 15, "both sessions to end")
         workers = [w for w in server.workers.slots if w is not None]
         assert all(not w.sessions for w in workers)

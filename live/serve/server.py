@@ -103,9 +103,11 @@ class ControlServer:
         self._server: Server | None = None
         self.uploads = Uploads()
         self.media = MediaFiles(self.uploads, settings.server.media_dir)
-        self.admission = admission or Admission(max_peers)  # max_peers: the cap on top
-        self._watchers: list[asyncio.Task[None]] = []
         self.workers = WorkerPool.for_settings(settings)  # None: sessions run in this process
+        # max_peers: the cap on top; the frames' CPU is this process's plus its workers'
+        self.admission = admission or Admission(max_peers, **(
+            self.workers.admission_load() if self.workers is not None else {}))
+        self._watchers: list[asyncio.Task[None]] = []
         self._peer_tasks: set[asyncio.Task[None]] = set()
         if isinstance(sessions, Mapping):  # {"run": (processor, pipeline)} from `live run`
             sessions = [Session(proc, pipe, kind=name, session_id=name)

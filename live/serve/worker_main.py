@@ -24,6 +24,7 @@ import os
 import secrets
 import signal
 import socket
+import time
 from typing import Any
 
 from live.config import Settings
@@ -84,7 +85,7 @@ class WorkerHost:
         try:
             events = [await asyncio.wait_for(self.events.get(), timeout)]
         except asyncio.TimeoutError:
-            return [{"event": "stats", "stats": self.stats()}]
+            return [{"event": "stats", "stats": self.stats(), "cpu": time.process_time()}]
         while not self.events.empty():
             events.append(self.events.get_nowait())
         return events

@@ -25,6 +25,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from typing import Any, Awaitable, Callable, Protocol
 
 from live.config import Settings
@@ -48,6 +49,7 @@ class Worker(Protocol):
     name: str
     sessions: dict[str, RemoteSession]
     alive: bool
+    cpu: float
     on_death: Callable[[Worker], None] | None
 
     async def call(self, op: str, **fields: Any) -> dict[str, Any]: ...
@@ -148,6 +150,7 @@ class WorkerBase:
         self.sessions: dict[str, RemoteSession] = {}
         self.alive = False
         self.on_death: Callable[[Worker], None] | None = None
+        self.cpu = 0.0  # CPU seconds the worker reported it has used (all its threads)
         # sessions that ended before their open reply was read (and, unavoidably, those
         # the server closed itself: bounded, so a long-running worker does not pile them up)
         self._gone: collections.deque[str] = collections.deque(maxlen=256)
@@ -167,6 +170,7 @@ class WorkerBase:
             else:
                 session.ended(None)
         elif msg["event"] == "stats":
+            self.cpu = msg.get("cpu", self.cpu)
             for sid, stats in msg["stats"].items():
                 if sid in self.sessions:
                     self.sessions[sid].latest = stats
@@ -292,6 +296,8 @@ class WorkerPool:
         self._starting: list[asyncio.Task[Worker] | None] = [None] * size
         self._closing = False
         self.restarts = 0
+        self._cpu_gone = 0.0  # CPU seconds of the workers that ended
+        self.local = True  # the workers run on this machine (not a Ray cluster's nodes)
 
     @classmethod
     def for_settings(cls, settings: Settings) -> WorkerPool | None:
@@ -303,8 +309,22 @@ class WorkerPool:
             from live.serve import cluster
 
             start = cluster.ray_worker_starter(settings)  # joins the cluster first
-            return cls(count or cluster.cpus(), start, cluster.shutdown)
+            pool = cls(count or cluster.cpus(), start, cluster.shutdown)
+            pool.local = False
+            return pool
         return cls(count or os.cpu_count() or 1)
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds every worker of this pool has used, the ended ones included."""
+        return self._cpu_gone + sum(w.cpu for w in self.slots if w is not None)
+
+    def admission_load(self) -> dict[str, Any]:
+        """How ``Admission`` measures a frame's cost with sessions in these workers: the
+        server's CPU plus theirs. (Ray actors may run on other machines, whose idle CPU
+        the server cannot see: there only the session cap applies, Ray places the rest.)"""
+        if not self.local:
+            return {"measured": False}
+        return {"cpu_seconds": lambda: time.process_time() + self.cpu_seconds()}
 
     def load(self, i: int) -> int:
         worker = self.slots[i]
@@ -365,6 +385,7 @@ class WorkerPool:
     def _on_death(self, i: int, worker: Worker) -> None:
         if self.slots[i] is worker:
             self.slots[i] = None
+            self._cpu_gone += worker.cpu
         if not self._closing:  # a fresh worker, ready for the pages that offer again
             self.restarts += 1
             self._start(i)
