@@ -13,11 +13,12 @@ step measure over the same window (one shared monotonic clock), and the
 server's CPU time (its process and every child: the session workers) is
 read at the window's two ends.
 
-A step holds when every peer receives ≥ ``--min-fps`` (25) frames per second
-and the round trip's p95 is at most ``--max-added-ms`` (50) above the
+A step holds when every peer receives ≥ ``--min-fps`` (25) frames per
+second and the round trip's p95 is at most ``--max-added-ms`` (50) above the
 pass-through server's p95 with one peer (same size and codec): the latency
-the network and the codecs cost before any processing. A series stops at
-the first step that does not hold. The pass-through server (same code,
+the network and the codecs cost before any processing. A peer the server
+refuses (its admission control found the machine full) fails its step too
+(``refused_peers``). A series stops at the first step that does not hold. The pass-through server (same code,
 frames returned untouched) is measured the same way.
 
 ``server_cpu_ms_per_frame`` = server CPU time ÷ frames delivered to all
@@ -125,7 +126,10 @@ async def run_peer(url: str, clip: Path, size: tuple[int, int], codec: str, fps:
 
     track = Stamped()
     async with ControlClient(url) as client:
-        remote = await client.start_video(track, codec=codec)
+        try:
+            remote = await client.start_video(track, codec=codec)
+        except RuntimeError as exc:  # the server's admission said no: it is full
+            return {"frames": 0, "fps": 0.0, "rtt_ms": [], "refused": str(exc)}
         received = await returned(remote, track.sent, end + 1.0)
     in_window = {i: t for i, t in received.items() if start <= track.sent[i] < end}
     return {"frames": len(in_window), "fps": len(in_window) / (end - start),
@@ -217,7 +221,8 @@ def measure_step(server: Server, args: argparse.Namespace, size: tuple[int, int]
             "server_cpu_percent": round(cpu_ms / (t1 - t0) / 10, 1),
             "server_cpu_ms_per_frame": round(cpu_ms / delivered, 2) if delivered else None,
             "late_peers": sum(bool(r.get("first_frame_late")) for r in results),
-            "failed_peers": sum("error" in r for r in results)}
+            "failed_peers": sum("error" in r for r in results),
+            "refused_peers": sum("refused" in r for r in results)}
 
 
 def run_series(passthrough: bool, args: argparse.Namespace, size: tuple[int, int], codec: str,
