@@ -13,7 +13,7 @@ from aiortc.codecs import h264, vpx
 
 from live.serve.client import ControlClient
 from live.config import SettingsError
-from live.rtc_media import prefer_codec, tune_answer
+from live.io.rtc_media import prefer_codec, tune_answer
 from server_helpers import ClipTrack, load_clip, recv_frames, running_server, test_settings
 
 
