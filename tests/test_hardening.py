@@ -131,6 +131,15 @@ def live_run(*args: str, preexec=None, timeout: float = 300) -> subprocess.Compl
                           preexec_fn=preexec)
 
 
+def start_synthetic_run(output: Path) -> subprocess.Popen:
+    """A ``live run`` of a 320x240 synthetic camera into ``output``, left running."""
+    return subprocess.Popen([sys.executable, "-m", "live.cli", "run", "--engine", "selfie",
+                             "--no-control", "--source", "synthetic", "--source-width", "320",
+                             "--source-height", "240", "--output", str(output)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
 def decodable_frames(path: Path) -> int:
     """Frames a player gets out of ``path``: a cut-off last packet is skipped, as players do."""
     import av
@@ -196,12 +205,7 @@ def test_a_killed_recording_plays_up_to_its_last_frames(tmp_path: Path) -> None:
     import time
 
     out = tmp_path / "out.webm"
-    proc = subprocess.Popen([sys.executable, "-m", "live.cli", "run", "--engine", "selfie",
-                             "--no-control", "--source", "synthetic", "--source-width", "320",
-                             "--source-height", "240", "--output", str(out)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    assert proc.stderr is not None
+    proc = start_synthetic_run(out)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 20_000):
         time.sleep(0.2)
@@ -218,12 +222,7 @@ def test_sigint_stops_a_run_whose_output_is_blocked(tmp_path: Path) -> None:
 
     fifo = tmp_path / "out.mp4"
     os.mkfifo(fifo)
-    proc = subprocess.Popen([sys.executable, "-m", "live.cli", "run", "--engine", "selfie",
-                             "--no-control", "--source", "synthetic", "--source-width", "320",
-                             "--source-height", "240", "--output", str(fifo)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    assert proc.stderr is not None
+    proc = start_synthetic_run(fifo)
     time.sleep(5)  # by now the model is loaded and the recorder is stuck opening the FIFO
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
