@@ -14,8 +14,13 @@ so the comparison isolates the matte stage:
 - ``live``: our ``Matte`` with default settings.
 
 Metrics, on the full-resolution alpha (see each function): IoU, DAVIS
-boundary F, flicker (change where the ground truth did not change) and lag
-(error where the ground truth did change). Speed: median ms of the matte and
+boundary F, flicker (change where the ground truth did not change), lag
+(error where the ground truth did change) and dropouts (a person lost while
+the picture stood still; no ground truth needed, so it is also counted on
+every video in ``clips/``). Every sequence is measured with both subjects
+modes (``all``: everyone the engine finds; ``main``: the main subject only,
+which is what the DAVIS ground truth marks) from one pass of the engine;
+``rows`` holds one flat row per sequence, mode and method. Speed: median ms of the matte and
 of the compositor per background mode at 1280x720. The last stdout line is
 one JSON object; PNG plots go to ``--out``.
 """
@@ -32,17 +37,20 @@ from typing import Callable, Iterable
 import cv2
 import numpy as np
 
-from bench import DATA, report
+from bench import DATA, load_frames, report
 from bench.data import load_davis
 from live.config import EngineSettings, MatteSettings
 from live.frames import Pyramid
 from live.matte import Matte
 from live.segment.auto_prompt import mask_iou
+from live.segment.selfie import output_grid
+from live.segment.tracks import PersonTracks
 from live.subjects import SubjectSelector
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("raw", "ema50", "obs", "live")
-METRICS = ("iou", "boundary_f", "flicker", "lag")
+METRICS = ("iou", "boundary_f", "flicker", "lag", "dropouts")
+SUBJECTS = ("all", "main")
 FLAT_BGR = (64, 177, 0)  # green-screen colour: a halo or a ghost shows against it
 
 
@@ -129,6 +137,25 @@ def mean_defined(values: list) -> float:
     return float(np.mean(vals)) if vals else float("nan")
 
 
+def dropouts(alphas: Iterable[np.ndarray], frames: Iterable[np.ndarray]) -> int:
+    """Frames on which a tracked person's mask fell under 30 % of its running median
+    while the picture inside their box barely changed: a person the matte lost, not
+    one who left. Needs no ground truth. It is the engine guard's own test
+    (``PersonTracks.suspects``), applied to the final alpha on the engine's grid; a
+    track that drops out is then forgotten, so a drop that lasts counts once."""
+    tracks = PersonTracks()
+    count = 0
+    for alpha, frame in zip(alphas, frames):
+        h, w = frame.shape[:2]
+        grid = output_grid(w, h)
+        small = cv2.resize(alpha, grid, interpolation=cv2.INTER_AREA)
+        gray = cv2.cvtColor(cv2.resize(frame, grid, interpolation=cv2.INTER_AREA),
+                            cv2.COLOR_BGR2GRAY).astype(np.float32) / 255.0
+        count += bool(tracks.suspects(small, gray))
+        tracks.update(small, gray, hold_frames=0)
+    return count
+
+
 # ---------------------------------------------------------------- methods
 
 class Raw:
@@ -210,8 +237,21 @@ class ObsRecipe:
         return (1.0 - bg.astype(np.float32) / 255.0).astype(np.float32)
 
 
+class Live:
+    """Our ``Matte`` at its default settings (the alpha of what it gives)."""
+
+    def __init__(self) -> None:
+        self.matte = Matte(MatteSettings())
+
+    def reset(self) -> None:
+        self.matte.reset()
+
+    def apply(self, alpha_low: np.ndarray, frame: np.ndarray) -> np.ndarray:
+        return self.matte.apply(alpha_low, frame).alpha
+
+
 def make_methods() -> dict[str, Callable[[], object]]:
-    return {"raw": Raw, "ema50": Ema50, "obs": ObsRecipe, "live": lambda: Matte(MatteSettings())}
+    return {"raw": Raw, "ema50": Ema50, "obs": ObsRecipe, "live": Live}
 
 
 # ---------------------------------------------------------------- data
@@ -381,26 +421,63 @@ def plot_curves(out: Path, seq: str, series: dict[str, dict[str, list]]) -> None
 # ---------------------------------------------------------------- main
 
 def evaluate_sequence(seq: Path, segmenter, max_frames: int | None, out: Path | None,
-                      subjects: str = "all", n_examples: int = 3) -> dict:
+                      n_examples: int = 3) -> dict[str, dict]:
+    """{subjects mode: {method: {metric: mean over the frames}}} for one sequence.
+
+    The engine runs once; each subjects mode then selects from the same alphas."""
     clip = load_davis(seq, max_frames)
     frames, gts = clip.frames, clip.masks
     segmenter.reset()
-    selector = SubjectSelector(subjects)  # the pipeline's step between segment and matte
-    lows = [selector.apply(segmenter.step(f)) for f in frames]
-    methods = {name: make() for name, make in make_methods().items()}
+    engine_out = [segmenter.step(f) for f in frames]
+    result = {}
+    for subjects in SUBJECTS:
+        selector = SubjectSelector(subjects)  # the pipeline's step between segment and matte
+        lows = [selector.apply(a) for a in engine_out]
+        result[subjects] = evaluate_methods(
+            seq.name, frames, gts, lows, out if subjects == "all" else None, n_examples)
+    return result
+
+
+def evaluate_methods(name: str, frames: list[np.ndarray], gts: list[np.ndarray],
+                     lows: list[np.ndarray], out: Path | None, n_examples: int) -> dict:
+    """Every method on the same low-resolution alphas: {method: {metric: value}}."""
     example_at = set(np.linspace(len(frames) // 4, len(frames) - 1, n_examples).astype(int))
-    series, examples = {}, []
-    outputs: dict[str, list[np.ndarray]] = {}
-    for name, method in methods.items():
+    series, outputs, table = {}, {}, {}
+    for method_name, make in make_methods().items():
+        method = make()
         method.reset()
-        outputs[name] = [method.apply(low, f) for low, f in zip(lows, frames)]
-        series[name] = sequence_metrics(outputs[name], gts)
+        outputs[method_name] = [method.apply(low, f) for low, f in zip(lows, frames)]
+        series[method_name] = sequence_metrics(outputs[method_name], gts)
+        table[method_name] = {m: mean_defined(series[method_name][m]) for m in METRICS
+                              if m != "dropouts"}
+        table[method_name]["dropouts"] = dropouts(outputs[method_name], frames)
     if out is not None:
-        plot_curves(out, seq.name, series)
+        plot_curves(out, name, series)
         for i in sorted(example_at):
-            examples.append(side_by_side(frames[i], gts[i], {n: o[i] for n, o in outputs.items()}))
-            cv2.imwrite(str(out / f"{seq.name}_{i:05d}_side_by_side.png"), examples[-1])
-    return {name: {m: mean_defined(s[m]) for m in METRICS} for name, s in series.items()}
+            tile = side_by_side(frames[i], gts[i], {n: o[i] for n, o in outputs.items()})
+            cv2.imwrite(str(out / f"{name}_{i:05d}_side_by_side.png"), tile)
+    return table
+
+
+def clip_dropouts(data: Path, segmenter, max_frames: int | None) -> dict[str, dict]:
+    """{clip: {subjects mode: {"raw": n, "live": n}}}: dropouts on the footage without
+    ground truth (every video in clips/), for the engine's output and for live's matte."""
+    clips = sorted(p for p in (data / "clips").glob("*") if p.suffix in (".mp4", ".webm", ".mkv"))
+    result = {}
+    for clip in clips:
+        frames = load_frames(clip, max_frames)
+        segmenter.reset()
+        engine_out = [segmenter.step(f) for f in frames]
+        result[clip.name] = {}
+        for subjects in SUBJECTS:
+            selector = SubjectSelector(subjects)
+            lows = [selector.apply(a) for a in engine_out]
+            live = Live()
+            result[clip.name][subjects] = {
+                "raw": dropouts([Raw().apply(low, f) for low, f in zip(lows, frames)], frames),
+                "live": dropouts([live.apply(low, f) for low, f in zip(lows, frames)], frames)}
+        print(f"{clip.name}: dropouts {result[clip.name]}", file=sys.stderr)
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -420,8 +497,9 @@ def measure(argv: list[str] | None = None) -> dict:
                         help="comma-separated subset, e.g. hike,lucia (default: all)")
     parser.add_argument("--max-frames", type=int, default=None, help="frames per sequence")
     parser.add_argument("--subjects", choices=("all", "main"), default="all",
-                        help="keep every person the engine finds, or only the main subject "
-                        "(applied before every method alike)")
+                        help="the subjects mode of the top-level 'sequences' and 'mean' (both "
+                        "modes are measured and reported under 'by_subjects'; the selection "
+                        "is applied before every method alike)")
     parser.add_argument("--timing-frames", type=int, default=60,
                         help="1280x720 frames in each speed measurement")
     args = parser.parse_args(argv)
@@ -431,18 +509,29 @@ def measure(argv: list[str] | None = None) -> dict:
     seqs = find_sequences(args.data, args.sequences.split(",") if args.sequences else None)
     args.out.mkdir(parents=True, exist_ok=True)
     segmenter = create_segmenter(EngineSettings(name=args.engine))
-    per_seq: dict[str, dict] = {}
+    by_subjects: dict[str, dict] = {mode: {"sequences": {}} for mode in SUBJECTS}
+    rows = []
     for seq in seqs:
-        per_seq[seq.name] = evaluate_sequence(seq, segmenter, args.max_frames, args.out,
-                                              args.subjects)
-        row = "  ".join(f"{m} iou {r['iou']:.3f} bf {r['boundary_f']:.3f} "
-                        f"fl {r['flicker']:.3f} lag {r['lag']:.2f}"
-                        for m, r in per_seq[seq.name].items())
-        print(f"{seq.name}: {row}", file=sys.stderr)
-    mean = {method: {m: float(np.mean([per_seq[s][method][m] for s in per_seq]))
-                     for m in METRICS} for method in METHODS}
-    result = {"engine": args.engine, "subjects": args.subjects, "sequences": per_seq,
-              "mean": mean}
+        for mode, table in evaluate_sequence(seq, segmenter, args.max_frames, args.out).items():
+            by_subjects[mode]["sequences"][seq.name] = table
+            for method, r in table.items():
+                rows.append({"sequence": seq.name, "subjects": mode, "method": method, **r})
+            print(f"{seq.name} [{mode}]: " + "  ".join(
+                f"{m} iou {r['iou']:.3f} bf {r['boundary_f']:.3f} fl {r['flicker']:.3f} "
+                f"lag {r['lag']:.2f} drop {r['dropouts']}" for m, r in table.items()),
+                file=sys.stderr)
+    for mode, res in by_subjects.items():
+        per_seq = res["sequences"]
+        res["mean"] = {method: {m: float(np.mean([per_seq[s][method][m] for s in per_seq]))
+                                for m in METRICS} for method in METHODS}
+        # flicker is to halve on every sequence, not only on the mean
+        res["live_flicker_vs_raw"] = {s: per_seq[s]["live"]["flicker"] / per_seq[s]["raw"]["flicker"]
+                                      for s in per_seq}
+    primary = by_subjects[args.subjects]
+    result = {"engine": args.engine, "subjects": args.subjects,
+              "sequences": primary["sequences"], "mean": primary["mean"],
+              "by_subjects": by_subjects, "rows": rows,
+              "clips_dropouts": clip_dropouts(args.data, segmenter, args.max_frames)}
     with tempfile.TemporaryDirectory() as tmp:
         result.update(stage_timings(args.data, segmenter, Path(tmp), args.timing_frames))
     return result

@@ -60,6 +60,17 @@ class EngineSettings:
         "checkpoint and a GPU are present, else selfie)", flag="--engine", rebuild=True)
     selfie_model: Literal["auto", "square", "landscape"] = _f(
         "auto", "selfie model variant; auto picks by the frame's aspect ratio", rebuild=True)
+    selfie_crop: bool = _f(
+        True, "selfie engine: run the model on a crop around the tracked people (a small or "
+        "distant person is seen at the model's full input size); the whole frame is searched "
+        "every selfie_refresh_frames frames for people coming in")
+    selfie_refresh_frames: int = _f(
+        10, "selfie engine: frames between two whole-frame passes while people are tracked",
+        lo=1, hi=1000)
+    selfie_hold_frames: int = _f(
+        4, "selfie engine: at most this many frames a person's mask is held when the model "
+        "loses them while the picture there barely changed (0 = believe every drop)",
+        lo=0, hi=100)
     sam2_model: Literal[SAM2_SIZES] = _f(
         "tiny", "SAM 2.1 model size", flag="--model", rebuild=True)
     checkpoint: str | None = _f(

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from bench.quality import METHODS, METRICS, ObsRecipe, boundary_f, flicker, iou, lag, main
+from bench.quality import (METHODS, METRICS, SUBJECTS, ObsRecipe, boundary_f, dropouts, flicker,
+                           iou, lag, main)
 
 
 def square(h: int = 100, w: int = 100, y0: int = 20, x0: int = 20, size: int = 40) -> np.ndarray:
@@ -69,6 +70,32 @@ def test_lag_measures_error_where_ground_truth_moved() -> None:
     assert lag(perfect, gt0, gt0) is None
 
 
+def person(x0: int, visible: float = 1.0) -> np.ndarray:
+    """A 144x256 alpha: a 60x120 person at ``x0`` (a 40 % share when ``visible`` < 1)."""
+    a = np.zeros((144, 256), np.float32)
+    a[10:130, x0:x0 + 60] = visible
+    return a
+
+
+def room(x0: int | None) -> np.ndarray:
+    """A still textured picture; a bright block where the person stands."""
+    rng = np.random.default_rng(3)
+    frame = rng.integers(40, 120, (144, 256, 3), dtype=np.uint8)
+    if x0 is not None:
+        frame[10:130, x0:x0 + 60] = 230
+    return frame
+
+
+def test_dropouts_count_a_person_lost_on_a_still_picture_not_one_who_leaves() -> None:
+    still = [room(100)] * 20
+    lost = [person(100)] * 10 + [np.zeros((144, 256), np.float32)] + [person(100)] * 9
+    assert dropouts(lost, still) == 1
+    assert dropouts([person(100)] * 20, still) == 0
+    # the person walks out: the picture changes where they were, so it is no dropout
+    left = [person(100)] * 10 + [np.zeros((144, 256), np.float32)] * 10
+    assert dropouts(left, [room(100)] * 10 + [room(None)] * 10) == 0
+
+
 def test_obs_recipe_is_a_hard_mask_with_holes_filled() -> None:
     alpha = np.zeros((72, 128), np.float32)
     alpha[10:60, 30:90] = 0.9
@@ -87,11 +114,22 @@ def test_benchmark_json_has_every_key(data_dir, tmp_path, capsys) -> None:
     assert json.loads(last) == json.loads(json.dumps(result))
     assert result["engine"] == "selfie"
     assert set(result["sequences"]) == {"davis-hike"}
-    for table in (result["sequences"]["davis-hike"], result["mean"]):
+    assert set(result["by_subjects"]) == set(SUBJECTS)
+    assert result["by_subjects"]["all"]["mean"] == result["mean"]
+    tables = [result["sequences"]["davis-hike"], result["mean"]]
+    tables += [result["by_subjects"][m]["sequences"]["davis-hike"] for m in SUBJECTS]
+    for table in tables:
         assert set(table) == set(METHODS)
         for method in METHODS:
             assert set(table[method]) == set(METRICS)
             assert all(np.isfinite(v) for v in table[method].values())
+    assert len(result["rows"]) == len(SUBJECTS) * len(METHODS)
+    assert {"sequence", "subjects", "method", *METRICS} == set(result["rows"][0])
+    clips = sorted(p.name for p in (data_dir / "clips").glob("*.mp4"))
+    assert sorted(result["clips_dropouts"]) == clips
+    for per_mode in result["clips_dropouts"].values():
+        assert set(per_mode) == set(SUBJECTS)
+        assert all(isinstance(n, int) and n >= 0 for m in per_mode.values() for n in m.values())
     assert 0.3 < result["mean"]["live"]["iou"] <= 1.0
     assert result["matte_ms_p50"] > 0
     assert {"blur", "color", "image", "transparent"} <= set(result["composite_ms_p50"])

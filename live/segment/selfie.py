@@ -1,9 +1,22 @@
 """The embedded default engine: MediaPipe selfie segmentation on LiteRT.
 
 Two tiny models (256x256 square, 144x256 landscape, ~250 KB each) that run in
-about 2 ms on two CPU cores. The frame is stretched to the model's input (as
-MediaPipe does), so the alpha maps back onto the frame by a plain resize.
-It is stateless across frames: temporal behaviour belongs to the matte stage.
+about 2 ms (landscape) and 4 ms (square) on two CPU cores. They were made for a
+person filling a selfie frame; on a whole 16:9 frame at 256x144 a person a
+third of the frame tall is ~50 model pixels, and the model loses limbs, or the
+person. So the engine looks where the people are: it tracks them
+(``PersonTracks``), runs the model on a crop around them at its full input size
+(the square model for a standing person, the landscape one for a wide group)
+and pastes the result into an alpha of the frame's aspect (``output_grid``).
+The whole frame is searched again every ``selfie_refresh_frames`` frames, when
+the people run into a side of the crop, and when nobody is tracked, so people
+coming in are found. Measured on DAVIS (``python -m bench.quality``): the
+model's own mask gains 6.5 IoU points on the mean, 10 on a man running
+across the frame. A crop is sampled from the frame's shared ``Pyramid`` by one
+affine warp, so it costs the model's input size, not the frame's.
+
+The tracks also guard against dropouts (see ``live.segment.tracks``). Smoothing
+over time still belongs to the matte stage.
 """
 
 from __future__ import annotations
@@ -18,13 +31,62 @@ from live.checkpoints import selfie_model_path
 from live.config import EngineSettings
 from live.frames import Pyramid
 from live.segment import Prompt, PromptError
+from live.segment.tracks import Box, PersonTracks
+from live.subjects import THRESHOLD
+
+GRID = 256  # long side of the returned alpha, in cells (2x the model's: crops are finer)
+CROP_MARGIN = 0.2  # context around the tracked people, as a share of their box's long side
+MIN_CROP = 0.35  # a crop is at least this share of the frame's height (context, and no
+#                  blown-up specks)
+MIN_GAIN = 1.3  # crop only when it shows the model the people this much larger
+MOTION_FRAMES = 2.0  # the crop allows for this many frames of the people's latest motion
+MODEL_SIZE = {"square": (256, 256), "landscape": (256, 144)}  # (w, h) of the model files
 
 
-def pick_variant(setting: str, width: int, height: int) -> str:
-    """Landscape for frames wider than 4:3, square otherwise (portrait, 1:1, 4:3)."""
+def pick_variant(setting: str, width: float, height: float) -> str:
+    """Landscape for frames (or crops) wider than 4:3, square otherwise (portrait, 1:1, 4:3)."""
     if setting != "auto":
         return setting
     return "landscape" if width / height > 1.4 else "square"
+
+
+def output_grid(width: int, height: int) -> tuple[int, int]:
+    """The size of the alpha the engine returns: the frame's aspect, ``GRID`` cells on
+    the long side (never finer than the frame)."""
+    scale = min(1.0, GRID / max(width, height))
+    return max(2, round(width * scale)), max(2, round(height * scale))
+
+
+def plan_crop(box: Box, grid: tuple[int, int], setting: str, motion: float
+              ) -> tuple[Box, str] | None:
+    """Where to run the model next: ``box`` (grid cells) grown by a margin and a motion
+    allowance, widened to the chosen model's aspect and kept inside the grid; with
+    that model's variant. None where a crop would show the model little more than
+    the whole frame does (people spread over the frame, or filling it)."""
+    gw, gh = grid
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0)
+    m = CROP_MARGIN * side + motion
+    cw = max(x1 - x0 + 2 * m, MIN_CROP * gh)
+    ch = max(y1 - y0 + 2 * m, MIN_CROP * gh)
+    variant = pick_variant(setting, cw, ch)
+    mw, mh = MODEL_SIZE[variant]
+    aspect = mw / mh
+    if cw / ch < aspect:
+        cw = ch * aspect
+    else:
+        ch = cw / aspect
+    cw, ch = min(cw, gw), min(ch, gh)
+    fw, fh = MODEL_SIZE[pick_variant(setting, gw, gh)]
+    # model pixels per cell in the crop over the same in the whole frame
+    if min(mw / cw, mh / ch) / min(fw / gw, fh / gh) < MIN_GAIN:
+        return None
+    cx = min(max((x0 + x1) / 2, cw / 2), gw - cw / 2)
+    cy = min(max((y0 + y1) / 2, ch / 2), gh - ch / 2)
+    crop = (int(np.floor(cx - cw / 2)), int(np.floor(cy - ch / 2)),
+            int(np.ceil(cx + cw / 2)), int(np.ceil(cy + ch / 2)))
+    crop = (max(0, crop[0]), max(0, crop[1]), min(gw, crop[2]), min(gh, crop[3]))
+    return crop, variant
 
 
 class SelfieSegmenter:
@@ -35,6 +97,13 @@ class SelfieSegmenter:
         self.num_threads = num_threads or min(2, os.cpu_count() or 1)
         self._interpreters: dict[str, Any] = {}
         self.last_variant: str | None = None
+        self.tracks = PersonTracks()
+        self._grid: tuple[int, int] | None = None
+        self._since_full = 0
+        self._full_next = True  # the next frame needs a whole-frame pass
+        self._center: tuple[float, float] | None = None  # centre of the tracked people
+        self._motion = 0.0  # how far (cells) that centre moved per frame, smoothed
+        self.crops = 0  # frames segmented from a crop (figures for stats)
 
     def _interpreter(self, variant: str) -> Any:
         if variant not in self._interpreters:
@@ -53,21 +122,118 @@ class SelfieSegmenter:
         """Fetch and open the model now rather than on the first frame."""
         self._interpreter(pick_variant(self.settings.selfie_model, width, height))
 
-    def step(self, frame_bgr: np.ndarray, pyramid: Pyramid | None = None) -> np.ndarray:
-        h, w = frame_bgr.shape[:2]
-        variant = pick_variant(self.settings.selfie_model, w, h)
-        interp, in_idx, out_idx, (mh, mw) = self._interpreter(variant)
-        self.last_variant = variant
-        small = (pyramid or Pyramid(frame_bgr)).shrunk(mw, mh)
-        rgb = cv2.cvtColor(small, cv2.COLOR_BGR2RGB)
+    def _run(self, variant: str, image_bgr: np.ndarray) -> np.ndarray:
+        """The model's alpha for an image already at its input size."""
+        interp, in_idx, out_idx, _ = self._interpreter(variant)
+        rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
         tensor = (rgb.astype(np.float32) * (1.0 / 255.0))[None]
         interp.set_tensor(in_idx, tensor)
         interp.invoke()
-        alpha = interp.get_tensor(out_idx)[0, :, :, 0]
-        return np.clip(alpha, 0.0, 1.0).astype(np.float32, copy=False)
+        return interp.get_tensor(out_idx)[0, :, :, 0]
+
+    def _whole(self, pyramid: Pyramid, grid: tuple[int, int]) -> np.ndarray:
+        """The model on the whole frame (stretched to its input, as MediaPipe does)."""
+        h, w = pyramid.image.shape[:2]
+        variant = pick_variant(self.settings.selfie_model, w, h)
+        mh, mw = self._interpreter(variant)[3]
+        self.last_variant = variant
+        alpha = self._run(variant, pyramid.shrunk(mw, mh))
+        return cv2.resize(alpha, grid, interpolation=cv2.INTER_LINEAR)
+
+    def _cropped(self, pyramid: Pyramid, grid: tuple[int, int], crop: Box,
+                 variant: str) -> np.ndarray:
+        """The model on ``crop`` (grid cells) at its full input size, at the crop's grid size.
+
+        The crop is sampled from the smallest pyramid level still at least as fine
+        as the model's input (its halvings are shared with the matte and the blur),
+        by one affine warp: exact sub-pixel placement, cost of the model's input only.
+        """
+        h, w = pyramid.image.shape[:2]
+        mh, mw = self._interpreter(variant)[3]
+        x0, y0, x1, y1 = crop
+        fx, fy = w / grid[0], h / grid[1]  # frame pixels per cell
+        sx, sy = (x1 - x0) * fx / mw, (y1 - y0) * fy / mh  # frame pixels per model pixel
+        k = 0
+        while 2 ** (k + 1) <= min(sx, sy):
+            k += 1
+        level = pyramid.halved(k)
+        d = 2.0 ** k
+        warp = np.float32([[sx / d, 0, (x0 * fx + 0.5 * sx) / d - 0.5],
+                           [0, sy / d, (y0 * fy + 0.5 * sy) / d - 0.5]])
+        image = cv2.warpAffine(level, warp, (mw, mh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_REPLICATE)
+        alpha = self._run(variant, image)
+        return cv2.resize(alpha, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+
+    def step(self, frame_bgr: np.ndarray, pyramid: Pyramid | None = None) -> np.ndarray:
+        """Alpha on the engine's output grid (``output_grid``), float32 in [0, 1]."""
+        pyramid = pyramid or Pyramid(frame_bgr)
+        h, w = frame_bgr.shape[:2]
+        grid = output_grid(w, h)
+        if grid != self._grid:
+            self.reset()
+            self._grid = grid
+        s = self.settings
+        box = self.tracks.union() if s.selfie_crop else None
+        plan = plan_crop(box, grid, s.selfie_model, self._motion) if box else None
+        whole = None
+        if plan is None or self._full_next or self._since_full + 1 >= s.selfie_refresh_frames:
+            whole = self._whole(pyramid, grid)
+            self._since_full = 0
+            self._full_next = False
+        else:
+            self._since_full += 1
+        if plan is None:
+            alpha = whole
+        else:
+            crop, variant = plan
+            x0, y0, x1, y1 = crop
+            alpha = np.zeros(grid[::-1], np.float32) if whole is None else whole
+            inside = self._cropped(pyramid, grid, crop, variant)
+            alpha[y0:y1, x0:x1] = inside
+            self.crops += 1
+            self._full_next = _touches_edge(inside, crop, grid)
+        np.clip(alpha, 0.0, 1.0, out=alpha)
+        gray = cv2.cvtColor(pyramid.shrunk(*grid), cv2.COLOR_BGR2GRAY).astype(np.float32)
+        gray *= 1.0 / 255.0
+        if s.selfie_hold_frames > 0:
+            suspects = self.tracks.suspects(alpha, gray)
+            if suspects:  # a second look before holding: the other kind of pass
+                again = self._whole(pyramid, grid) if plan is not None else None
+                for t in suspects:
+                    x0, y0, x1, y1 = t.region(alpha.shape)
+                    if again is None:
+                        crop, variant = plan_crop(t.box, grid, s.selfie_model, 0.0) or (
+                            (0, 0, grid[0], grid[1]), pick_variant(s.selfie_model, w, h))
+                        cx0, cy0, cx1, cy1 = crop
+                        part = self._cropped(pyramid, grid, crop, variant)
+                        np.maximum(alpha[cy0:cy1, cx0:cx1], part, out=alpha[cy0:cy1, cx0:cx1])
+                    else:
+                        np.maximum(alpha[y0:y1, x0:x1], again[y0:y1, x0:x1],
+                                   out=alpha[y0:y1, x0:x1])
+                self._full_next = True
+        alpha = self.tracks.update(alpha, gray, s.selfie_hold_frames)
+        self._follow(self.tracks.union())
+        return alpha
+
+    def _follow(self, box: Box | None) -> None:
+        """Track how fast the people move, for the next crop's motion allowance."""
+        if box is None:
+            self._center, self._motion = None, 0.0
+            return
+        center = ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+        if self._center is not None:
+            step = max(abs(center[0] - self._center[0]), abs(center[1] - self._center[1]))
+            self._motion = max(step * MOTION_FRAMES, 0.7 * self._motion)
+        self._center = center
 
     def reset(self) -> None:
-        """Stateless: nothing to forget."""
+        """Forget the tracked people: the next frame is searched whole."""
+        self.tracks.reset()
+        self._grid = None
+        self._since_full = 0
+        self._full_next = True
+        self._center, self._motion = None, 0.0
 
     def check_prompt(self, prompt: Prompt) -> None:
         self.add_prompt(prompt)
@@ -77,4 +243,21 @@ class SelfieSegmenter:
                           "switch to the sam2 engine to pick one subject")
 
     def stats(self) -> dict[str, Any]:
-        return {"engine": self.name, "model": self.last_variant}
+        return {"engine": self.name, "model": self.last_variant,
+                "people": len(self.tracks.tracks)}
+
+
+def _touches_edge(alpha: np.ndarray, crop: Box, grid: tuple[int, int]) -> bool:
+    """Does the person run into a side of the crop that is not the frame's edge?
+    Then part of them is outside it: the next frame looks at the whole frame."""
+    x0, y0, x1, y1 = crop
+    sides = []
+    if x0 > 0:
+        sides.append(alpha[:, 0])
+    if x1 < grid[0]:
+        sides.append(alpha[:, -1])
+    if y0 > 0:
+        sides.append(alpha[0, :])
+    if y1 < grid[1]:
+        sides.append(alpha[-1, :])
+    return any(float(side.max()) > THRESHOLD for side in sides)
