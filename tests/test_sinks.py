@@ -29,10 +29,6 @@ from live.io.webrtc import VideoOutputTrack, encoder_frame
 from utils import asynctest
 
 
-def run(coro):
-    return asyncio.run(coro)
-
-
 def frame_of(image: np.ndarray, index: int, fps: float = 30.0, **meta) -> Frame:
     return Frame(image, index, index / fps, captured=1000.0 + index / fps, meta=meta)
 
@@ -314,6 +310,7 @@ def test_vcam_unknown_backend_is_a_clear_error(backend):
 def test_vcam_missing_device_names_the_v4l2loopback_fix(tmp_path):
     img = numbered(0)
 
+    @asynctest
     async def main():
         sink = VirtualCameraSink(device=str(tmp_path / "video99"), backend="v4l2loopback")
         try:
@@ -322,7 +319,7 @@ def test_vcam_missing_device_names_the_v4l2loopback_fix(tmp_path):
             await sink.close()
 
     with pytest.raises(SinkError) as info:
-        run(main())
+        main()
     message = str(info.value)
     assert "video99" in message
     assert "sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label='live'" in message
@@ -357,13 +354,14 @@ def decode(path: Path, decoder: str | None = None) -> tuple[av.video.stream.Vide
 
 
 def write_all(sink, frames: list[tuple[np.ndarray, float]]):
+    @asynctest
     async def main():
         for i, (img, pts) in enumerate(frames):
             await sink.write(img, Frame(img, i, pts))
         await sink.close()
         await sink.close()  # idempotent
 
-    run(main())
+    main()
 
 
 def test_recorder_mp4_round_trip_of_a_real_clip(clip_path, tmp_path):
@@ -445,7 +443,7 @@ def test_recorder_bad_paths_are_clear_errors(tmp_path):
 
 def test_recorder_without_frames_leaves_no_file(tmp_path):
     sink = RecorderSink(tmp_path / "empty.webm", fps=30)
-    run(sink.close())
+    asynctest(sink.close)()
     assert not (tmp_path / "empty.webm").exists()
 
 

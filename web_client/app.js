@@ -405,6 +405,9 @@ function showSettings(settings, { remember = true } = {}) {
   if (settings.background.video) $("bg-video").value = settings.background.video;
   if (settings.background.mode !== "image") $("bg-image").value = "";
   showRelevantControls(settings);
+  const clicks = takesClicks();
+  $("processed").classList.toggle("takes-clicks", clicks);
+  $("processed").title = clicks ? "Click the subject to follow; shift-click to mark background" : "";
 }
 
 // data-when="section.name=a,b" shows a control only while that setting is a or b
@@ -613,7 +616,14 @@ function framePoint(video, event) {
   return [Math.round(x), Math.round(y)];
 }
 
+// Clicks pick the subject for SAM 2 (sam2, auto); the selfie engine takes none, so the
+// page sends none (Reset still forgets the main subject and the smoothing history).
+function takesClicks() {
+  return Boolean(state.settings) && state.settings.engine.name !== "selfie";
+}
+
 async function onVideoClick(event) {
+  if (!takesClicks()) return;
   const point = framePoint($("processed"), event);
   if (!point) return;
   const label = event.shiftKey ? 0 : 1;

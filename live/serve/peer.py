@@ -16,7 +16,7 @@ import aioice.ice
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole
 
-from live import rtc_media
+from live.io import rtc_media
 from live.config import Settings
 from live.io.webrtc import TrackSource, VideoOutputTrack
 from live.pipeline import FrameProcessor, Pipeline
