@@ -67,7 +67,7 @@ class AutoPromptedSAM2:
                 sam2_config_name(settings.sam2_model), checkpoint,
                 image_size=settings.image_size, device=settings.device,
                 max_cond_frames=settings.max_cond_frames, compile_encoder=settings.compile,
-                shared=True)  # one model per process; its sessions' encoder passes batched
+                shared=True)  # one model per process; its sessions' heavy steps batched
         self.stream = stream
         self.selfie = selfie or SelfieSegmenter(settings)
         self.reset()
