@@ -191,6 +191,9 @@ class FrameProcessor:
 
     def close(self) -> None:
         self.compositor.close()  # a video background's decoder thread and file
+        close_engine = getattr(self.segmenter, "close", None)  # the selfie engine's interpreters
+        if close_engine is not None:
+            close_engine()
 
 
 class Pipeline:

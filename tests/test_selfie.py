@@ -191,3 +191,22 @@ def test_the_guard_can_be_turned_off() -> None:
         engine.step(scene(True))
     engine.blind = True
     assert person_area(engine.step(scene(True))) == 0
+
+
+def test_a_closed_segmenter_lends_its_interpreters_to_the_next(data_dir: Path) -> None:
+    """Sessions reuse the selfie interpreters (a server built two per session and kept
+    ~3 MB of each session's native memory); a reused one answers as a new one does,
+    and two live segmenters never share one."""
+    frames, _ = sequence(data_dir, "lucia")
+    first = SelfieSegmenter(EngineSettings(selfie_crop=False))
+    expected = [first.step(f) for f in frames[:3]]
+    lent = first._interpreters[first.last_variant].interpreter
+    alongside = SelfieSegmenter(EngineSettings(selfie_crop=False))
+    alongside.step(frames[0])
+    assert all(v.interpreter is not lent for v in alongside._interpreters.values())
+    first.close()
+    second = SelfieSegmenter(EngineSettings(selfie_crop=False))
+    again = [second.step(f) for f in frames[:3]]
+    assert any(v.interpreter is lent for v in second._interpreters.values())
+    for a, b in zip(expected, again):
+        np.testing.assert_array_equal(a, b)
