@@ -13,7 +13,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # SAM 2's optional CUDA extension only fills holes in masks; skip the build by default.
 export SAM2_BUILD_CUDA ?= 0
 
-.PHONY: setup sam2 run test bench browser models clean
+.PHONY: setup sam2 run test bench browser models cluster clean
 
 setup: $(BASE)
 
@@ -52,7 +52,11 @@ browser:
 	    (apt-get update -q && apt-get install -y -q chromium xvfb) >/dev/null; \
 	  else echo "chromium/Xvfb not found: browser and preview tests will be skipped"; fi; }
 
-test: $(STAMP) models browser
+# Ray (the cluster extra) for the one test that starts a local Ray head.
+cluster: setup
+	@$(PY) -c 'import ray' 2>/dev/null || $(PY) -m pip install -q -e '.[cluster]'
+
+test: $(STAMP) models browser cluster
 	$(PY) -m pytest -q -ra
 
 bench: $(STAMP) models

@@ -25,10 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import cv2  # noqa: F401  (before av: the other order can make OpenCV spin, PyAV #978)
-from aiortc.mediastreams import MediaStreamError
 
 from bench import DATA, load_frames, report
-from bench.webrtc import StampedClip, pct, read_stamp, start_server
+from bench.webrtc import StampedClip, pct, returned, start_server
 from live.serve.client import ControlClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,23 +47,13 @@ async def peer(url: str, clip: Path, size: tuple[int, int], seconds: float,
     await asyncio.to_thread(sys.stdin.readline)
     count = int((seconds + WARMUP_S) * fps)
     track = StampedClip(frames, count, fps)
-    received: dict[int, float] = {}
     async with ControlClient(url) as client:
         try:
             remote = await client.start_video(track)
         except RuntimeError as exc:  # the offer's error reply: a refusal
             return {"admitted": False, "reason": str(exc)}
-        deadline = time.monotonic() + seconds + WARMUP_S + 5
-        while time.monotonic() < deadline:
-            try:
-                vf = await asyncio.wait_for(remote.recv(), 5.0)
-            except (asyncio.TimeoutError, MediaStreamError):
-                break
-            index = read_stamp(vf.to_ndarray(format="bgr24"))
-            if index is not None and index in track.sent:
-                received.setdefault(index, time.monotonic())
-            if len(track.sent) >= count:
-                break
+        received = await returned(remote, track.sent, time.monotonic() + seconds + WARMUP_S + 5,
+                                  lambda: len(track.sent) >= count)
         told = [s for msg in client.stats for s in msg.get("sessions", [])
                 if s.get("overloaded")]
     judged = {i: t for i, t in received.items() if i >= WARMUP_S * fps}

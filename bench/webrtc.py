@@ -25,7 +25,7 @@ import sys
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2  # noqa: F401  (before av: the other order can make OpenCV spin, PyAV #978)
 import av
@@ -89,6 +89,22 @@ class StampedClip(MediaStreamTrack):
         frame.pts, frame.time_base = int(i * 90_000 / self.fps), Fraction(1, 90_000)
         self.sent[i] = time.monotonic()  # handed to the encoder now
         return frame
+
+
+async def returned(remote: Any, sent: dict[int, float], deadline: float,
+                   done: Callable[[], bool] = lambda: False) -> dict[int, float]:
+    """When each stamped frame first came back on ``remote``, by index: until
+    ``deadline`` (monotonic), ``done()``, or 5 s without a frame."""
+    received: dict[int, float] = {}
+    while time.monotonic() < deadline and not done():
+        try:
+            vf = await asyncio.wait_for(remote.recv(), 5.0)
+        except (asyncio.TimeoutError, MediaStreamError):
+            break
+        index = read_stamp(vf.to_ndarray(format="gray"))  # the luma is enough, and cheap
+        if index is not None and index in sent:
+            received.setdefault(index, time.monotonic())
+    return received
 
 
 def start_server(passthrough: bool, module: str = "bench.webrtc",

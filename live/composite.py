@@ -23,8 +23,9 @@ from __future__ import annotations
 import collections
 import math
 from concurrent.futures import Future
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import IO, TYPE_CHECKING, Collection, Iterator, Protocol
 
 import cv2
 import numpy as np
@@ -34,11 +35,16 @@ from live.frames import Pyramid, check_bgr, halve
 from live.io.worker import Worker
 from live.matte import Box, blob_boxes
 
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
 MAX_IMAGE_PIXELS = 50_000_000  # the control panel uploads images: refuse decompression bombs
 MAX_VIDEO_PIXELS = 3840 * 2160
 MAX_ASPECT = 16  # a 16:1 panorama still fits; a 1:5000 strip is no picture of a room
 MAX_KEPT_PIXELS = 3840 * 2160  # a larger image is shrunk once, on load: no 4K frame needs more
 VIDEO_READ_AHEAD = 4
+#: What a client may upload (Pillow's format name → the suffix it is stored under).
+IMAGE_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp"}
 
 
 class BackgroundError(ValueError):
@@ -66,6 +72,38 @@ def check_image_size(width: int, height: int) -> str | None:
         return (f"{width}x{height} is too elongated (at most {MAX_ASPECT}:1 either way); "
                 "crop it first")
     return None
+
+
+@contextmanager
+def decoded_image(fp: str | Path | IO[bytes],
+                  formats: Collection[str] | None = None) -> Iterator[Image]:
+    """The Pillow image of ``fp``, its pixels decoded, or BackgroundError saying why not.
+
+    One decoding rule for uploads and files: the header is read first (no pixel
+    data), so a 50,000 x 50,000 PNG of a few KB is refused by ``check_image_size``
+    before anything allocates its pixels. ``formats`` (Pillow names) limits what
+    is accepted; None takes whatever Pillow reads (the operator's own files).
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(fp)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise BackgroundError("not a readable image; use a PNG, JPEG, WebP or BMP file") \
+            from None
+    with image:
+        if formats is not None and image.format not in formats:
+            raise BackgroundError(f"{image.format} images are not supported; use a PNG, JPEG, "
+                                  "WebP or BMP")
+        refused = check_image_size(*image.size)
+        if refused:
+            raise BackgroundError(f"image refused: {refused}")
+        try:
+            image.load()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            raise BackgroundError("the image is damaged or truncated and could not be "
+                                  "decoded") from None
+        yield image
 
 
 def fit_image(image: np.ndarray, width: int, height: int, fit: str,
@@ -272,22 +310,17 @@ def solid(color: str) -> StillBackground:
 
 def load_image(path: str) -> np.ndarray:
     """Decode an image file to BGR, refusing what is missing, corrupt or too large."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps
 
     p = Path(path)
     if not p.is_file():
         raise BackgroundError(f"background image {path}: no such file")
     try:
-        with Image.open(p) as img:  # reads the header only: the size is known before decoding
-            refused = check_image_size(*img.size)
-            if refused:
-                raise BackgroundError(f"background image {path}: {refused}")
+        with decoded_image(p) as img:
             img = ImageOps.exif_transpose(img)  # phone photos stand the right way up
             rgb = np.asarray(img.convert("RGB"))
-    except BackgroundError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise BackgroundError(f"background image {path}: cannot decode it ({exc})") from None
+    except BackgroundError as exc:
+        raise BackgroundError(f"background image {path}: {exc}") from None
     if rgb.size == 0:
         raise BackgroundError(f"background image {path}: the image is empty")
     h, w = rgb.shape[:2]

@@ -189,6 +189,14 @@ class ServerSettings:
     media_dir: str | None = _f(
         None, "folder whose image and video files clients may pick as backgrounds, by name; "
         "no other server file is ever opened for a client", flag="--media-dir")
+    workers: int | None = _f(
+        None, "worker processes the WebRTC sessions run in, each session on the least-loaded "
+        "one (default: one per CPU core; 0 = every session in the server's own process)",
+        lo=0, hi=256, flag="--workers")
+    cluster: str | None = _f(
+        None, "run each session's worker as a Ray actor in this cluster: a head's address, "
+        "'auto' (the running cluster), or 'local' (start one here); needs pip install "
+        "'live[cluster]'", flag="--cluster")
 
 
 @dataclass(frozen=True)

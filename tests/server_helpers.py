@@ -61,7 +61,7 @@ class ClipTrack(MediaStreamTrack):
 
 def test_settings(**sections: dict[str, Any]) -> Settings:
     """The embedded engine, any free port, plus ``sections`` (e.g. background=...)."""
-    patch: dict[str, Any] = {"server": {"port": 0}, "engine": {"name": "selfie"}}
+    patch: dict[str, Any] = {"server": {"port": 0, "workers": 0}, "engine": {"name": "selfie"}}
     for name, values in sections.items():
         patch.setdefault(name, {}).update(values)
     return Settings().merged(patch)

@@ -19,6 +19,7 @@ import pytest
 
 from live.checkpoints import SELFIE_FILES, selfie_model_path
 from live.serve.client import ControlClient
+from utils import asynctest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -120,6 +121,7 @@ async def read_line_matching(stream: asyncio.StreamReader, pattern: str, timeout
 def test_run_beside_serve_opens_its_control_panel_on_the_next_free_port(tmp_path: Path) -> None:
     port = free_port()
 
+    @asynctest
     async def main() -> None:
         serve = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "live.cli", "serve", "--port", str(port), cwd=REPO,
@@ -146,7 +148,7 @@ def test_run_beside_serve_opens_its_control_panel_on_the_next_free_port(tmp_path
                     proc.terminate()
                     await proc.wait()
 
-    asyncio.run(main())
+    main()
 
 
 # `live run --engine sam2` in an install without the [sam2] extra (torch and sam2 hidden).

@@ -22,6 +22,7 @@ import pytest
 from live.composite import BackgroundError, Compositor
 from live.config import BackgroundSettings
 from live.io.webrtc import TrackSource
+from utils import asynctest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -130,6 +131,15 @@ def live_run(*args: str, preexec=None, timeout: float = 300) -> subprocess.Compl
                           preexec_fn=preexec)
 
 
+def start_synthetic_run(output: Path) -> subprocess.Popen:
+    """A ``live run`` of a 320x240 synthetic camera into ``output``, left running."""
+    return subprocess.Popen([sys.executable, "-m", "live.cli", "run", "--engine", "selfie",
+                             "--no-control", "--source", "synthetic", "--source-width", "320",
+                             "--source-height", "240", "--output", str(output)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+
+
 def decodable_frames(path: Path) -> int:
     """Frames a player gets out of ``path``: a cut-off last packet is skipped, as players do."""
     import av
@@ -195,12 +205,7 @@ def test_a_killed_recording_plays_up_to_its_last_frames(tmp_path: Path) -> None:
     import time
 
     out = tmp_path / "out.webm"
-    proc = subprocess.Popen([sys.executable, "-m", "live.cli", "run", "--engine", "selfie",
-                             "--no-control", "--source", "synthetic", "--source-width", "320",
-                             "--source-height", "240", "--output", str(out)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    assert proc.stderr is not None
+    proc = start_synthetic_run(out)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (not out.exists() or out.stat().st_size < 20_000):
         time.sleep(0.2)
@@ -217,12 +222,7 @@ def test_sigint_stops_a_run_whose_output_is_blocked(tmp_path: Path) -> None:
 
     fifo = tmp_path / "out.mp4"
     os.mkfifo(fifo)
-    proc = subprocess.Popen([sys.executable, "-m", "live.cli", "run", "--engine", "selfie",
-                             "--no-control", "--source", "synthetic", "--source-width", "320",
-                             "--source-height", "240", "--output", str(fifo)],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
-    assert proc.stderr is not None
+    proc = start_synthetic_run(fifo)
     time.sleep(5)  # by now the model is loaded and the recorder is stuck opening the FIFO
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
@@ -299,6 +299,7 @@ def test_huge_messages_do_not_stall_another_session(clip_path: Path) -> None:
 
     frames = load_clip(clip_path, 30)
 
+    @asynctest
     async def scenario() -> tuple[tuple[int, float], tuple[int, float], dict]:
         async with running_server() as server:
             async with ControlClient(server.url) as peer:
@@ -317,7 +318,7 @@ def test_huge_messages_do_not_stall_another_session(clip_path: Path) -> None:
                 out, _ = await reader
         return quiet, loud, json.loads(out.decode().strip().splitlines()[-1])
 
-    (_, quiet_stall), (loud_frames, loud_stall), attack = asyncio.run(scenario())
+    (_, quiet_stall), (loud_frames, loud_stall), attack = scenario()
     assert attack["size"] > 15 << 20
     first, *rest = attack["replies"]  # refused from its head; then the byte budget is spent
     assert first["type"] == "error" and first["id"] == 7 and "byte limit" in first["error"]
@@ -340,12 +341,13 @@ def test_a_large_upload_is_still_taken(tmp_path: Path) -> None:
     data = base64.b64encode(cv2.imencode(".png", noise)[1].tobytes()).decode()
     assert len(data) > 1 << 20
 
+    @asynctest
     async def scenario() -> dict:
         async with running_server() as server:
             async with ControlClient(server.url) as client:
                 return await client.request("background.upload", data=data)
 
-    reply = asyncio.run(scenario())
+    reply = scenario()
     assert reply["type"] == "ok", reply
     assert reply["settings"]["background"]["image"] == reply["upload"]
 
@@ -381,6 +383,7 @@ def test_a_client_names_no_server_file_and_learns_nothing_about_them(tmp_path: P
     names = [str(secret), "../secret.mp4", "/etc/hostname", "/nonexistent.mp4", "missing.mp4",
              "broken.mp4", "folder.mp4", "escape.mp4", "", "x" * 5000]
 
+    @asynctest
     async def scenario() -> tuple[list[dict], list[dict], dict, dict]:
         settings = test_settings(server={"media_dir": str(media)})
         async with running_server(settings) as server:
@@ -394,7 +397,7 @@ def test_a_client_names_no_server_file_and_learns_nothing_about_them(tmp_path: P
                     "background": {"mode": "video", "video": "loop.mp4"}})
         return videos, images, hello, good
 
-    videos, images, hello, good = asyncio.run(scenario())
+    videos, images, hello, good = scenario()
     # every refusal carries the same text once the name it quotes is taken out
     for replies in (videos, images):
         assert all(r["type"] == "error" for r in replies), replies
@@ -519,6 +522,7 @@ def test_late_frames_are_dropped_at_the_source_and_reported() -> None:
             frame.pts, frame.time_base = int(self.n * 3000), fractions.Fraction(1, 90_000)
             return frame
 
+    @asynctest
     async def scenario() -> tuple[list[float], dict]:
         source = TrackSource(Backlogged())
         ages = []
@@ -528,7 +532,7 @@ def test_late_frames_are_dropped_at_the_source_and_reported() -> None:
             ages.append(time.monotonic() - start - (frame.pts - 1 / 30))
         return ages, source.stats()
 
-    ages, stats = asyncio.run(scenario())
+    ages, stats = scenario()
     assert stats["stale_dropped"] > 10 and stats["overloaded"] is True
     assert max(ages) <= TrackSource.MAX_AGE_S + 0.1, ages
 
@@ -542,6 +546,7 @@ def test_an_offer_that_never_connects_is_released() -> None:
     from live.serve import peer
     from live.serve.client import ControlClient
 
+    @asynctest
     async def scenario() -> None:
         async with running_server() as server:
             async with ControlClient(server.url) as client:
@@ -555,7 +560,7 @@ def test_an_offer_that_never_connects_is_released() -> None:
                                  "the unconnected session to be released")
                 await pc.close()
 
-    asyncio.run(scenario())
+    scenario()
 
 
 # ------------------------------------------------------------------ 5. ownership, 7. error texts
@@ -578,6 +583,7 @@ def test_a_page_sees_and_steers_only_its_own_sessions_and_never_a_path(tmp_path:
     run = Session(processor, Pipeline(SyntheticSource(160, 90, 10.0), [NullSink()], processor),
                   kind="run", session_id="run")
 
+    @asynctest
     async def as_client(url: str) -> tuple[dict, dict, dict]:
         async with ControlClient(url) as client:
             listed = await client.request("sessions.list")
@@ -587,8 +593,8 @@ def test_a_page_sees_and_steers_only_its_own_sessions_and_never_a_path(tmp_path:
             return listed, steer, probe
 
     with ServerThread(settings, sessions=[run]) as st:
-        page = asyncio.run(as_client(st.server.url))
-        operator = asyncio.run(as_client(st.server.operator_url))
+        page = as_client(st.server.url)
+        operator = as_client(st.server.operator_url)
     listed, steer, probe = page
     assert listed["sessions"] == [] and steer["type"] == "error"
     assert steer["error"].replace("'run'", "X") == probe["error"].replace("'nosuchsession'", "X")
@@ -608,6 +614,7 @@ def test_an_internal_error_is_a_reference_not_its_text(caplog) -> None:
     async def broken(client, msg):  # a bug in a handler, as KeyError: 'holdconn' was
         raise KeyError("holdconn")
 
+    @asynctest
     async def ask(url: str) -> dict:
         async with ControlClient(url) as client:
             return await client.request("stats")
@@ -615,7 +622,7 @@ def test_an_internal_error_is_a_reference_not_its_text(caplog) -> None:
     with ServerThread() as st:
         st.server._on_stats = broken
         with caplog.at_level(logging.ERROR, logger="live.serve"):
-            reply = asyncio.run(ask(st.server.url))
+            reply = ask(st.server.url)
     assert reply["type"] == "error" and "holdconn" not in reply["error"]
     ref = reply["error"].split("reference ")[1].split()[0]
     assert any(ref in r.getMessage() and "holdconn" in (r.exc_text or str(r.exc_info))
@@ -630,6 +637,7 @@ def test_media_sockets_bind_where_the_server_listens(clip_path: Path) -> None:
 
     frames = load_clip(clip_path, 10)
 
+    @asynctest
     async def scenario() -> list[str]:
         async with running_server() as server:
             assert server.settings.server.host == "127.0.0.1"
@@ -640,5 +648,5 @@ def test_media_sockets_bind_where_the_server_listens(clip_path: Path) -> None:
         return [line.split()[4] for line in answer.splitlines()
                 if line.startswith("a=candidate:")]
 
-    addresses = asyncio.run(scenario())
+    addresses = scenario()
     assert addresses and set(addresses) == {"127.0.0.1"}, addresses

@@ -5,16 +5,20 @@ test_server_browser.py."""
 
 from __future__ import annotations
 
-import asyncio
+import fractions
 
+import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.codecs import h264, vpx
 
 from live.serve.client import ControlClient
 from live.config import SettingsError
-from live.rtc_media import prefer_codec, tune_answer
+from live.io import rtc_media
+from live.io.rtc_media import prefer_codec, tune_answer
+from live.io.webrtc import encoder_frame
 from server_helpers import ClipTrack, load_clip, recv_frames, running_server, test_settings
+from utils import asynctest
 
 
 def video_section(sdp: str) -> list[str]:
@@ -42,6 +46,7 @@ def restore_encoder_bounds():
 def test_the_answer_uses_the_operators_codec_and_bitrate_bounds(clip_path, codec):
     frames = load_clip(clip_path, 5)
 
+    @asynctest
     async def scenario() -> None:
         settings = test_settings(webrtc={"codec": codec, "min_bitrate_kbps": 800,
                                          "max_bitrate_kbps": 3000})
@@ -62,10 +67,11 @@ def test_the_answer_uses_the_operators_codec_and_bitrate_bounds(clip_path, codec
                 assert (vpx.MIN_BITRATE, vpx.MAX_BITRATE) == (800_000, 3_000_000)
                 assert (h264.MIN_BITRATE, h264.DEFAULT_BITRATE) == (800_000, 3_000_000)
 
-    asyncio.run(scenario())
+    scenario()
 
 
 def test_an_offer_without_the_codec_keeps_its_order():
+    @asynctest
     async def offer(codec: str | None) -> str:
         pc = RTCPeerConnection()
         transceiver = pc.addTransceiver("video")
@@ -77,9 +83,9 @@ def test_an_offer_without_the_codec_keeps_its_order():
         await pc.close()
         return sdp
 
-    vp8_only = asyncio.run(offer("VP8"))
+    vp8_only = offer("VP8")
     assert prefer_codec(vp8_only, "H264") == vp8_only
-    both = asyncio.run(offer(None))
+    both = offer(None)
     reordered = video_section(prefer_codec(both, "H264"))
     assert codec_of(reordered, reordered[0].split()[3]) == "H264"
     rtpmaps = [ln for ln in reordered if ln.startswith("a=rtpmap:")]
@@ -98,6 +104,7 @@ def test_the_caps_are_the_operators_and_checked():
     small = test_settings(webrtc={"max_width": 640, "max_height": 360}).webrtc.resolved()
     assert (small.min_bitrate_kbps, small.max_bitrate_kbps) == (249, 622)
 
+    @asynctest
     async def scenario() -> None:
         async with running_server() as server:
             async with ControlClient(server.url) as client:
@@ -109,4 +116,24 @@ def test_the_caps_are_the_operators_and_checked():
                                              settings={"webrtc": {"max_bitrate_kbps": 50_000}})
                 assert reply["type"] == "error" and "cannot be changed" in reply["error"]
 
-    asyncio.run(scenario())
+    scenario()
+
+
+def test_h264_answers_encode_at_the_fast_preset():
+    from aiortc.codecs import get_encoder
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    rtc_media.fast_h264()
+    rtc_media.fast_h264()  # twice is once
+    encoder = get_encoder(RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000,
+                                                payloadType=102))
+    frame = encoder_frame(np.full((240, 320, 3), 90, np.uint8))
+    frame.pts, frame.time_base = 0, fractions.Fraction(1, 90000)
+    payloads, _ = encoder.encode(frame)
+    assert payloads, "no H.264 came out"
+    # x264 writes its settings into the first keyframe: superfast's motion search
+    # (me=dia, subme=1) rather than medium's (me=hex, subme=7), and aiortc's own
+    # zero-latency tune still there (sliced threads, no B-frames)
+    stream = b"".join(payloads)
+    assert b"me=dia subme=1" in stream, stream[:800]
+    assert b"sliced_threads=1" in stream and b"bframes=0" in stream

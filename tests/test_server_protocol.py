@@ -546,8 +546,6 @@ def test_serve_prints_its_url_serves_the_page_and_stops_cleanly_on_a_signal(sig)
 
 
 def test_a_busy_port_fails_to_start_and_leaves_no_folder_behind():
-    import asyncio
-
     from live.serve.server import ControlServer
 
     with socket.socket() as busy:
@@ -557,7 +555,7 @@ def test_a_busy_port_fails_to_start_and_leaves_no_folder_behind():
         before = upload_dirs()
         server = ControlServer(test_settings(server={"port": port}))
         with pytest.raises(OSError):
-            asyncio.run(server.start())
+            asynctest(server.start)()
         assert upload_dirs() - before == set()
 
 

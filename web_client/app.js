@@ -116,6 +116,10 @@ function onMessage(msg) {
     showStats(msg.sessions);
     return;
   }
+  if (msg.type === "session.ended") {   // its worker died: start again on another
+    if (msg.session === state.ownSession) restartCamera(msg.reason);
+    return;
+  }
   if (msg.type === "settings") {   // another page (or script) changed a session's settings
     if (msg.session === (state.selected || state.ownSession)) {
       showSettings(msg.settings);
@@ -305,6 +309,12 @@ function iceGatheringDone(pc, timeoutMs = 3000) {
   });
 }
 
+async function restartCamera(reason) {
+  stopCamera();
+  showMessage(`video session ended (${reason}); reconnecting…`);
+  await startCamera();
+}
+
 function stopCamera() {
   if (state.pc) state.pc.close();
   if (state.camera) state.camera.getTracks().forEach((t) => t.stop());
@@ -395,6 +405,9 @@ function showSettings(settings, { remember = true } = {}) {
   if (settings.background.video) $("bg-video").value = settings.background.video;
   if (settings.background.mode !== "image") $("bg-image").value = "";
   showRelevantControls(settings);
+  const clicks = takesClicks();
+  $("processed").classList.toggle("takes-clicks", clicks);
+  $("processed").title = clicks ? "Click the subject to follow; shift-click to mark background" : "";
 }
 
 // data-when="section.name=a,b" shows a control only while that setting is a or b
@@ -603,7 +616,14 @@ function framePoint(video, event) {
   return [Math.round(x), Math.round(y)];
 }
 
+// Clicks pick the subject for SAM 2 (sam2, auto); the selfie engine takes none, so the
+// page sends none (Reset still forgets the main subject and the smoothing history).
+function takesClicks() {
+  return Boolean(state.settings) && state.settings.engine.name !== "selfie";
+}
+
 async function onVideoClick(event) {
+  if (!takesClicks()) return;
   const point = framePoint($("processed"), event);
   if (!point) return;
   const label = event.shiftKey ? 0 : 1;

@@ -37,6 +37,7 @@ import cv2
 import numpy as np
 
 from live.frames import Frame
+from live.io.worker import Worker
 
 log = logging.getLogger("live.io")
 
@@ -116,6 +117,29 @@ def check_image(image: Any) -> np.ndarray:
                 else type(image).__name__)
         raise SinkError(f"a sink needs a uint8 BGR (HxWx3) or BGRA (HxWx4) image, got {desc}")
     return image
+
+
+# --------------------------------------------------------------------------- live outputs
+
+
+class DroppingSink:
+    """What the virtual camera and the preview share: one worker thread, and the live
+    outputs' drop policy (a frame that arrives while the previous one is still being
+    delivered is counted in ``dropped``, not queued)."""
+
+    def __init__(self, thread_name: str) -> None:
+        self.frames = 0
+        self.dropped = 0
+        self._worker = Worker(thread_name)
+        self._closed = False
+
+    def _drops(self) -> bool:
+        """True (the frame counted as dropped) while the previous one is still in flight.
+        Raises what the last delivery raised."""
+        if self._worker.busy():
+            self.dropped += 1
+            return True
+        return False
 
 
 # --------------------------------------------------------------------------- null

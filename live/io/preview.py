@@ -11,8 +11,7 @@ import cv2
 import numpy as np
 
 from live.frames import EndOfStream, Frame
-from live.io.base import SinkError, check_image, flatten_alpha
-from live.io.worker import Worker
+from live.io.base import DroppingSink, SinkError, check_image, flatten_alpha
 
 
 @functools.lru_cache(maxsize=4)
@@ -38,7 +37,7 @@ def _imported_before(first: str, second: str) -> bool:
                                       or names.index(first) < names.index(second))
 
 
-class PreviewSink:
+class PreviewSink(DroppingSink):
     """A local window (OpenCV) to look at the output without a video call.
 
     'q' or Esc (or closing the window) sets ``closed_by_user``, and the next
@@ -60,23 +59,17 @@ class PreviewSink:
             raise SinkError("PyAV was imported before OpenCV in this process, which makes "
                             "cv2.imshow hang (their bundled X libraries clash, PyAV issue "
                             "#978); import cv2 (or live.io.preview) before anything imports av")
+        super().__init__("live-preview")
         self.title = title
         self.closed_by_user = False
-        self.frames = 0
-        self.dropped = 0
         self._inline = platform.system() == "Darwin"
-        self._worker = Worker("live-preview")
         self._opened = False
-        self._closed = False
 
     async def write(self, image: np.ndarray, frame: Frame) -> None:
         check_image(image)
         if self.closed_by_user:
             raise EndOfStream
-        if self._closed:
-            return
-        if self._worker.busy():
-            self.dropped += 1
+        if self._closed or self._drops():
             return
         if self._inline:
             self._show(image)

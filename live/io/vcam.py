@@ -11,9 +11,8 @@ import pyvirtualcam
 from pyvirtualcam.camera import BACKENDS
 
 from live.frames import Frame
-from live.io.base import (SinkError, check_image, even_crop, flatten_alpha, positive_fps,
-                          to_open_size)
-from live.io.worker import Worker
+from live.io.base import (DroppingSink, SinkError, check_image, even_crop, flatten_alpha,
+                          positive_fps, to_open_size)
 
 log = logging.getLogger("live.io.vcam")
 
@@ -35,7 +34,7 @@ def _vcam_hint() -> str:
     return f"pyvirtualcam has no virtual camera backend for {system}"
 
 
-class VirtualCameraSink:
+class VirtualCameraSink(DroppingSink):
     """Frames to a virtual camera that Zoom, Meet, OBS or a browser pick like a webcam.
 
     Sent as BGR (pyvirtualcam's ``PixelFormat.BGR``): the backend converts to
@@ -57,24 +56,20 @@ class VirtualCameraSink:
         if backend is not None and backend not in BACKENDS:  # pyvirtualcam would KeyError
             raise SinkError(f"no virtual camera backend {backend!r} on this system (available: "
                             f"{sorted(BACKENDS) or 'none'}); {_vcam_hint()}")
+        super().__init__("live-vcam")
         self.device = device
         self.backend = backend
         self.pace = pace
-        self.frames = 0
-        self.dropped = 0
         self.size: tuple[int, int] | None = None
         self.pixel_format: Any = None  # the pyvirtualcam.PixelFormat in use, once open
         self._camera: Any = None
-        self._worker = Worker("live-vcam")
         self._resizing = False
-        self._closed = False
 
     async def write(self, image: np.ndarray, frame: Frame) -> None:
         check_image(image)
         if self._closed:
             raise SinkError("write to a closed virtual camera sink")
-        if self._worker.busy():  # (raises what the last send raised)
-            self.dropped += 1
+        if self._drops():  # (raises what the last send raised)
             return
         if self._camera is None:  # opened here, not in _send, so a missing device fails now
             h, w = even_crop(image).shape[:2]

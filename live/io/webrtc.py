@@ -9,12 +9,28 @@ import fractions
 import time
 from typing import Any
 
+import cv2  # noqa: F401  (before av: the other order can make OpenCV spin, PyAV #978)
 import av
 import numpy as np
 from aiortc.mediastreams import VIDEO_TIME_BASE, MediaStreamError, MediaStreamTrack
 
 from live.frames import EndOfStream, Frame
 from live.io.base import check_image, flatten_alpha
+
+
+def encoder_frame(bgr: np.ndarray) -> av.VideoFrame:
+    """``bgr`` as the I420 frame both of aiortc's encoders take as is.
+
+    Handing them BGR made each encoder convert with swscale: 3.9 ms per
+    1280x720 frame here, against 0.7 ms for OpenCV's conversion (and 1.5 vs
+    0.2 ms at 640x480), same BT.601 limited-range matrix. I420 needs an even
+    size; an odd one (never from a browser) keeps the old path.
+    """
+    h, w = bgr.shape[:2]
+    if h % 2 or w % 2:
+        return av.VideoFrame.from_ndarray(np.ascontiguousarray(bgr), format="bgr24")
+    return av.VideoFrame.from_ndarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420),
+                                      format="yuv420p")
 
 
 class VideoOutputTrack(MediaStreamTrack):
@@ -60,8 +76,7 @@ class VideoOutputTrack(MediaStreamTrack):
             raise MediaStreamError
         image, frame = self._slot
         self._slot = None
-        out = av.VideoFrame.from_ndarray(np.ascontiguousarray(flatten_alpha(image)),
-                                         format="bgr24")
+        out = encoder_frame(flatten_alpha(image))
         out.pts, out.time_base = self._timestamp(frame)
         self.frames += 1
         self.sent[frame.index] = time.monotonic()

@@ -36,6 +36,7 @@ class ControlClient:
         self.answer_sdp: str | None = None  # as the server sent it (aiortc drops b= lines)
         self.remote: dict[str, Any] = {}  # kind -> track coming back from the server
         self.stats: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
+        self.ended: list[dict[str, Any]] = []  # session.ended notices (a worker died)
         # {"type": "settings", "session", "settings"}: another connection changed a session
         self.settings_pushed: collections.deque[dict[str, Any]] = collections.deque(maxlen=50)
         self._ids = itertools.count(1)
@@ -61,8 +62,8 @@ class ControlClient:
             async for raw in self.ws:
                 msg = json.loads(raw)
                 if "id" not in msg:  # a push, not a reply
-                    pushes = self.stats if msg.get("type") == "stats" else self.settings_pushed
-                    pushes.append(msg)
+                    pushes = {"stats": self.stats, "session.ended": self.ended}
+                    pushes.get(msg.get("type"), self.settings_pushed).append(msg)
                     continue
                 future = self._pending.pop(msg.get("id"), None)
                 if future is not None and not future.done():

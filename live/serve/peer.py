@@ -16,7 +16,7 @@ import aioice.ice
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole
 
-from live import rtc_media
+from live.io import rtc_media
 from live.config import Settings
 from live.io.webrtc import TrackSource, VideoOutputTrack
 from live.pipeline import FrameProcessor, Pipeline
@@ -45,6 +45,7 @@ async def open_peer_session(settings: Settings, offer_sdp: str, *, passthrough: 
     processor = await asyncio.to_thread(FrameProcessor, settings)  # may load a model
     processor.passthrough = passthrough
     rtc_media.bound_encoders(settings.webrtc)
+    rtc_media.fast_h264()
     offer_sdp = rtc_media.prefer_codec(offer_sdp, settings.webrtc.codec)
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     session = Session(processor, kind="webrtc", pc=pc, output=VideoOutputTrack(),

@@ -19,7 +19,7 @@ import re
 import time
 from typing import Any, Mapping
 
-from live.composite import MAX_IMAGE_PIXELS, check_image_size  # the compositor's rule: one for both
+from live.composite import IMAGE_FORMATS, MAX_IMAGE_PIXELS, BackgroundError, decoded_image
 from live.segment import Prompt
 
 #: A control message (anything but an upload) may not be larger than this: an offer's
@@ -49,8 +49,6 @@ OPERATOR_FIELDS = {"engine": ("checkpoint",)}
 
 MESSAGE_TYPES = ("hello", "settings.get", "settings.set", "prompt", "reset",
                  "background.upload", "offer", "stats", "sessions.list")
-
-IMAGE_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp"}
 
 
 class ProtocolError(ValueError):
@@ -246,11 +244,9 @@ def _is_number(v: Any) -> bool:
 def decode_image_upload(msg: Mapping[str, Any]) -> tuple[bytes, str]:
     """``(file bytes, suffix)`` of a base64 image that is known to decode, or ProtocolError.
 
-    The header is read first (no pixel data) so a 50,000 x 50,000 PNG of a few KB
-    is refused before anything allocates its pixels; then the pixels are decoded
-    with Pillow, the decoder the compositor's ``load_image`` uses, so a file that
-    passes here also loads there (an upload made before any video session is
-    only loaded when one starts).
+    Decoded by the compositor's ``decoded_image``, the rule its ``load_image``
+    uses, so a file that passes here also loads there (an upload made before any
+    video session is only loaded when one starts).
     """
     data = msg.get("data")
     if not isinstance(data, str) or not data:
@@ -264,26 +260,11 @@ def decode_image_upload(msg: Mapping[str, Any]) -> tuple[bytes, str]:
         blob = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise ProtocolError("image data is not valid base64") from None
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        image = Image.open(io.BytesIO(blob))
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        raise ProtocolError("not a readable image; upload a PNG, JPEG, WebP or BMP file") \
-            from None
-    with image:
-        fmt, (w, h) = image.format, image.size
-        if fmt not in IMAGE_FORMATS:
-            raise ProtocolError(f"{fmt} images are not supported; upload a PNG, JPEG, WebP "
-                                "or BMP")
-        refused = check_image_size(w, h)
-        if refused:
-            raise ProtocolError(f"image refused: {refused}")
-        try:
-            image.load()
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-            raise ProtocolError("the image is damaged or truncated and could not be decoded") \
-                from None
+        with decoded_image(io.BytesIO(blob), IMAGE_FORMATS) as image:
+            fmt = image.format
+    except BackgroundError as exc:
+        raise ProtocolError(str(exc)) from None
     return blob, IMAGE_FORMATS[fmt]
 
 

@@ -14,6 +14,9 @@ Each WebRTC peer gets a ``Session``: its incoming video track → ``TrackSource`
 same peer; incoming audio is sent straight back. A session ends when its peer
 connection fails or closes, when its track ends, or when the websocket that
 created it goes away; everything it held (tracks, thread, model) goes with it.
+Sessions run in worker processes, one per core (``live.serve.workers``;
+``server.workers = 0`` keeps them in this process): this server answers the
+page and relays each session's messages to the worker that holds it.
 
 ``live run`` attaches its virtual-camera pipeline with ``ControlServer(settings,
 sessions={"run": (processor, pipeline)})`` (or a list of ``Session``), so the
@@ -54,6 +57,7 @@ from live.serve.media import MediaFiles
 from live.serve.protocol import ProtocolError
 from live.serve.session import Client, Session, client_settings
 from live.serve.uploads import Uploads
+from live.serve.workers import WorkerPool
 from live.signals import install_stop_signals
 
 log = logging.getLogger("live.serve")
@@ -99,7 +103,10 @@ class ControlServer:
         self._server: Server | None = None
         self.uploads = Uploads()
         self.media = MediaFiles(self.uploads, settings.server.media_dir)
-        self.admission = admission or Admission(max_peers)  # max_peers: the cap on top
+        self.workers = WorkerPool.for_settings(settings)  # None: sessions run in this process
+        # max_peers: the cap on top; the frames' CPU is this process's plus its workers'
+        self.admission = admission or Admission(max_peers, **(
+            self.workers.admission_load() if self.workers is not None else {}))
         self._watchers: list[asyncio.Task[None]] = []
         self._peer_tasks: set[asyncio.Task[None]] = set()
         if isinstance(sessions, Mapping):  # {"run": (processor, pipeline)} from `live run`
@@ -152,8 +159,8 @@ class ControlServer:
     async def _sample_load(self, interval: float = 0.5) -> None:
         """Feed admission the frames processed so far, per session, twice a second."""
         while True:
-            self.admission.sample({s.id: s.pipeline.frames_out for s in self.sessions.values()
-                                   if s.pipeline is not None})
+            self.admission.sample({s.id: s.frames_out for s in self.sessions.values()
+                                   if s.running})
             await asyncio.sleep(interval)
 
     async def stop(self) -> None:
@@ -171,6 +178,8 @@ class ControlServer:
         if pending:  # sessions closing on their own (peer gone) finish first
             await asyncio.wait(pending, timeout=10)
         self._server = None
+        if self.workers is not None:
+            await self.workers.close()
         self.uploads.close()
 
     def _forget(self, session: Session) -> None:
@@ -178,6 +187,22 @@ class ControlServer:
         self.sessions.pop(session.id, None)
         if session.owner is not None and session.owner.session is session:
             session.owner.session = None
+        reason = getattr(session, "end_reason", None)  # its worker died: the page offers again
+        if reason and session.owner is not None:
+            self._notify(session.owner, {"type": "session.ended", "session": session.id,
+                                         "reason": reason})
+
+    def _notify(self, client: Client, message: dict[str, Any]) -> None:
+        """Push ``message`` to ``client`` unasked (as stats are); a gone client misses it."""
+        async def send() -> None:
+            try:
+                await client.ws.send(protocol.dumps(message))
+            except ConnectionClosed:
+                pass
+
+        task = asyncio.create_task(send())
+        self._peer_tasks.add(task)
+        task.add_done_callback(self._peer_tasks.discard)
 
     # ------------------------------------------------------------------ HTTP
 
@@ -253,7 +278,7 @@ class ControlServer:
         now = time.monotonic()
         if now - self._stats_at >= self.stats_interval / 2:
             self._stats = [(s, s.stats()) for s in self.sessions.values()
-                           if s.pipeline is not None]
+                           if s.running]
             self._stats_at = now
         return self._stats
 
@@ -292,7 +317,7 @@ class ControlServer:
                 "message_types": list(protocol.MESSAGE_TYPES)}
 
     def _settings_of(self, client: Client, session: Session | None) -> Settings:
-        return session.processor.settings if session is not None else client.settings
+        return session.settings if session is not None else client.settings
 
     def _view(self, settings: Settings) -> dict[str, Any]:
         """What a client sees of settings: its sections, with names instead of paths."""
@@ -300,7 +325,7 @@ class ControlServer:
 
     def _visible(self, client: Client) -> list[dict[str, Any]]:
         """The sessions a client is shown: its own; every one for the operator."""
-        return [dict(s.describe(client), settings=self._view(s.processor.settings))
+        return [dict(s.describe(client), settings=self._view(s.settings))
                 for s in self.sessions.values() if client.may_steer(s)]
 
     async def _on_settings_get(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
@@ -342,8 +367,8 @@ class ControlServer:
             client.settings = new
             return {"session": None, "settings": self._view(client.settings)}
         async with session.lock:
-            new = session.processor.settings.merged(patch)
-            await asyncio.to_thread(session.processor.update_settings, new)
+            new = session.settings.merged(patch)
+            await session.apply(new)
         if session.owner is client:
             client.settings = new
         shown = self._view(new)
@@ -358,13 +383,13 @@ class ControlServer:
         prompt = protocol.prompt_from(msg)
         session = self._target(client, msg, required=True)
         assert session is not None
-        session.processor.add_prompt(prompt)  # PromptError (e.g. selfie engine) → error reply
+        await session.add_prompt(prompt)  # PromptError (e.g. selfie engine) → error reply
         return {"session": session.id, "obj_id": prompt.obj_id, "points": len(prompt.points)}
 
     async def _on_reset(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
         session = self._target(client, msg, required=True)
         assert session is not None
-        session.processor.reset()
+        await session.reset()
         return {"session": session.id}
 
     async def _on_background_upload(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
@@ -381,29 +406,23 @@ class ControlServer:
             path.unlink(missing_ok=True)
             raise
         reply["upload"] = path.name  # the id to pick this image again (settings.set)
-        in_use = {s.processor.settings.background.image for s in self.sessions.values()}
+        in_use = {s.settings.background.image for s in self.sessions.values()}
         in_use |= {c.settings.background.image for c in self.clients}
         self.uploads.adopt(path, in_use)
         return reply
 
     async def _on_offer(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
-        from live.serve.peer import open_peer_session  # aiortc loads only when a peer comes
-
         sdp = protocol.offer_sdp(msg)
         if client.session is not None:  # a new offer replaces this client's old session
             await client.session.close()
         peers = [s for s in self.sessions.values() if s.kind == "webrtc"]
-        overloaded = any(s.pipeline is not None and s.pipeline.metrics().get("overloaded")
-                         for s in peers)
+        overloaded = any(s.running and s.stats().get("overloaded") for s in peers)
         refusal = self.admission.refusal(len(peers), self._opening, overloaded)
         if refusal is not None:
             raise ProtocolError(refusal)
         self._opening += 1  # answering takes a while (a model loads): others wait their turn
         try:
-            session, answer = await open_peer_session(client.settings, sdp,
-                                                      passthrough=self.passthrough,
-                                                      on_close=self._forget,
-                                                      bind_host=self.settings.server.host)
+            session, answer = await self._open_peer(client.settings, sdp)
         finally:
             self._opening -= 1
         session.owner = client
@@ -412,6 +431,16 @@ class ControlServer:
         session.task.add_done_callback(self._peer_tasks.discard)
         self.sessions[session.id] = session
         return {"session": session.id, "answer": {"type": "answer", "sdp": answer}}
+
+    async def _open_peer(self, settings: Settings, sdp: str) -> tuple[Any, str]:
+        """A new peer session, in the least-loaded worker (``live.serve.workers``), or
+        in this process with ``--workers 0``; its answer SDP."""
+        where = {"passthrough": self.passthrough, "bind_host": self.settings.server.host}
+        if self.workers is not None:
+            return await self.workers.open(settings, sdp, on_close=self._forget, **where)
+        from live.serve.peer import open_peer_session  # aiortc loads only when a peer comes
+
+        return await open_peer_session(settings, sdp, on_close=self._forget, **where)
 
     async def _on_stats(self, client: Client, msg: dict[str, Any]) -> dict[str, Any]:
         session = self._target(client, msg, required=True)
@@ -448,6 +477,8 @@ def serve(settings: Settings, passthrough: bool = False) -> None:
               "(Ctrl-C stops)", flush=True)
         print(f"live: operator URL (also sees and steers every session): "
               f"{server.operator_url}", flush=True)
+        if server.workers is not None:  # the first page need not wait for its worker
+            server.workers.prewarm()
         try:
             await stop.wait()
         finally:

@@ -17,6 +17,7 @@ from websockets.asyncio.server import ServerConnection
 
 from live.config import Settings
 from live.pipeline import FrameProcessor, Pipeline
+from live.segment import Prompt
 from live.serve import protocol
 
 log = logging.getLogger("live.serve.session")
@@ -46,11 +47,37 @@ class Session:
 
     def describe(self, client: Client | None = None) -> dict[str, Any]:
         return {"session": self.id, "kind": self.kind, "own": client is not None and
-                self.owner is client, "settings": client_settings(self.processor.settings)}
+                self.owner is client, "settings": client_settings(self.settings)}
 
     def stats(self) -> dict[str, Any]:
         metrics = self.pipeline.metrics() if self.pipeline is not None else {}
         return {"session": self.id, "kind": self.kind, **metrics}
+
+    # Steering: the surface a session in a worker (live.serve.workers.RemoteSession)
+    # shares, so the server relays to either the same way.
+
+    @property
+    def settings(self) -> Settings:
+        return self.processor.settings
+
+    @property
+    def running(self) -> bool:
+        return self.pipeline is not None
+
+    @property
+    def frames_out(self) -> int:
+        return self.pipeline.frames_out if self.pipeline is not None else 0
+
+    async def apply(self, settings: Settings) -> None:
+        """Swap to ``settings`` (validated) between two frames; a new model or background
+        image is built off the event loop first."""
+        await asyncio.to_thread(self.processor.update_settings, settings)
+
+    async def add_prompt(self, prompt: Prompt) -> None:
+        self.processor.add_prompt(prompt)  # PromptError (e.g. selfie engine) → error reply
+
+    async def reset(self) -> None:
+        self.processor.reset()
 
     def own(self, task: asyncio.Task[Any]) -> None:
         """A helper task that lives as long as the session (cancelled by ``close``)."""

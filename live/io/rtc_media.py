@@ -15,7 +15,9 @@ WebRTC applications widen both with the same tools, gathered here:
   at the ceiling and never estimates below the floor, so the resolution holds
   (``tune_answer``); the page adds its own sender limits (web_client/app.js);
 * aiortc's encoders start at the ceiling and follow the browser's REMB only
-  between floor and ceiling (``bound_encoders``).
+  between floor and ceiling (``bound_encoders``);
+* its H.264 encoder runs x264 at a realtime preset rather than x264's default
+  (``fast_h264``: a quarter of the CPU, same PSNR).
 
 The ceiling is sized to the largest picture (0.09 bits per pixel at 30 fps:
 2.5 Mbps at 1280x720), the floor is 40 % of it; an operator on a slow link
@@ -30,7 +32,7 @@ after, 1280x720 in 100 % of samples, from the first frame.
 from __future__ import annotations
 
 import re
-from typing import Callable
+from typing import Any, Callable
 
 from live.config import WebRTCSettings
 
@@ -110,6 +112,44 @@ def bound_encoders(rtc: WebRTCSettings) -> None:
     for module in (vpx, h264):
         module.MIN_BITRATE = rtc.min_bitrate_kbps * 1000
         module.MAX_BITRATE = module.DEFAULT_BITRATE = rtc.max_bitrate_kbps * 1000
+
+
+#: x264's preset for the video sent back. aiortc leaves x264 at its default,
+#: "medium": 17 ms per 1280x720 frame at 1 Mbps here (28 ms at 2.5 Mbps).
+#: With aiortc's baseline profile and zerolatency tune every preset gave the
+#: same PSNR on a real clip (34.8-35.0 dB at 1 Mbps, 38.8-39.3 at 2.5), and
+#: "superfast" took 4.2 ms (5.2): a quarter of the CPU. "ultrafast" saves
+#: 1.3 ms more but drops x264's deblocking filter, which PSNR does not see
+#: and eyes do.
+H264_PRESET = "superfast"
+
+
+def fast_h264() -> None:
+    """Every H.264 encoder this process makes from now on uses ``H264_PRESET``.
+
+    aiortc builds its encoders through ``aiortc.codecs.get_encoder``, which
+    takes the class from its module, and sets x264's options itself right
+    before opening the codec: so the class is swapped there, and the preset is
+    added back whenever the not-yet-open codec is touched (the last touch
+    before it opens is the encode call).
+    """
+    import aiortc.codecs
+    from aiortc.codecs.h264 import H264Encoder
+
+    class FastH264Encoder(H264Encoder):
+        @property
+        def codec(self) -> Any:
+            ctx = self.__dict__.get("_ctx")
+            if ctx is not None and not ctx.is_open and "preset" not in ctx.options:
+                ctx.options = {**ctx.options, "preset": H264_PRESET}
+            return ctx
+
+        @codec.setter
+        def codec(self, ctx: Any) -> None:
+            self.__dict__["_ctx"] = ctx
+
+    if aiortc.codecs.H264Encoder is H264Encoder:  # once per process
+        aiortc.codecs.H264Encoder = FastH264Encoder  # type: ignore[misc]
 
 
 def _payload_names(section: list[str]) -> dict[str, str]:

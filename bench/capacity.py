@@ -1,0 +1,327 @@
+"""Capacity: how many WebRTC peers one ``live serve`` holds, and its CPU per frame.
+
+    python -m bench.capacity --quick          # 640x480, VP8, 1 and 2 peers: ~2-3 minutes
+    python -m bench.capacity                  # 640x480 and 1280x720, VP8 and H264, 1..8 peers
+    python -m bench.capacity --workers 2      # server options ride along (see --help)
+
+A ``live serve`` server runs as a child process (selfie engine, blurred
+background). For each size and codec the benchmark adds peers — 1, 2, 3, 4,
+6, 8 — each an aiortc client in its own process sending a real clip at 30
+fps, every frame stamped with its index (``bench.webrtc``'s blocks) so the
+frame that comes back is matched to the one that went out. All peers of a
+step measure over the same window (one shared monotonic clock), and the
+server's CPU time (its process and every child: the session workers) is
+read at the window's two ends.
+
+A step holds when every peer receives ≥ ``--min-fps`` (25) frames per
+second and the round trip's p95 is at most ``--max-added-ms`` (50) above the
+pass-through server's p95 with one peer (same size and codec): the latency
+the network and the codecs cost before any processing. A peer the server
+refuses (its admission control found the machine full) fails its step too
+(``refused_peers``). A series stops at the first step that does not hold. The pass-through server (same code,
+frames returned untouched) is measured the same way.
+
+``server_cpu_ms_per_frame`` = server CPU time ÷ frames delivered to all
+peers: the figure that does not depend on where the clients run. The
+clients share the machine with the server here, so fps and round trips are
+pessimistic; the CPU per frame is not.
+
+Last line: one JSON object, ``steps`` (processed) and ``passthrough_steps``,
+each a list of {size, codec, peers, fps_min, rtt_p50, rtt_p95,
+server_cpu_percent, server_cpu_ms_per_frame, held}; ``capacity`` {size: the
+largest N that held with the first codec}; ``server_cpu_ms_per_frame``
+{size: at one processed peer, first codec}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import DATA, report
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER_STEPS = (1, 2, 3, 4, 6, 8)
+SETTLE_S = 6.0  # connect, ICE, first keyframes, encoder ramp-up: before the window opens
+SETTLE_PER_PEER_S = 1.5  # each client process imports aiortc and decodes the clip
+
+
+# --------------------------------------------------------------------------- one peer (child)
+
+
+def yuv_frames(clip: Path, count: int, size: tuple[int, int]) -> list[np.ndarray]:
+    """Clip frames as I420 planes in one array (h·3/2 × w): stamping and sending
+    them costs the client no colour conversion, leaving the cores to the server."""
+    import cv2
+
+    from bench import load_frames
+
+    return [cv2.cvtColor(f, cv2.COLOR_BGR2YUV_I420) for f in load_frames(clip, count, size)]
+
+
+def stamp_yuv(planes: np.ndarray, index: int, width: int, height: int) -> np.ndarray:
+    """``bench.webrtc.stamp`` on the luma plane (chroma neutral under the blocks)."""
+    from bench.webrtc import BITS
+
+    out = planes.copy()
+    block = width // BITS
+    for bit in range(BITS):
+        on = (index >> bit) & 1
+        x = bit * block
+        out[:block, x:x + block] = 255 if on else 0
+        out[height - block:height, x:x + block] = 0 if on else 255
+    # I420 chroma: U rows then V rows, each (h/2 × w/2) stored as (h/4 × w) lines
+    cw, rows = width // 2, block // 2
+    for plane_row0 in (height, height + height // 4):
+        for row0 in (0, height // 2 - rows):
+            for r in range(row0, row0 + rows):
+                line = plane_row0 + r // 2
+                off = (r % 2) * cw
+                out[line, off:off + BITS * block // 2] = 128
+    return out
+
+
+async def run_peer(url: str, clip: Path, size: tuple[int, int], codec: str, fps: float,
+                   window: tuple[float, float]) -> dict[str, Any]:
+    """Stream until the window closes; round trips of the frames sent inside it."""
+    import av
+    from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+    from bench.webrtc import returned
+    from live.serve.client import ControlClient
+
+    w, h = size
+    frames = yuv_frames(clip, 30, size)
+    start, end = window
+
+    class Stamped(MediaStreamTrack):
+        kind = "video"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.sent: dict[int, float] = {}
+            self.t0: float | None = None
+
+        async def recv(self) -> av.VideoFrame:
+            i = len(self.sent)
+            if self.readyState != "live" or i >= 1 << 16:
+                raise MediaStreamError
+            self.t0 = self.t0 or time.monotonic()
+            await asyncio.sleep(max(0.0, self.t0 + i / fps - time.monotonic()))
+            vf = av.VideoFrame.from_ndarray(stamp_yuv(frames[i % len(frames)], i, w, h),
+                                            format="yuv420p")
+            vf.pts, vf.time_base = int(i * 90_000 / fps), Fraction(1, 90_000)
+            self.sent[i] = time.monotonic()
+            return vf
+
+    track = Stamped()
+    async with ControlClient(url) as client:
+        try:
+            remote = await client.start_video(track, codec=codec)
+        except RuntimeError as exc:  # the server's admission said no: it is full
+            return {"frames": 0, "fps": 0.0, "rtt_ms": [], "refused": str(exc)}
+        received = await returned(remote, track.sent, end + 1.0)
+    in_window = {i: t for i, t in received.items() if start <= track.sent[i] < end}
+    return {"frames": len(in_window), "fps": len(in_window) / (end - start),
+            "rtt_ms": [round((t - track.sent[i]) * 1e3, 1) for i, t in in_window.items()],
+            "first_frame_late": not received or min(received.values()) > start}
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class Server:
+    """A child ``live serve`` and its CPU clock (its own process and every descendant)."""
+
+    def __init__(self, passthrough: bool, serve_args: list[str]):
+        import psutil
+
+        from bench.webrtc import start_server
+
+        self.proc, self.url = start_server(passthrough, "bench.capacity", serve_args)
+        self.ps = psutil.Process(self.proc.pid)
+
+    def cpu_seconds(self) -> float:
+        import psutil
+
+        total = 0.0
+        for p in [self.ps, *self.ps.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:  # a child that just ended
+                pass
+        return total
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def serve_child(passthrough: bool, workers: int | None) -> None:
+    """``--serve``: ``live serve`` with the selfie engine and blur, on a free port."""
+    from live.config import Settings
+    from live.serve.server import serve
+
+    patch: dict[str, Any] = {"server": {"port": 0}, "engine": {"name": "selfie"}}
+    if workers is not None:
+        patch["server"]["workers"] = workers
+    serve(Settings().merged(patch), passthrough)
+
+
+# --------------------------------------------------------------------------- one step, a series
+
+
+def pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if values else None
+
+
+def measure_step(server: Server, args: argparse.Namespace, size: tuple[int, int], codec: str,
+                 peers: int) -> dict[str, Any]:
+    """``peers`` client processes measured over one shared window."""
+    start = time.monotonic() + SETTLE_S + SETTLE_PER_PEER_S * peers
+    end = start + args.seconds
+    cmd = [sys.executable, "-m", "bench.capacity", "--peer", server.url, "--clip", args.clip,
+           "--size", f"{size[0]}x{size[1]}", "--codec", codec, "--fps", str(args.fps),
+           "--window", f"{start},{end}"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+             for _ in range(peers)]
+    time.sleep(max(0.0, start - time.monotonic()))
+    cpu0, t0 = server.cpu_seconds(), time.monotonic()
+    time.sleep(max(0.0, end - time.monotonic()))
+    cpu1, t1 = server.cpu_seconds(), time.monotonic()
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=60)
+        lines = out.strip().splitlines()
+        try:
+            results.append(json.loads(lines[-1]))
+        except (IndexError, json.JSONDecodeError):
+            results.append({"frames": 0, "fps": 0.0, "rtt_ms": [], "error": lines[-1:]})
+    rtts = [v for r in results for v in r["rtt_ms"]]
+    delivered = sum(r["frames"] for r in results)
+    cpu_ms = (cpu1 - cpu0) * 1e3
+    return {"size": f"{size[0]}x{size[1]}", "codec": codec, "peers": peers,
+            "fps_min": round(min(r["fps"] for r in results), 1),
+            "rtt_p50": pct(rtts, 50), "rtt_p95": pct(rtts, 95),
+            "server_cpu_percent": round(cpu_ms / (t1 - t0) / 10, 1),
+            "server_cpu_ms_per_frame": round(cpu_ms / delivered, 2) if delivered else None,
+            "late_peers": sum(bool(r.get("first_frame_late")) for r in results),
+            "failed_peers": sum("error" in r for r in results),
+            "refused_peers": sum("refused" in r for r in results)}
+
+
+def run_series(passthrough: bool, args: argparse.Namespace, size: tuple[int, int], codec: str,
+               baseline_p95: float | None) -> list[dict[str, Any]]:
+    """Add peers until a step does not hold; a fresh server per series."""
+    server = Server(passthrough, args.serve_args)
+    steps: list[dict[str, Any]] = []
+    try:
+        for peers in args.peers:
+            step = measure_step(server, args, size, codec, peers)
+            base = baseline_p95 if baseline_p95 is not None else steps[0]["rtt_p95"] \
+                if steps else step["rtt_p95"]
+            step["held"] = bool(step["fps_min"] >= args.min_fps and step["rtt_p95"] is not None
+                                and base is not None
+                                and step["rtt_p95"] - base <= args.max_added_ms)
+            steps.append(step)
+            print(json.dumps({"passthrough": passthrough, **step}), file=sys.stderr, flush=True)
+            if not step["held"] and not args.keep_going:
+                break
+    finally:
+        server.stop()
+    return steps
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    sizes = [tuple(int(v) for v in s.lower().split("x")) for s in args.sizes.split(",")]
+    codecs = args.codecs.split(",")
+    steps: list[dict[str, Any]] = []
+    passthrough_steps: list[dict[str, Any]] = []
+    for size in sizes:
+        for codec in codecs:
+            plain = run_series(True, args, size, codec, None)
+            passthrough_steps += plain
+            steps += run_series(False, args, size, codec, plain[0]["rtt_p95"])
+    capacity, cpu = {}, {}
+    for size in sizes:
+        key = f"{size[0]}x{size[1]}"
+        series = [s for s in steps if s["size"] == key and s["codec"] == codecs[0]]
+        capacity[key] = 0  # the largest N with every step up to it held
+        for step in series:
+            if not step["held"]:
+                break
+            capacity[key] = step["peers"]
+        cpu[key] = next((s["server_cpu_ms_per_frame"] for s in series if s["peers"] == 1), None)
+    return {"steps": steps, "passthrough_steps": passthrough_steps, "capacity": capacity,
+            "server_cpu_ms_per_frame": cpu, "criteria": {"min_fps": args.min_fps,
+                                                         "max_added_ms_p95": args.max_added_ms},
+            "seconds_per_step": args.seconds, "server_args": args.serve_args,
+            "cpu_count": os.cpu_count(), "load_avg_1m_at_start": args.load_at_start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="640x480, VP8, 1 and 2 peers, 6 s windows (~2-3 minutes)")
+    parser.add_argument("--sizes", default="640x480,1280x720")
+    parser.add_argument("--codecs", default="VP8,H264",
+                        help="the first one is the default codec the capacity is quoted for")
+    parser.add_argument("--peers", default=",".join(map(str, PEER_STEPS)),
+                        help="peer counts to try, in order")
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured window per step")
+    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--min-fps", type=float, default=25.0)
+    parser.add_argument("--max-added-ms", type=float, default=50.0)
+    parser.add_argument("--keep-going", action="store_true",
+                        help="measure every step even after one did not hold (--quick does)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="the server's --workers (default: the server's own default)")
+    parser.add_argument("--clip", default=str(DATA / "clips" / "06_pingpong.mp4"))
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--passthrough", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--peer", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--size", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--codec", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--window", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:  # the server half, started by the benchmark itself
+        serve_child(args.passthrough, args.workers)
+        return
+    if args.peer:  # one client process
+        w, h = (int(v) for v in args.size.split("x"))
+        start, end = (float(v) for v in args.window.split(","))
+        print(json.dumps(asyncio.run(run_peer(args.peer, Path(args.clip), (w, h), args.codec,
+                                              args.fps, (start, end)))), flush=True)
+        return
+
+    def measure() -> dict[str, Any]:
+        if not Path(args.clip).is_file():
+            sys.exit(f"clip not found: {args.clip} (set LIVE_DATA_DIR or pass --clip)")
+        if args.quick:
+            args.sizes, args.codecs, args.peers, args.seconds = "640x480", "VP8", "1,2", 6.0
+            args.keep_going = True
+        args.peers = [int(n) for n in str(args.peers).split(",")]
+        args.serve_args = [] if args.workers is None else ["--workers", str(args.workers)]
+        args.load_at_start = round(os.getloadavg()[0], 2)  # other load skews figures
+        return run(args)
+
+    report(measure)
+
+
+if __name__ == "__main__":
+    main()
