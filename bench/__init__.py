@@ -57,3 +57,27 @@ def load_frames(path: Path, count: int | None = None, size: tuple[int, int] | No
             if len(frames) == count:
                 break
     return frames
+
+
+def cpu_seconds(procs: list[Any]) -> float:
+    """User + system CPU seconds of ``procs`` (psutil.Process), those still running."""
+    import psutil
+
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:  # a process that just ended
+            continue
+        total += t.user + t.system
+    return total
+
+
+def process_tree(proc: Any) -> list[Any]:
+    """``proc`` and its descendants: a server's CPU includes its session workers'."""
+    import psutil
+
+    try:
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return [proc]

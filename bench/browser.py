@@ -53,7 +53,7 @@ import cv2  # noqa: F401  (before av: the other order can make OpenCV spin, PyAV
 import av
 import numpy as np
 
-from bench import DATA, load_frames, report
+from bench import DATA, cpu_seconds, load_frames, process_tree, report
 from bench.webrtc import BITS, pct, stamp, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -164,20 +164,6 @@ RTC_STATS_JS = """async () => {
 }"""
 
 
-def cpu_seconds(procs: list[Any]) -> float:
-    """User + system CPU seconds of ``procs`` (psutil.Process), those still running."""
-    import psutil
-
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-        except psutil.Error:
-            continue
-        total += t.user + t.system
-    return total
-
-
 def chromium_processes() -> list[Any]:
     """This benchmark's chromium processes (under Playwright's driver, under us)."""
     import psutil
@@ -213,9 +199,9 @@ def run_phase(browser: Any, args: argparse.Namespace, passthrough: bool,
             time.sleep(1.0)
             rtc.append(page.evaluate(RTC_STATS_JS) or {})
             if cpu0 is None and time.monotonic() - started >= args.warmup:
-                cpu0 = (cpu_seconds(server_proc), cpu_seconds(chromium_processes()),
+                cpu0 = (cpu_seconds(process_tree(server_proc[0])), cpu_seconds(chromium_processes()),
                         time.monotonic())
-        cpu1 = (cpu_seconds(server_proc), cpu_seconds(chromium_processes()), time.monotonic())
+        cpu1 = (cpu_seconds(process_tree(server_proc[0])), cpu_seconds(chromium_processes()), time.monotonic())
         server = page.evaluate("window.liveClient.request('stats')").get("stats", {})
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import DATA, report
+from bench import DATA, cpu_seconds, process_tree, report
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_STEPS = (1, 2, 3, 4, 6, 8)
@@ -152,16 +152,7 @@ class Server:
         self.ps = psutil.Process(self.proc.pid)
 
     def cpu_seconds(self) -> float:
-        import psutil
-
-        total = 0.0
-        for p in [self.ps, *self.ps.children(recursive=True)]:
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:  # a child that just ended
-                pass
-        return total
+        return cpu_seconds(process_tree(self.ps))
 
     def stop(self) -> None:
         self.proc.terminate()

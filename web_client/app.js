@@ -693,13 +693,15 @@ function showStats(sessions) {
     return;
   }
   const own = wanted === state.ownSession;
-  const ms = (stage) => (s.stage_ms && s.stage_ms[stage] ? s.stage_ms[stage].p50.toFixed(1) : "–");
+  // A session that has not reported yet (a worker just took it) has no figures: "–".
+  const num = (v) => (typeof v === "number" ? v.toFixed(1) : "–");
+  const ms = (stage) => num(s.stage_ms && s.stage_ms[stage] && s.stage_ms[stage].p50);
   const video = $("processed");
   const parts = [
     own && shown.fps != null
       ? [`${shown.fps.toFixed(1)} fps`, `frames this page showed in the last second ` +
-        `(the server processed ${s.fps.toFixed(1)} a second)`]
-      : [`${s.fps.toFixed(1)} fps`, "frames the server processed a second"],
+        `(the server processed ${num(s.fps)} a second)`]
+      : [`${num(s.fps)} fps`, "frames the server processed a second"],
     own && video.videoWidth ? [`${video.videoWidth}×${video.videoHeight}`,
       "size of the processed video as this page receives it"] : null,
     [`segment ${ms("segment")} · matte ${ms("matte")} · composite ${ms("composite")} ms`,
@@ -707,7 +709,7 @@ function showStats(sessions) {
     s.mask_age_ms != null ? [`latency ${s.mask_age_ms} ms`,
       "from a frame's arrival at the server to its processed copy leaving it " +
       "(the network and the browser add to this)"] : null,
-    [`dropped ${s.dropped}`, "camera frames the server skipped because a newer one arrived " +
+    [`dropped ${s.dropped ?? "–"}`, "camera frames the server skipped because a newer one arrived " +
       "before it was ready: it never queues frames, so the picture stays current instead " +
       "of falling behind. A few a second is normal on a busy machine"],
   ];
