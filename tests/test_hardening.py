@@ -496,6 +496,26 @@ def test_admission_follows_the_measured_cost_of_a_frame() -> None:
     assert "at most" not in refusal and "8" in Admission(8).refusal(8, 0, False)
 
 
+def test_peers_arriving_together_are_planned_before_their_cost_shows() -> None:
+    """A session admitted a moment ago is not in the measured window yet: the next
+    offer must be planned with it, or two peers arriving together both pass."""
+    from live.serve.admission import Admission
+
+    clocks = Clocks()
+    admission = Admission(8, cores=2, cpu_seconds=lambda: clocks.cpu,
+                          idle_seconds=lambda: clocks.idle)
+    frames = {"a": 0}
+    admission.sample(frames)
+    for _ in range(3):  # one session at 20 ms a frame, 1.3 cores idle: room for one more
+        clocks.advance(0.2, busy_cores=0.6, idle_cores=1.3)
+        frames["a"] += 6
+        admission.sample(frames)
+    assert admission.refusal(1, 0, False) is None  # 0.6 cores in 0.8 x 1.3
+    # the next offer, at once: the one just admitted has not loaded the machine yet
+    refusal = admission.refusal(2, 0, False)
+    assert refusal and "CPU cores" in refusal
+
+
 def test_late_frames_are_dropped_at_the_source_and_reported() -> None:
     """A track whose frames reach us later and later (a backlog in the socket buffer):
     the source skips the stale ones, so what it hands on stays fresh."""

@@ -33,6 +33,9 @@ HEADROOM = 0.8
 #: Event-loop lateness (ms, p90 over the window) above which the loop itself is full.
 MAX_LOOP_LAG_MS = 40.0
 WINDOW_S = 3.0
+#: A session admitted this recently has not shown its cost in the measured window yet
+#: (peers often arrive together): it is planned at the measured cost until it has.
+UNSEEN_S = WINDOW_S + 1.0
 
 
 @dataclass
@@ -69,6 +72,7 @@ class Admission:
         self._lag_ms: deque[float] = deque(maxlen=30)
         self._frames_seen: dict[str, int] = {}
         self._frames_total = 0
+        self._admitted: deque[float] = deque()  # monotonic times of recent admissions
 
     def sample(self, frames: Mapping[str, int]) -> None:
         """Record the load now; ``frames``: frames processed so far, by session id (a
@@ -109,6 +113,12 @@ class Admission:
         if busy >= self.max_sessions:
             return (f"the server is at capacity ({busy} video sessions, the most it "
                     f"takes is {self.max_sessions}); try again when one has ended")
+        refusal = self._measured_refusal(busy, opening, overloaded)
+        if refusal is None:
+            self._admitted.append(time.monotonic())
+        return refusal
+
+    def _measured_refusal(self, busy: int, opening: int, overloaded: bool) -> str | None:
         if busy == 0 or not self.measured:
             return None  # nothing measured can say no to the first one
         if overloaded:
@@ -119,7 +129,11 @@ class Admission:
             return "the server is at capacity (its event loop is saturated); try again later"
         idle = self.idle_cores()
         cost = self.frame_cost() or PRIOR_FRAME_CPU_S
-        need = cost * PLANNED_FPS * (1 + opening)
+        now = time.monotonic()
+        while self._admitted and now - self._admitted[0] > UNSEEN_S:
+            self._admitted.popleft()
+        unseen = max(opening, len(self._admitted))  # the ones being answered are among them
+        need = cost * PLANNED_FPS * (1 + unseen)
         if idle is not None and need > HEADROOM * idle:
             return (f"the server is at capacity: another video session needs ~{need:.1f} "
                     f"CPU cores and {idle:.1f} are idle; try again when one has ended")
