@@ -489,7 +489,8 @@ def _flag_help(default: Any, meta: Mapping[str, Any]) -> str:
         extra.append(f"{meta['lo']:g} to {meta['hi']:g}")
     if default is not None:
         extra.append(f"default {default}")
-    return meta["help"] + (f" [{'; '.join(extra)}]" if extra else "")
+    text = meta["help"] + (f" [{'; '.join(extra)}]" if extra else "")
+    return text.replace("%", "%%")  # argparse formats help with %: "40 %" is text here
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

@@ -176,3 +176,12 @@ def test_sam2_without_its_extra_names_the_command_that_installs_it(tmp_path: Pat
     assert "needs torch and sam2" in message, message
     assert f"make sam2` in {REPO}" in message and f"pip install -e '{REPO}[sam2]'" in message
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "serve", "config"])
+def test_every_command_prints_its_help(command: str) -> None:
+    """Help texts come from the schema; one with a "%" in it broke argparse's help."""
+    proc = subprocess.run([sys.executable, "-m", "live.cli", command, "--help"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert "--background" in proc.stdout and "Traceback" not in proc.stderr
