@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -57,6 +58,9 @@ class Resized:
 
     async def close(self) -> None:
         await self.source.close()
+
+    def stats(self) -> dict[str, Any]:
+        return self.source.stats()
 
 
 class RssProbe(NullSink):

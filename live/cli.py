@@ -297,7 +297,7 @@ class _Limited:
         await self._source.close()
 
     def stats(self) -> dict[str, Any]:
-        return self._source.stats() if hasattr(self._source, "stats") else {}
+        return self._source.stats()
 
 
 def format_status(m: dict[str, Any]) -> str:

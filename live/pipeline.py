@@ -166,9 +166,10 @@ class FrameProcessor:
             # loads and checks a new image/video first (tens of ms), then swaps atomically;
             # safe beside a frame in progress, so frames keep flowing meanwhile
             self.compositor.update(settings.background)
+        replaced = None
         with self._lock:
             if segmenter is not None:
-                self.segmenter = segmenter
+                replaced, self.segmenter = self.segmenter, segmenter
                 self.matte.reset()
             elif settings.engine != old.engine:  # knobs the engine reads frame by frame
                 self.segmenter.settings = settings.engine
@@ -177,6 +178,8 @@ class FrameProcessor:
             if settings.matte != old.matte:
                 self.matte.update(settings.matte)
             self.settings = settings
+        if replaced is not None:
+            replaced.close()  # after the swap: the frame in progress has finished with it
 
     def add_prompt(self, prompt: Prompt) -> None:
         """Queue a click for the next frame; a prompt the engine refuses raises PromptError now."""
@@ -191,9 +194,7 @@ class FrameProcessor:
 
     def close(self) -> None:
         self.compositor.close()  # a video background's decoder thread and file
-        close_engine = getattr(self.segmenter, "close", None)  # the selfie engine's interpreters
-        if close_engine is not None:
-            close_engine()
+        self.segmenter.close()
 
 
 class Pipeline:
@@ -327,7 +328,7 @@ class Pipeline:
             "engine": self.processor.segmenter.stats(),
             "errors": list(self.errors),
             "running": self.running,
-            **(self.source.stats() if hasattr(self.source, "stats") else {}),
+            **self.source.stats(),
         }
 
 

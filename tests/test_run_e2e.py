@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import glob
 import os
 import subprocess
@@ -70,6 +69,9 @@ class FailingSource:
 
     async def close(self) -> None:
         await self.inner.close()
+
+    def stats(self) -> dict:
+        return self.inner.stats()
 
 
 @asynctest

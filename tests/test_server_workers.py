@@ -11,7 +11,6 @@ import signal
 import time
 
 import psutil
-import pytest
 
 from live.serve.client import ControlClient
 from server_helpers import ClipTrack, load_clip, recv_frames, running_server, test_settings, \

@@ -50,6 +50,10 @@ class Source(Protocol):
 
     async def close(self) -> None: ...
 
+    def stats(self) -> dict[str, Any]:
+        """Source-specific figures for the status line (skipped, stale or damaged frames)."""
+        ...
+
 
 class SourceError(RuntimeError):
     """A source cannot be opened at all; the message says what to check."""

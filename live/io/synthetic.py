@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import cv2
 import numpy as np
@@ -44,6 +45,9 @@ class SyntheticSource:
         frame = Frame(self.render(self.index), self.index, self.index / self.fps)
         self.index += 1
         return frame
+
+    def stats(self) -> dict[str, Any]:
+        return {}
 
     async def close(self) -> None:
         """Nothing to release."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import cv2
 import numpy as np
@@ -79,6 +80,9 @@ class WebcamSource:
             log.warning("%s (retry in %.1fs)", self.status, delay)
             await asyncio.sleep(delay)
         raise EndOfStream
+
+    def stats(self) -> dict[str, Any]:
+        return {"camera": self.status}
 
     def _release(self) -> None:  # worker thread: after any grab in flight, even a re-open
         if self.cap is not None:

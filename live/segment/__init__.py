@@ -64,6 +64,10 @@ class Segmenter(Protocol):
     def stats(self) -> dict[str, Any]:
         """Engine-specific live figures for the status line (e.g. memory bank bytes)."""
 
+    def close(self) -> None:
+        """Give back what the engine borrowed (the selfie interpreters return to their
+        pool); the engine is not used after it."""
+
 
 def gpu_device() -> str | None:
     """``"cuda"`` or ``"mps"`` when torch sees one, else None (also when torch is missing,

@@ -129,6 +129,9 @@ class AutoPromptedSAM2:
             self._judge(alpha, person)
         return alpha
 
+    def close(self) -> None:
+        self.selfie.close()  # its interpreters go back to the pool; the model is shared
+
     def stats(self) -> dict[str, Any]:
         return {**self.stream.stats(), "mode": self.mode, "anchors": dict(self.anchors),
                 "reanchors": self.anchors["lost"] + self.anchors["disagreement"],
