@@ -174,13 +174,15 @@ class SelfieSegmenter:
         self._interpreter(pick_variant(self.settings.selfie_model, width, height))
 
     def _run(self, variant: str, image_bgr: np.ndarray) -> np.ndarray:
-        """The model's alpha for an image already at its input size."""
+        """The model's alpha for an image already at its input size (a view of the
+        interpreter's output: use it before the next invoke)."""
         interp, in_idx, out_idx = self._interpreter(variant)[:3]
         rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
-        tensor = (rgb.astype(np.float32) * (1.0 / 255.0))[None]
-        interp.set_tensor(in_idx, tensor)
+        # straight into the input tensor, scaled to [0, 1]: one pass, no copies
+        np.multiply(rgb, np.float32(1.0 / 255.0), out=interp.tensor(in_idx)()[0],
+                    casting="unsafe")
         interp.invoke()
-        return interp.get_tensor(out_idx)[0, :, :, 0]
+        return interp.tensor(out_idx)()[0, :, :, 0]
 
     def _whole(self, pyramid: Pyramid, grid: tuple[int, int]) -> np.ndarray:
         """The model on the whole frame (stretched to its input, as MediaPipe does)."""
@@ -195,26 +197,34 @@ class SelfieSegmenter:
                  variant: str) -> np.ndarray:
         """The model on ``crop`` (grid cells) at its full input size, at the crop's grid size.
 
-        The crop is sampled from the smallest pyramid level still at least as fine
-        as the model's input (its halvings are shared with the matte and the blur),
-        by one affine warp: exact sub-pixel placement, cost of the model's input only.
+        The crop is cut from the smallest pyramid level still at least as fine as
+        the model's input (its halvings are shared with the matte and the blur),
+        on whole pixels of that level, and resized to the model's input: a plain
+        resize costs a quarter of an affine warp's 0.4 ms. The model's alpha is
+        mapped back onto the crop's cells by the exact inverse of that cut, so the
+        pixels a level holds beyond the cells are accounted for, not smeared.
         """
         h, w = pyramid.image.shape[:2]
         mh, mw = self._interpreter(variant).size
         x0, y0, x1, y1 = crop
         fx, fy = w / grid[0], h / grid[1]  # frame pixels per cell
-        sx, sy = (x1 - x0) * fx / mw, (y1 - y0) * fy / mh  # frame pixels per model pixel
         k = 0
-        while 2 ** (k + 1) <= min(sx, sy):
+        while 2 ** (k + 1) <= min((x1 - x0) * fx / mw, (y1 - y0) * fy / mh):
             k += 1
         level = pyramid.halved(k)
-        d = 2.0 ** k
-        warp = np.float32([[sx / d, 0, (x0 * fx + 0.5 * sx) / d - 0.5],
-                           [0, sy / d, (y0 * fy + 0.5 * sy) / d - 0.5]])
-        image = cv2.warpAffine(level, warp, (mw, mh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                               borderMode=cv2.BORDER_REPLICATE)
+        lh, lw = level.shape[:2]
+        ux, uy = lw / grid[0], lh / grid[1]  # level pixels per cell
+        lx0, ly0 = int(np.floor(x0 * ux)), int(np.floor(y0 * uy))
+        lx1, ly1 = min(lw, int(np.ceil(x1 * ux))), min(lh, int(np.ceil(y1 * uy)))
+        image = cv2.resize(level[ly0:ly1, lx0:lx1], (mw, mh), interpolation=cv2.INTER_LINEAR)
         alpha = self._run(variant, image)
-        return cv2.resize(alpha, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+        # cell centre c -> level coordinate (c + 0.5) * u - 0.5 -> model pixel
+        sx, sy = (lx1 - lx0) / mw, (ly1 - ly0) / mh  # level pixels per model pixel
+        back = np.float32([[ux / sx, 0, ((x0 + 0.5) * ux - lx0) / sx - 0.5],
+                           [0, uy / sy, ((y0 + 0.5) * uy - ly0) / sy - 0.5]])
+        return cv2.warpAffine(alpha, back, (x1 - x0, y1 - y0),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
 
     def step(self, frame_bgr: np.ndarray, pyramid: Pyramid | None = None) -> np.ndarray:
         """Alpha on the engine's output grid (``output_grid``), float32 in [0, 1]."""
