@@ -242,6 +242,49 @@ def test_the_guard_can_be_turned_off() -> None:
     assert person_area(engine.step(scene(True))) == 0
 
 
+class CountingModel(ColourKeyModel):
+    """The colour-key model, counting its whole-frame passes."""
+
+    wholes = 0
+
+    def _whole(self, pyramid: Pyramid, grid: tuple[int, int]) -> np.ndarray:
+        self.wholes += 1
+        return super()._whole(pyramid, grid)
+
+
+def test_the_refresh_is_put_off_while_nothing_moves_outside_the_crop() -> None:
+    """A still picture with one person in the crop: the whole-frame pass that looks for
+    people coming in is put off (nobody came in: nothing changed there), though never
+    for more than three refresh intervals."""
+    interval = EngineSettings().selfie_refresh_frames
+    engine = CountingModel()
+    frame = scene(True)
+    for _ in range(3 * interval + 1):
+        engine.step(frame)
+    assert engine.crops >= 3 * interval - 1  # the person was tracked in a crop
+    assert engine.wholes == 2, engine.wholes  # the first frame, then one put off to 3x
+
+
+def test_someone_coming_in_beside_the_tracked_person_is_found() -> None:
+    """The picture outside the crop changes where they come in: the refresh comes on
+    time, and they are found within one refresh interval."""
+    interval = EngineSettings().selfie_refresh_frames
+    engine = CountingModel()
+    for _ in range(interval + 3):
+        engine.step(scene(True))
+    both = scene(True)
+    both[100:300, 40:110] = (30, 30, 220)  # a second person, far left of the crop
+    grid = output_grid(640, 360)
+    found = None
+    for i in range(interval + 1):
+        alpha = engine.step(both)
+        left = alpha[:, : grid[0] // 4]
+        if person_area(left) > 0:
+            found = i
+            break
+    assert found is not None and found <= interval, found
+
+
 def test_a_closed_segmenter_lends_its_interpreters_to_the_next(data_dir: Path) -> None:
     """Sessions reuse the selfie interpreters (a server built two per session and kept
     ~3 MB of each session's native memory); a reused one answers as a new one does,

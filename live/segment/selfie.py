@@ -42,6 +42,14 @@ MIN_CROP = 0.35  # a crop is at least this share of the frame's height (context,
 #                  blown-up specks)
 MIN_GAIN = 1.3  # crop only when it shows the model the people this much larger
 MOTION_FRAMES = 2.0  # the crop allows for this many frames of the people's latest motion
+# The whole-frame refresh is put off while the picture outside the crop stands still: a
+# cell "moved" when its luminance (0-1) changed by more than STILL_CELL since the last
+# whole pass (sensor noise and compression stay under it), and the picture "stood still"
+# while at most MOVED_CELLS of the grid's cells moved (a person walking in at the edge of
+# a 720p frame moves several times that); never more than REFRESH_PUT_OFF intervals long.
+STILL_CELL = 0.06
+MOVED_CELLS = 0.002
+REFRESH_PUT_OFF = 3
 MODEL_SIZE = {"square": (256, 256), "landscape": (256, 144)}  # (w, h) of the model files
 
 
@@ -160,6 +168,7 @@ class SelfieSegmenter:
         self._grid: tuple[int, int] | None = None
         self._since_full = 0
         self._full_next = True  # the next frame needs a whole-frame pass
+        self._gray_at_full: np.ndarray | None = None  # the picture at the last whole pass
         self._center: tuple[float, float] | None = None  # centre of the tracked people
         self._motion = 0.0  # how far (cells) that centre moved per frame, smoothed
         self.crops = 0  # frames segmented from a crop (figures for stats)
@@ -237,11 +246,14 @@ class SelfieSegmenter:
         s = self.settings
         box = self.tracks.union() if s.selfie_crop else None
         plan = plan_crop(box, grid, s.selfie_model, self._motion) if box else None
+        gray = cv2.cvtColor(pyramid.shrunk(*grid), cv2.COLOR_BGR2GRAY).astype(np.float32)
+        gray *= 1.0 / 255.0
         whole = None
-        if plan is None or self._full_next or self._since_full + 1 >= s.selfie_refresh_frames:
+        if plan is None or self._full_next or self._refresh_due(gray, plan[0]):
             whole = self._whole(pyramid, grid)
             self._since_full = 0
             self._full_next = False
+            self._gray_at_full = gray
         else:
             self._since_full += 1
         if plan is None:
@@ -255,8 +267,6 @@ class SelfieSegmenter:
             self.crops += 1
             self._full_next = _touches_edge(inside, crop, grid)
         np.clip(alpha, 0.0, 1.0, out=alpha)
-        gray = cv2.cvtColor(pyramid.shrunk(*grid), cv2.COLOR_BGR2GRAY).astype(np.float32)
-        gray *= 1.0 / 255.0
         if s.selfie_hold_frames > 0:
             suspects = self.tracks.suspects(alpha, gray)
             if suspects:  # a second look before holding: the other kind of pass
@@ -277,6 +287,27 @@ class SelfieSegmenter:
         self._follow(self.tracks.union())
         return alpha
 
+    def _refresh_due(self, gray: np.ndarray, crop: Box) -> bool:
+        """Is it time for the whole-frame pass that finds people coming in?
+
+        Every ``selfie_refresh_frames`` frames, unless the picture outside the crop
+        has not changed since the last whole pass: nobody can have come in there
+        unseen, and the pass (2-3 ms, on top of the crop's) is put off, at most
+        ``REFRESH_PUT_OFF`` times over. A still camera with one person in the crop
+        then pays for the crop alone; a moving camera or anyone moving outside
+        the crop gets the refresh on time."""
+        s = self.settings
+        if self._since_full + 1 < s.selfie_refresh_frames:
+            return False
+        last = self._gray_at_full
+        if last is None or last.shape != gray.shape \
+                or self._since_full + 1 >= REFRESH_PUT_OFF * s.selfie_refresh_frames:
+            return True
+        changed = cv2.absdiff(gray, last) > STILL_CELL
+        x0, y0, x1, y1 = crop
+        changed[y0:y1, x0:x1] = False
+        return np.count_nonzero(changed) > MOVED_CELLS * changed.size
+
     def _follow(self, box: Box | None) -> None:
         """Track how fast the people move, for the next crop's motion allowance."""
         if box is None:
@@ -294,6 +325,7 @@ class SelfieSegmenter:
         self._grid = None
         self._since_full = 0
         self._full_next = True
+        self._gray_at_full = None
         self._center, self._motion = None, 0.0
 
     def close(self) -> None:
