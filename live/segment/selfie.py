@@ -8,12 +8,13 @@ person. So the engine looks where the people are: it tracks them
 (``PersonTracks``), runs the model on a crop around them at its full input size
 (the square model for a standing person, the landscape one for a wide group)
 and pastes the result into an alpha of the frame's aspect (``output_grid``).
-The whole frame is searched again every ``selfie_refresh_frames`` frames, when
-the people run into a side of the crop, and when nobody is tracked, so people
-coming in are found. Measured on DAVIS (``python -m bench.quality``): the
-model's own mask gains 6.5 IoU points on the mean, 10 on a man running
-across the frame. A crop is sampled from the frame's shared ``Pyramid`` by one
-affine warp, so it costs the model's input size, not the frame's.
+The whole frame is searched again every ``selfie_refresh_frames`` frames (put
+off while nothing moves outside the crop), when the people run into a side of
+the crop, and when nobody is tracked, so people coming in are found. Measured
+on DAVIS (``python -m bench.quality``): the model's own mask gains 6.5 IoU
+points on the mean, 10 on a man running across the frame. A crop is cut from
+a level of the frame's shared ``Pyramid`` and resized, so it costs the model's
+input size, not the frame's.
 
 The tracks also guard against dropouts (see ``live.segment.tracks``). Smoothing
 over time still belongs to the matte stage.
