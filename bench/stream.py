@@ -35,6 +35,7 @@ import threading
 import time
 from pathlib import Path
 
+import live  # noqa: F401  (before torch: it sets torch's OpenMP wait policy, as in the service)
 import numpy as np
 import torch
 from PIL import Image
@@ -258,8 +259,8 @@ def measure_sessions(args: argparse.Namespace) -> dict:
                 for s, (frames, _), sink in zip(streams, clips, logits):
                     play(s, frames[i:i + 1], sink)
 
-        # in a thread of its own too: on this box torch runs the same model several
-        # times slower (in CPU time) in the main thread than in any other thread
+        # in a thread of its own too, like the batched sessions (with libgomp's default
+        # spinning, a process's only OpenMP team, here the main thread's, ran up to 8x slower)
         thread = threading.Thread(target=loop)
         t0 = time.perf_counter()
         thread.start()
