@@ -73,6 +73,7 @@ class Admission:
         self._frames_seen: dict[str, int] = {}
         self._frames_total = 0
         self._admitted: deque[float] = deque()  # monotonic times of recent admissions
+        self._cost: float | None = None  # the last measured frame_cost
 
     def sample(self, frames: Mapping[str, int]) -> None:
         """Record the load now; ``frames``: frames processed so far, by session id (a
@@ -85,14 +86,20 @@ class Admission:
                                     self._frames_total))
         while len(self._samples) > 2 and now - self._samples[1].at >= WINDOW_S:
             self._samples.popleft()
+        first, last = self._samples[0], self._samples[-1]
+        if last.frames > first.frames:
+            self._cost = (last.cpu - first.cpu) / (last.frames - first.frames)
 
     def frame_cost(self) -> float | None:
-        """CPU seconds per processed frame over the window, None before any frames."""
-        if len(self._samples) < 2:
-            return None
-        first, last = self._samples[0], self._samples[-1]
-        frames = last.frames - first.frames
-        return (last.cpu - first.cpu) / frames if frames > 0 else None
+        """CPU seconds per processed frame over the window; over the last window that
+        had frames when this one has none; None before any frames.
+
+        Peers often come in together after a lull (a class joining, a benchmark's
+        next step): the cost of a frame did not change because the server went
+        idle, and the prior in its place (size-blind, set for the costliest
+        case) refused a second peer that fits.
+        """
+        return self._cost
 
     def idle_cores(self) -> float | None:
         if len(self._samples) < 2:
