@@ -350,7 +350,8 @@ def measure_step(server: Server, args: argparse.Namespace, size: tuple[int, int]
                                         / (end - start) / peers, 1),
             "late_peers": sum(bool(r.get("first_frame_late")) for r in results),
             "failed_peers": sum("error" in r for r in results),
-            "refused_peers": sum("refused" in r for r in results)}
+            "refused_peers": sum("refused" in r for r in results),
+            "refusals": sorted({r["refused"] for r in results if "refused" in r})}
 
 
 def run_series(passthrough: bool, args: argparse.Namespace, size: tuple[int, int], codec: str,

@@ -44,6 +44,7 @@ class Sample:
     cpu: float         # this process's (+ reported workers') CPU seconds so far
     idle: float | None  # the machine's idle CPU seconds so far (all cores), None if unknown
     frames: int        # frames processed so far, over every session
+    sessions: frozenset[str]  # the sessions processing frames at that moment
 
 
 def machine_idle_seconds() -> float | None:
@@ -83,21 +84,25 @@ class Admission:
             self._frames_total += max(0, count - self._frames_seen.get(sid, 0))
         self._frames_seen = dict(frames)
         self._samples.append(Sample(now, self._cpu_seconds(), self._idle_seconds(),
-                                    self._frames_total))
+                                    self._frames_total, frozenset(frames)))
         while len(self._samples) > 2 and now - self._samples[1].at >= WINDOW_S:
             self._samples.popleft()
         first, last = self._samples[0], self._samples[-1]
-        if last.frames > first.frames:
+        steady = all(s.sessions == last.sessions for s in self._samples)
+        if steady and last.frames > first.frames:
             self._cost = (last.cpu - first.cpu) / (last.frames - first.frames)
 
     def frame_cost(self) -> float | None:
-        """CPU seconds per processed frame over the window; over the last window that
-        had frames when this one has none; None before any frames.
+        """CPU seconds per processed frame over the last steady window (frames
+        flowing, the same sessions from end to end); None before there was one.
 
-        Peers often come in together after a lull (a class joining, a benchmark's
-        next step): the cost of a frame did not change because the server went
-        idle, and the prior in its place (size-blind, set for the costliest
-        case) refused a second peer that fits.
+        Only a steady window prices a frame: one in which a session started
+        (loading its model, decoding its first keyframe) or ended (closing its
+        connection) carries CPU that belongs to no frame, and priced a 17 ms
+        frame at 23 ms here. And a window with no frames keeps the last price:
+        peers often come in together after a lull (a class joining, a
+        benchmark's next step), and the prior in its place (size-blind, set for
+        the costliest case) refused a second peer that fit.
         """
         return self._cost
 
