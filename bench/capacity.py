@@ -57,11 +57,16 @@ from typing import Any, Callable
 import numpy as np
 
 from bench import DATA, cpu_seconds, process_tree, report
+from live.serve.admission import WINDOW_S
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_STEPS = (1, 2, 3, 4, 6, 8)
 SETTLE_S = 6.0  # connect, ICE, first keyframes, encoder ramp-up: before the window opens
-SETTLE_PER_PEER_S = 1.5  # each client process imports aiortc and encodes its loop
+SETTLE_PER_PEER_S = 0.5  # each peer's connection and session start on a busier machine
+#: Clients start (import aiortc, encode their loop: a burst of CPU), then all wait
+#: this long before their offers: admission measures idle CPU over the seconds
+#: before an offer, and must see the machine as peers joining it would leave it.
+QUIET_S = WINDOW_S + 0.5
 
 
 # --------------------------------------------------------------------------- one peer (child)
@@ -234,27 +239,30 @@ async def window_cpu(start: float, end: float) -> float:
     return round(time.process_time() - cpu0, 3)
 
 
-async def run_peer(url: str, clip: Path, size: tuple[int, int], codec: str, fps: float,
-                   window: tuple[float, float], live: bool = False) -> dict[str, Any]:
-    """Stream until the window closes; round trips of the frames sent inside it.
-
-    By default the client sends a pre-encoded loop (``encoded_loop``);
-    ``live``: it encodes every frame as it goes (the clients then cost about as
-    much CPU as the server's own codecs)."""
+def client_track(clip: Path, size: tuple[int, int], codec: str, fps: float,
+                 live: bool = False) -> Any:
+    """A client's paced, stamped track, ready to send: by default a pre-encoded loop
+    (``encoded_loop``); ``live``: frames it encodes as it goes (the clients then
+    cost about as much CPU as the server's own codecs)."""
     import av
 
+    if live:
+        w, h = size
+        frames = yuv_frames(clip, 30, size)
+        return paced_track(fps, lambda i: av.VideoFrame.from_ndarray(
+            stamp_yuv(frames[i % len(frames)], i, w, h), format="yuv420p"))
+    packets = encoded_loop(clip, size, codec)
+    return paced_track(fps, lambda i: av.Packet(packets[i % len(packets)]))
+
+
+async def run_peer(url: str, track: Any, codec: str, window: tuple[float, float],
+                   live: bool = False) -> dict[str, Any]:
+    """Send ``track`` (``client_track``) until the window closes; round trips of the
+    frames sent inside it."""
     from bench.webrtc import returned
     from live.serve.client import ControlClient
 
-    w, h = size
     start, end = window
-    if live:
-        frames = yuv_frames(clip, 30, size)
-        track = paced_track(fps, lambda i: av.VideoFrame.from_ndarray(
-            stamp_yuv(frames[i % len(frames)], i, w, h), format="yuv420p"))
-    else:
-        packets = encoded_loop(clip, size, codec)
-        track = paced_track(fps, lambda i: av.Packet(packets[i % len(packets)]))
     cpu = asyncio.ensure_future(window_cpu(start, end))
     async with ControlClient(url) as client:
         try:
@@ -298,11 +306,22 @@ class Server:
             self.proc.wait()
 
 
-def serve_child(passthrough: bool, workers: int | None) -> None:
-    """``--serve``: ``live serve`` with the selfie engine and blur, on a free port."""
+def serve_child(passthrough: bool, workers: int | None, admission: bool = True) -> None:
+    """``--serve``: ``live serve`` with the selfie engine and blur, on a free port.
+
+    ``admission`` False: the session cap only, so that a step shows whether
+    the machine holds its peers rather than whether admission expected it to
+    (set here, in the benchmark's own server process: ``live serve`` has no
+    such switch)."""
+    import functools
+
+    import live.serve.server
     from live.config import Settings
     from live.serve.server import serve
 
+    if not admission:
+        live.serve.server.Admission = functools.partial(  # type: ignore[misc]
+            live.serve.server.Admission, measured=False)
     patch: dict[str, Any] = {"server": {"port": 0}, "engine": {"name": "selfie"}}
     if workers is not None:
         patch["server"]["workers"] = workers
@@ -319,20 +338,32 @@ def pct(values: list[float], q: float) -> float | None:
 def measure_step(server: Server, args: argparse.Namespace, size: tuple[int, int], codec: str,
                  peers: int) -> dict[str, Any]:
     """``peers`` client processes measured over one shared window."""
+    cmd = [sys.executable, "-m", "bench.capacity", "--peer", server.url, "--clip", args.clip,
+           "--size", f"{size[0]}x{size[1]}", "--codec", codec, "--fps", str(args.fps)] + \
+        (["--live-clients"] if args.live_clients else [])
+    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT) for _ in range(peers)]
+    for proc in procs:  # each has imported aiortc and encoded its loop: quiet from now on
+        assert proc.stdout is not None
+        proc.stdout.readline()
+    time.sleep(QUIET_S)
     start = time.monotonic() + SETTLE_S + SETTLE_PER_PEER_S * peers
     end = start + args.seconds
-    cmd = [sys.executable, "-m", "bench.capacity", "--peer", server.url, "--clip", args.clip,
-           "--size", f"{size[0]}x{size[1]}", "--codec", codec, "--fps", str(args.fps),
-           "--window", f"{start},{end}"] + (["--live-clients"] if args.live_clients else [])
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-             for _ in range(peers)]
+    for proc in procs:  # all offers together, as peers joining at once
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(f"{start} {end}\n")
+            proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass  # it failed while preparing: its output says why
     time.sleep(max(0.0, start - time.monotonic()))
     cpu0, t0 = server.cpu_seconds(), time.monotonic()
     time.sleep(max(0.0, end - time.monotonic()))
     cpu1, t1 = server.cpu_seconds(), time.monotonic()
     results = []
     for proc in procs:
-        out, _ = proc.communicate(timeout=60)
+        out = proc.stdout.read() if proc.stdout else ""
+        proc.wait(timeout=60)
         lines = out.strip().splitlines()
         try:
             results.append(json.loads(lines[-1]))
@@ -421,6 +452,9 @@ def main() -> None:
                         help="measure every step even after one did not hold (--quick does)")
     parser.add_argument("--workers", type=int, default=None,
                         help="the server's --workers (default: the server's own default)")
+    parser.add_argument("--no-admission", action="store_true",
+                        help="the server admits every peer up to its session cap (8): shows "
+                             "what the machine holds, to judge what admission refuses")
     parser.add_argument("--live-clients", action="store_true",
                         help="each client encodes every frame as it sends it (as before): "
                              "the clients then take about a third of a 2-core machine")
@@ -430,17 +464,17 @@ def main() -> None:
     parser.add_argument("--peer", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--size", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--codec", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--window", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:  # the server half, started by the benchmark itself
-        serve_child(args.passthrough, args.workers)
+        serve_child(args.passthrough, args.workers, not args.no_admission)
         return
     if args.peer:  # one client process
         w, h = (int(v) for v in args.size.split("x"))
-        start, end = (float(v) for v in args.window.split(","))
-        print(json.dumps(asyncio.run(run_peer(args.peer, Path(args.clip), (w, h), args.codec,
-                                              args.fps, (start, end), args.live_clients))),
-              flush=True)
+        track = client_track(Path(args.clip), (w, h), args.codec, args.fps, args.live_clients)
+        print("ready", flush=True)
+        start, end = (float(v) for v in sys.stdin.readline().split())
+        print(json.dumps(asyncio.run(run_peer(args.peer, track, args.codec, (start, end),
+                                              args.live_clients))), flush=True)
         return
 
     def measure() -> dict[str, Any]:
@@ -450,7 +484,8 @@ def main() -> None:
             args.sizes, args.codecs, args.peers, args.seconds = "640x480", "VP8", "1,2", 6.0
             args.keep_going = True
         args.peers = [int(n) for n in str(args.peers).split(",")]
-        args.serve_args = [] if args.workers is None else ["--workers", str(args.workers)]
+        args.serve_args = ([] if args.workers is None else ["--workers", str(args.workers)]) \
+            + (["--no-admission"] if args.no_admission else [])
         args.load_at_start = round(os.getloadavg()[0], 2)  # other load skews figures
         return run(args)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import av
 import pytest
 
-from bench.capacity import LOOP_FRAMES, encoded_loop, run_peer
+from bench.capacity import LOOP_FRAMES, client_track, encoded_loop, run_peer
 from bench.webrtc import read_stamp
 from server_helpers import running_server
 from utils import asynctest
@@ -29,10 +29,10 @@ def test_the_loop_decodes_to_its_stamps_each_time_round(clip_path: Path, codec: 
 @asynctest
 async def test_pre_encoded_frames_come_back_matched_through_a_real_server(clip_path: Path,
                                                                          codec: str):
+    track = client_track(clip_path, (320, 240), codec, 30.0)
     async with running_server() as server:
         start = time.monotonic() + 5.0  # connect and first keyframe first
-        result = await run_peer(server.url, clip_path, (320, 240), codec, 30.0,
-                                (start, start + 4.0))
+        result = await run_peer(server.url, track, codec, (start, start + 4.0))
     assert "refused" not in result
     assert result["frames"] > 0 and result["unmatched"] == 0, result
     assert all(0 < ms < 5000 for ms in result["rtt_ms"])
