@@ -4,10 +4,13 @@ A fixed cap (the server used to admit 8) says nothing about what the machine
 carries: at 640x480 on two cores, a third peer pushed every round trip past
 a second. Here the cost of a frame is measured, not assumed: the CPU this
 process (and any worker processes it reports) spent per frame processed over
-the last seconds, times the frame rate a new peer sends. It is admitted only
-when that fits in the machine's idle CPU (all processes counted, so other load
-counts too) with some headroom, and while no running session is already
-overloaded (dropping stale frames) and the event loop keeps time.
+the last steady seconds (the same sessions throughout: a session's start or
+end is CPU of no frame), times the frame rate a new peer sends, for it and
+for each peer admitted too recently to show in the measurement. It is
+admitted only when that fits in the machine's idle CPU (all processes
+counted, so other load counts too) with some headroom, and while no running
+session is already overloaded (dropping stale frames) and the event loop
+keeps time.
 
 The interface is narrow on purpose (``admit`` with what the server knows,
 ``refusal`` text) so the session workers of ``live/serve`` can report their
