@@ -5,11 +5,14 @@ production loading path runs). A session's logits through the deployment must
 equal the local engine's, alone and with another session batched beside it;
 killing the replica holding a session makes that session re-anchor on the other
 replica from its next frame, while sessions on the surviving replica keep their
-memory banks, also after Serve has replaced the dead replica.
+memory banks, also after Serve has replaced the dead replica. Last, ``live serve
+--cluster`` with the sam2 engine deploys its own replica and a browser-like peer's
+session gets its masks from there.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import threading
@@ -23,8 +26,11 @@ from live.config import Settings
 from live.segment import Prompt
 from live.segment.sam2_stream import StreamingSAM2
 from ray_head import SKIP_REASON, ray_head
-from server_helpers import load_clip
+from live.serve.client import ControlClient
+from server_helpers import ClipTrack, load_clip, recv_frames, running_server, test_settings, \
+    wait_until
 from test_sam2_stream import inside_point, make_clip
+from utils import asynctest
 
 pytestmark = pytest.mark.ray
 
@@ -40,7 +46,8 @@ def model() -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def deployed(model, tmp_path_factory):
-    """Our head, the driver joined to it, and the deployment with two replicas."""
+    """Our head, the driver joined to it, and the deployment with two replicas (the head
+    counts 4 CPUs: those two, a session worker and a replica of the server's own)."""
     mp = pytest.MonkeyPatch()
     mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     mp.setenv("RAY_AUTH_MODE", "disabled")
@@ -54,13 +61,18 @@ def deployed(model, tmp_path_factory):
                    "device": "cpu"},
         "server": {"sam2_replicas": 2, "sam2_max_batch": 4}})
     try:
-        with ray_head(num_cpus=2) as address:
-            ray.init(address=address, runtime_env=cluster._runtime_env(),
-                     include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+        with ray_head(num_cpus=4) as address:
+            def join() -> None:
+                ray.init(address=address, runtime_env=cluster._runtime_env(),
+                         include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+
+            join()
             result = sam2_serve.deploy(settings, precision="fp32")
             try:
-                yield result, settings
+                yield result, settings, address
             finally:
+                if not ray.is_initialized():  # a server left the cluster
+                    join()
                 sam2_serve.undeploy(result)
                 ray.shutdown()
     finally:
@@ -87,7 +99,7 @@ def test_sessions_through_the_deployment_equal_the_local_engine(deployed, model,
                                                                 tmp_path):
     from live.serve.sam2_serve import RemoteStream
 
-    d, _ = deployed
+    d, _, _ = deployed
     clips = [make_clip(data_dir, tmp_path, seq, FRAMES) for seq in ("hike", "lucia")]
     events = [{0: [Prompt(obj_id=1, points=(inside_point(c.masks[0]),))],
                2: [Prompt(obj_id=2, mask=c.masks[2])]} for c in clips]  # a mask travels too
@@ -115,7 +127,7 @@ def test_a_killed_replica_costs_only_its_sessions_their_memory(deployed, clip_pa
     from live.segment.auto_prompt import AutoPromptedSAM2
     from live.serve.sam2_serve import RemoteStream
 
-    d, settings = deployed
+    d, settings, _ = deployed
     frames = load_clip(clip_path, 12)
     # sessions placed by the router; a frame with no prompt costs no encoder pass
     streams = [RemoteStream(d) for _ in range(16)]
@@ -171,3 +183,29 @@ def _wait_for_replicas(app: str, n: int, timeout: float = 60) -> None:
             return
         assert time.monotonic() < deadline, f"replicas: {states}"
         time.sleep(0.5)
+
+
+@asynctest
+async def test_live_serve_on_a_cluster_runs_sam2_on_its_deployment(deployed, clip_path):
+    _, base, address = deployed
+    frames = load_clip(clip_path, 10)
+    settings = test_settings(engine=dataclasses.asdict(base.engine),
+                             server={"workers": 1, "cluster": address, "sam2_replicas": 1})
+    async with running_server(settings) as server:
+        async with ControlClient(server.url) as client:
+            track = await client.start_video(ClipTrack(frames))
+            await recv_frames(track, 5)
+            await wait_until(lambda: any(_find(s, "replica_pid") for s in client.stats), 30,
+                             "a stats push naming the session's SAM 2 replica")
+            assert "ray actor" in server.sessions[client.session].worker.name
+    from live.serve.cluster import _on_leave
+
+    assert not _on_leave, "the server left its deployment behind"
+
+
+def _find(tree, key):
+    if isinstance(tree, dict):
+        return tree.get(key) or any(_find(v, key) for v in tree.values())
+    if isinstance(tree, list):
+        return any(_find(v, key) for v in tree)
+    return None
