@@ -204,6 +204,9 @@ class ServerSettings:
     sam2_max_batch: int = _f(
         8, "with --cluster and the sam2 engine: most frames of different sessions one replica's "
         "image encoder takes as one batch (also its most requests at once)", lo=1, hi=64)
+    sam2_replica_cpus: float = _f(
+        1.0, "with --cluster and the sam2 engine: CPUs each SAM 2 replica reserves (on a "
+        "CPU-only cluster also its torch threads: Ray sets them from it)", lo=0.1, hi=256)
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ Session affinity. Ray 2.60 has it: ``handle.options(session_id=...)`` and
 ``ray.serve.experimental.consistent_hash_router.ConsistentHashRouter``, which
 hashes the session id onto a ring of replicas. The ring alone moves sessions
 whenever the replica set changes: when a dead replica's replacement joins,
-about 1/N of the surviving replicas' sessions hash to it and lose their
-memory banks (measured: ``StickyHashRouter`` docstring). ``StickyHashRouter``
+some of the surviving replicas' sessions hash to it and lose their memory
+banks (measured: ``StickyHashRouter`` docstring). ``StickyHashRouter``
 therefore keeps the ring for first placement and remembers where each session
 went, as long as that replica lives. Routers live in the calling process;
 every request of a session comes from its one session worker, so that
@@ -36,6 +36,7 @@ Only imported with ``--cluster``: it imports Ray.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -61,10 +62,10 @@ from live.segment.sam2_stream import (StreamingSAM2, alpha_from_logits, build_mo
 log = logging.getLogger(__name__)
 
 DEPLOYMENT = "sam2"
-#: a replica's CPUs (its torch threads may use more of the node; Ray only counts)
-REPLICA_CPUS = 1.0
 #: how long the first frame of a batch waits for other sessions' frames
 BATCH_WAIT_S = 0.005
+#: the longest a session's answer waits for the rest of its encoder batch
+BATCH_HOLD_S = 2.0
 #: a session's memory bank is dropped after this long without a frame
 IDLE_S = 60.0
 CALL_TIMEOUT_S = 30.0
@@ -86,6 +87,19 @@ class Deployed:
 
 
 # --------------------------------------------------------------------------- the replica
+
+
+class _Batch:
+    """The sessions of one encoder batch, until each has finished its step."""
+
+    def __init__(self, size: int):
+        self.left = size
+        self.done = asyncio.Event()
+
+    def arrive(self) -> None:
+        self.left -= 1
+        if self.left == 0:
+            self.done.set()
 
 
 @dataclass
@@ -135,10 +149,18 @@ class SAM2Replica:
                 stream.add_prompt(prompt)
             except PromptError as exc:  # checked by the session already: a frame-size change
                 log.warning("dropped a prompt of session %s: %s", session, exc)
-        backbone = await self._encode(stream.preprocess(frame)) if stream.needs_features() \
-            else None
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.lane, stream.feed, frame, backbone)
+        if not stream.needs_features():
+            await loop.run_in_executor(self.lane, stream.feed, frame, None)
+        else:
+            backbone, batch = await self._encode(stream.preprocess(frame))
+            try:
+                await loop.run_in_executor(self.lane, stream.feed, frame, backbone)
+            finally:
+                batch.arrive()
+            # one whose request was cancelled meanwhile never arrives: wait a bounded time
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(batch.done.wait(), BATCH_HOLD_S)
         held.last = time.monotonic()
         return {"logits": {k: v.float().cpu().numpy() for k, v in
                            stream.low_res_logits().items()},
@@ -154,13 +176,21 @@ class SAM2Replica:
     def describe(self) -> dict[str, Any]:
         return {"image_size": int(self.model.image_size), "precision": self.precision,
                 "device": str(next(self.model.parameters()).device), "replica": self.name,
-                "pid": os.getpid(), "sessions": sorted(self.sessions)}
+                "pid": os.getpid(), "torch_threads": torch.get_num_threads(),
+                "sessions": sorted(self.sessions)}
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=BATCH_WAIT_S)
-    async def _encode(self, images: list[torch.Tensor]) -> list[dict[str, Any]]:
-        """The image encoder over the frames of every session that arrived together."""
+    async def _encode(self, images: list[torch.Tensor]) -> list[tuple[dict[str, Any], _Batch]]:
+        """The image encoder over the frames of every session that arrived together.
+
+        The sessions of a batch are answered together, once each has finished its
+        step: so they send their next frames together, and those batch again
+        (answered one by one, the sessions drift out of phase: measured mean batch
+        1.07 with 2 sessions on the CPU, see the README)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.lane, self._encode_now, images)
+        outs = await loop.run_in_executor(self.lane, self._encode_now, images)
+        batch = _Batch(len(images))
+        return [(out, batch) for out in outs]
 
     def _encode_now(self, images: list[torch.Tensor]) -> list[dict[str, Any]]:
         self.encoder_batches[0] += 1
@@ -188,11 +218,14 @@ class StickyHashRouter(ConsistentHashRouter):
     """Ray's consistent-hash router, sticky: a session stays on the replica it was
     first routed to while that replica lives.
 
-    Measured with 2 replicas and 24 sessions, one replica killed and replaced by
-    Serve (tests/test_sam2_serve.py): with the plain ring, sessions of the
-    surviving replica moved to the replacement and lost their memory banks; with
-    this router none did. Strict (``num_fallback_replicas=0``): a busy replica
-    makes its sessions wait rather than land where their bank is not.
+    Measured (``python -m bench.serve_affinity``: 2 CPU replicas, 24 sessions, one
+    replica killed, Serve starts a replacement): with the plain ring, 4 of the 10
+    sessions of the surviving replica moved to the replacement once routers
+    heard of it, losing their memory banks; with this router none of 11 did.
+    The price: the dead replica's sessions, re-placed while only the survivor
+    was up, stay there; new sessions spread over the ring again. Strict
+    (``num_fallback_replicas=0``): a busy replica makes its sessions wait
+    rather than land where their bank is not.
     """
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -221,10 +254,12 @@ class StickyHashRouter(ConsistentHashRouter):
 # --------------------------------------------------------------------------- deploying
 
 
-def deploy(settings: Settings, *, precision: str = "auto", idle_s: float = IDLE_S) -> Deployed:
+def deploy(settings: Settings, *, precision: str = "auto", idle_s: float = IDLE_S,
+           router: type | None = None) -> Deployed:
     """Start the SAM 2 deployment for these engine settings on the joined cluster:
     one replica per GPU (or ``server.sam2_replicas``; 1 on a CPU-only cluster).
-    ``precision`` as ``StreamingSAM2``'s (the local engine's is auto too)."""
+    ``precision`` as ``StreamingSAM2``'s (the local engine's is auto too);
+    ``router``: ``StickyHashRouter`` unless a benchmark compares another."""
     import ray
     from ray.serve.config import ProxyLocation, RequestRouterConfig
 
@@ -247,9 +282,10 @@ def deploy(settings: Settings, *, precision: str = "auto", idle_s: float = IDLE_
         SAM2Replica, name=DEPLOYMENT, num_replicas=replicas,
         # every session has at most one frame in flight: a batch is at most this many
         max_ongoing_requests=max_batch,
-        ray_actor_options={"num_cpus": REPLICA_CPUS, "num_gpus": 1 if device == "cuda" else 0},
+        ray_actor_options={"num_cpus": settings.server.sam2_replica_cpus,
+                           "num_gpus": 1 if device == "cuda" else 0},
         request_router_config=RequestRouterConfig(
-            request_router_class=StickyHashRouter,
+            request_router_class=router or StickyHashRouter,
             request_router_kwargs={"num_fallback_replicas": 0}))
     serve.run(deployment.bind(sam2_config_name(engine.sam2_model), str(checkpoint), size,
                               device, engine.max_cond_frames, max_batch, precision, idle_s),
