@@ -62,8 +62,11 @@ from live.segment.sam2_stream import (StreamingSAM2, alpha_from_logits, build_mo
 log = logging.getLogger(__name__)
 
 DEPLOYMENT = "sam2"
-#: how long the first frame of a batch waits for other sessions' frames
-BATCH_WAIT_S = 0.005
+#: how long the first frame of a batch waits for other sessions' frames: as the local
+#: batcher's max wait. ``bench.stream --serve 4`` on the loaded 2-core CPU: mean batch
+#: 1.66 at 5 ms, 3.2 at 20 ms (the sessions' answers go out together, but their next
+#: frames come back some ms apart)
+BATCH_WAIT_S = 0.02
 #: the longest a session's answer waits for the rest of its encoder batch
 BATCH_HOLD_S = 2.0
 #: a session's memory bank is dropped after this long without a frame
@@ -173,20 +176,14 @@ class SAM2Replica:
     async def close(self, session: str) -> None:
         self.sessions.pop(session, None)
 
-    def describe(self) -> dict[str, Any]:
-        return {"image_size": int(self.model.image_size), "precision": self.precision,
-                "device": str(next(self.model.parameters()).device), "replica": self.name,
-                "pid": os.getpid(), "torch_threads": torch.get_num_threads(),
-                "sessions": sorted(self.sessions)}
-
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=BATCH_WAIT_S)
     async def _encode(self, images: list[torch.Tensor]) -> list[tuple[dict[str, Any], _Batch]]:
         """The image encoder over the frames of every session that arrived together.
 
         The sessions of a batch are answered together, once each has finished its
         step: so they send their next frames together, and those batch again
-        (answered one by one, the sessions drift out of phase: measured mean batch
-        1.07 with 2 sessions on the CPU, see the README)."""
+        (answered one by one, they drift out of phase: mean batch 1.07 with 2
+        sessions on the CPU, 2.0 answered together; ``bench.stream --serve 2``)."""
         loop = asyncio.get_running_loop()
         outs = await loop.run_in_executor(self.lane, self._encode_now, images)
         batch = _Batch(len(images))
