@@ -35,6 +35,7 @@ ACTOR_CPUS = 1.0
 EVENTS_TIMEOUT_S = 1.0
 
 _on_leave: list[Callable[[], None]] = []  # what joining the cluster started, undone at shutdown
+_sam2_cpus = 0.0  # the CPUs our SAM 2 replicas reserve: not for session workers
 
 
 class SessionWorkerActor:
@@ -155,16 +156,19 @@ def _deploy_sam2(settings: Settings) -> "Deployed | None":
         return None
     from live.serve import sam2_serve
 
+    global _sam2_cpus
     deployed = sam2_serve.deploy(settings)
+    _sam2_cpus = deployed.cpus
     _on_leave.append(lambda: sam2_serve.undeploy(deployed))
     return deployed
 
 
 def cpus() -> int:
-    """How many session workers the cluster holds: its CPUs over what each reserves."""
+    """How many session workers the cluster holds: its CPUs (less our SAM 2 replicas')
+    over what each reserves."""
     import ray
 
-    return max(1, int(ray.cluster_resources().get("CPU", 1) // ACTOR_CPUS))
+    return max(1, int((ray.cluster_resources().get("CPU", 1) - _sam2_cpus) // ACTOR_CPUS))
 
 
 def _runtime_env() -> dict[str, Any]:
@@ -180,7 +184,9 @@ def shutdown() -> None:
     """Leave the cluster (the head and its nodes keep running: they are not ours)."""
     import ray
 
+    global _sam2_cpus
     while _on_leave:
         _on_leave.pop()()
+    _sam2_cpus = 0.0
     if ray.is_initialized():
         ray.shutdown()

@@ -82,6 +82,7 @@ class Deployed:
     app: str
     engine: EngineSettings
     image_size: int
+    cpus: float  # what its replicas reserve, all together
 
     def serves(self, engine: EngineSettings) -> bool:
         fields = ("sam2_model", "checkpoint", "image_size", "device", "max_cond_frames",
@@ -287,7 +288,7 @@ def deploy(settings: Settings, *, precision: str = "auto", idle_s: float = IDLE_
     serve.run(deployment.bind(sam2_config_name(engine.sam2_model), str(checkpoint), size,
                               device, engine.max_cond_frames, max_batch, precision, idle_s),
               name=app, route_prefix=None)
-    return Deployed(app, engine, size)
+    return Deployed(app, engine, size, replicas * settings.server.sam2_replica_cpus)
 
 
 def undeploy(deployed: Deployed) -> None:
