@@ -28,7 +28,8 @@ Losing the memory bank (a replica died, or dropped a session idle for
 ``idle_s``): the replica answers ``lost`` (or the call fails), the stream's
 ``restarts`` grows, and the auto-prompter goes back to auto mode and
 re-anchors from the selfie mask on the next frame (live.segment.auto_prompt);
-the page sees one frame of selfie mask and needs no reload.
+until a live replica answers (the routers hear of a death within seconds),
+the selfie mask stands in, and the page needs no reload.
 
 Only imported with ``--cluster``: it imports Ray.
 """
