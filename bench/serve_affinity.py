@@ -9,7 +9,10 @@ CPU replicas of a 64 px random-weight SAM 2, N sessions placed by the router
 session steps once a second for ``--settle-s`` seconds, by which Serve has
 started a replacement and the routers have heard of it (checked).
 Counts the sessions of the surviving replica that lost their memory bank (a
-router moved them). Prints one JSON object as its last line.
+router moved them). Then, with the sticky router, the re-anchoring of a sam2
+engine (selfie-prompted, on a real clip) whose replica is killed: frames
+without a memory bank, and seconds from the kill to the first frame tracked
+on a live replica. Prints one JSON object as its last line.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench import report
+from bench import DATA, load_frames, report
 from bench.sam2_fixture import random_sam2
 
 
@@ -50,21 +53,52 @@ def measure(argv: list[str] | None = None) -> dict[str, Any]:
         try:
             for name, router in (("ring", ConsistentHashRouter), ("sticky", StickyHashRouter)):
                 results[name] = one_kill(str(checkpoint), router, args.sessions, args.settle_s)
+            results["reanchor"] = reanchor(str(checkpoint))
         finally:
             ray.shutdown()
     return {"replicas": 2, "sessions": args.sessions, **results}
 
 
+def reanchor(checkpoint: str) -> dict[str, Any]:
+    from live.segment.auto_prompt import AutoPromptedSAM2
+    from live.serve.sam2_serve import RemoteStream, deploy, undeploy
+
+    frames = load_frames(DATA / "clips" / "06_pingpong.mp4", 12, (640, 360))
+    settings = _settings(checkpoint)
+    deployed = deploy(settings, precision="fp32")
+    try:
+        engine = AutoPromptedSAM2(settings.engine, stream=RemoteStream(deployed))
+        for frame in frames[:3]:
+            engine.step(frame)
+        doomed = engine.stream.stats()["replica"]
+        os.kill(engine.stream.stats()["replica_pid"], signal.SIGKILL)
+        t0, steps = time.monotonic(), 0
+        while not (engine.stream.restarts and engine.stream.obj_ids == [1]):
+            if steps >= 100:
+                raise RuntimeError("the session did not re-anchor in 100 frames")
+            engine.step(frames[3 + steps % 9])
+            steps += 1
+        assert engine.stream.stats()["replica"] != doomed
+        return {"frames_without_memory_bank": engine.stream.restarts,
+                "seconds_to_tracking_again": round(time.monotonic() - t0, 2)}
+    finally:
+        undeploy(deployed)
+
+
+def _settings(checkpoint: str) -> Any:
+    from live.config import Settings
+
+    return Settings().merged({
+        "engine": {"name": "sam2", "checkpoint": checkpoint, "image_size": 64, "device": "cpu"},
+        "server": {"sam2_replicas": 2}})
+
+
 def one_kill(checkpoint: str, router: type, n: int, settle_s: float) -> dict[str, Any]:
     from ray import serve
 
-    from live.config import Settings
     from live.serve.sam2_serve import RemoteStream, deploy, undeploy
 
-    settings = Settings().merged({
-        "engine": {"name": "sam2", "checkpoint": checkpoint, "image_size": 64, "device": "cpu"},
-        "server": {"sam2_replicas": 2}})
-    deployed = deploy(settings, precision="fp32", router=router)
+    deployed = deploy(_settings(checkpoint), precision="fp32", router=router)
     frame = np.zeros((72, 128, 3), np.uint8)
     try:
         streams = [RemoteStream(deployed) for _ in range(n)]
