@@ -163,6 +163,15 @@ def test_a_killed_replica_costs_only_its_sessions_their_memory(deployed, clip_pa
     assert b.stream.restarts == 0 and b.stream.stats()["replica"] == spared
 
     _wait_for_replicas(d.app, 2)  # Serve replaced the dead one: the ring changed again
+    deadline = time.monotonic() + 60
+    while True:  # until our router (one per process) has heard of the replacement
+        newcomer = RemoteStream(d)
+        newcomer.step(frames[0])
+        newcomer.close()
+        if newcomer.stats()["replica"] not in pids:
+            break
+        assert time.monotonic() < deadline, "no session was placed on the new replica"
+        time.sleep(0.2)
     for s in streams[1:]:
         if s is not b.stream:
             s.step(frames[0])

@@ -20,9 +20,10 @@ whenever the replica set changes: when a dead replica's replacement joins,
 some of the surviving replicas' sessions hash to it and lose their memory
 banks (measured: ``StickyHashRouter`` docstring). ``StickyHashRouter``
 therefore keeps the ring for first placement and remembers where each session
-went, as long as that replica lives. Routers live in the calling process;
-every request of a session comes from its one session worker, so that
-process's memory is the whole truth about the session.
+went, as long as that replica lives. A router lives in the calling process
+(one handle, so one router, per deployment and process); every request of a
+session comes from its one session worker, so that router's memory is the
+whole truth about the session.
 
 Losing the memory bank (a replica died, or dropped a session idle for
 ``idle_s``): the replica answers ``lost`` (or the call fails), the stream's
@@ -218,9 +219,10 @@ class StickyHashRouter(ConsistentHashRouter):
     first routed to while that replica lives.
 
     Measured (``python -m bench.serve_affinity``: 2 CPU replicas, 24 sessions, one
-    replica killed, Serve starts a replacement): with the plain ring, 4 of the 10
-    sessions of the surviving replica moved to the replacement once routers
-    heard of it, losing their memory banks; with this router none of 11 did.
+    replica killed, Serve starts a replacement; four runs): with the plain ring,
+    3 to 8 of the 12 to 18 sessions of the surviving replica moved to the
+    replacement once routers heard of it, losing their memory banks; with this
+    router none did (of 5 to 13).
     The price: the dead replica's sessions, re-placed while only the survivor
     was up, stay there; new sessions spread over the ring again. Strict
     (``num_fallback_replicas=0``): a busy replica makes its sessions wait
@@ -239,11 +241,11 @@ class StickyHashRouter(ConsistentHashRouter):
         pending_request.routing_context.should_backoff = True
         if pending_request.metadata.call_method == "close":
             placed = self._replicas.get(self._placed.pop(key, None))
-            return [[placed]] if placed is not None else []
-        placed = self._replicas.get(self._placed.get(key))
+        else:
+            placed = self._replicas.get(self._placed.get(key))
         if placed is None:  # new, or its replica is gone: the ring decides
             ranks = await super().choose_replicas(candidate_replicas, pending_request)
-            if not ranks:
+            if not ranks or pending_request.metadata.call_method == "close":
                 return ranks
             placed = ranks[0][0]
             self._placed[key] = placed.replica_id
@@ -294,6 +296,8 @@ def deploy(settings: Settings, *, precision: str = "auto", idle_s: float = IDLE_
 
 def undeploy(deployed: Deployed) -> None:
     """Delete our app; stop Serve on the cluster if no other app runs there."""
+    with _handles_lock:
+        _handles.pop(deployed.app, None)
     try:
         serve.delete(deployed.app)
         if not serve.status().applications:
@@ -305,6 +309,12 @@ def undeploy(deployed: Deployed) -> None:
 # --------------------------------------------------------------------------- a session's side
 
 
+#: one handle per deployment in a process: its options() copies share one router, which
+#: holds where every session of this process was placed
+_handles: dict[str, Any] = {}
+_handles_lock = threading.Lock()
+
+
 class RemoteStream:
     """What the auto-prompter needs of a ``StreamingSAM2``, with the memory bank on a replica."""
 
@@ -312,9 +322,13 @@ class RemoteStream:
 
     def __init__(self, deployed: Deployed, *, timeout_s: float = CALL_TIMEOUT_S):
         self.session = uuid.uuid4().hex
-        handle = serve.get_deployment_handle(DEPLOYMENT, app_name=deployed.app)
-        self._step = handle.options(session_id=self.session, method_name="step")
-        self._close = handle.options(session_id=self.session, method_name="close")
+        with _handles_lock:  # the first options() sets the shared handle's router up
+            handle = _handles.get(deployed.app)
+            if handle is None:
+                handle = serve.get_deployment_handle(DEPLOYMENT, app_name=deployed.app)
+                _handles[deployed.app] = handle
+            self._step = handle.options(session_id=self.session, method_name="step")
+            self._close = handle.options(session_id=self.session, method_name="close")
         self.image_size = deployed.image_size
         self.timeout_s = timeout_s
         self.restarts = 0  # memory banks lost with a replica (the engine re-anchors)
