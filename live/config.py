@@ -65,7 +65,8 @@ class EngineSettings:
         "distant person is seen at the model's full input size); the whole frame is searched "
         "every selfie_refresh_frames frames for people coming in")
     selfie_refresh_frames: int = _f(
-        10, "selfie engine: frames between two whole-frame passes while people are tracked",
+        10, "selfie engine: frames between two whole-frame passes while people are tracked "
+        "(put off, up to 3 times as long, while nothing moves outside the crop)",
         lo=1, hi=1000)
     selfie_hold_frames: int = _f(
         4, "selfie engine: at most this many frames a person's mask is held when the model "

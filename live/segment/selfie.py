@@ -8,12 +8,13 @@ person. So the engine looks where the people are: it tracks them
 (``PersonTracks``), runs the model on a crop around them at its full input size
 (the square model for a standing person, the landscape one for a wide group)
 and pastes the result into an alpha of the frame's aspect (``output_grid``).
-The whole frame is searched again every ``selfie_refresh_frames`` frames, when
-the people run into a side of the crop, and when nobody is tracked, so people
-coming in are found. Measured on DAVIS (``python -m bench.quality``): the
-model's own mask gains 6.5 IoU points on the mean, 10 on a man running
-across the frame. A crop is sampled from the frame's shared ``Pyramid`` by one
-affine warp, so it costs the model's input size, not the frame's.
+The whole frame is searched again every ``selfie_refresh_frames`` frames (put
+off while nothing moves outside the crop), when the people run into a side of
+the crop, and when nobody is tracked, so people coming in are found. Measured
+on DAVIS (``python -m bench.quality``): the model's own mask gains 6.5 IoU
+points on the mean, 10 on a man running across the frame. A crop is cut from
+a level of the frame's shared ``Pyramid`` and resized, so it costs the model's
+input size, not the frame's.
 
 The tracks also guard against dropouts (see ``live.segment.tracks``). Smoothing
 over time still belongs to the matte stage.
@@ -42,6 +43,14 @@ MIN_CROP = 0.35  # a crop is at least this share of the frame's height (context,
 #                  blown-up specks)
 MIN_GAIN = 1.3  # crop only when it shows the model the people this much larger
 MOTION_FRAMES = 2.0  # the crop allows for this many frames of the people's latest motion
+# The whole-frame refresh is put off while the picture outside the crop stands still: a
+# cell "moved" when its luminance (0-1) changed by more than STILL_CELL since the last
+# whole pass (sensor noise and compression stay under it), and the picture "stood still"
+# while at most MOVED_CELLS of the grid's cells moved (a person walking in at the edge of
+# a 720p frame moves several times that); never more than REFRESH_PUT_OFF intervals long.
+STILL_CELL = 0.06
+MOVED_CELLS = 0.002
+REFRESH_PUT_OFF = 3
 MODEL_SIZE = {"square": (256, 256), "landscape": (256, 144)}  # (w, h) of the model files
 
 
@@ -160,6 +169,7 @@ class SelfieSegmenter:
         self._grid: tuple[int, int] | None = None
         self._since_full = 0
         self._full_next = True  # the next frame needs a whole-frame pass
+        self._gray_at_full: np.ndarray | None = None  # the picture at the last whole pass
         self._center: tuple[float, float] | None = None  # centre of the tracked people
         self._motion = 0.0  # how far (cells) that centre moved per frame, smoothed
         self.crops = 0  # frames segmented from a crop (figures for stats)
@@ -174,13 +184,15 @@ class SelfieSegmenter:
         self._interpreter(pick_variant(self.settings.selfie_model, width, height))
 
     def _run(self, variant: str, image_bgr: np.ndarray) -> np.ndarray:
-        """The model's alpha for an image already at its input size."""
+        """The model's alpha for an image already at its input size (a view of the
+        interpreter's output: use it before the next invoke)."""
         interp, in_idx, out_idx = self._interpreter(variant)[:3]
         rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
-        tensor = (rgb.astype(np.float32) * (1.0 / 255.0))[None]
-        interp.set_tensor(in_idx, tensor)
+        # straight into the input tensor, scaled to [0, 1]: one pass, no copies
+        np.multiply(rgb, np.float32(1.0 / 255.0), out=interp.tensor(in_idx)()[0],
+                    casting="unsafe")
         interp.invoke()
-        return interp.get_tensor(out_idx)[0, :, :, 0]
+        return interp.tensor(out_idx)()[0, :, :, 0]
 
     def _whole(self, pyramid: Pyramid, grid: tuple[int, int]) -> np.ndarray:
         """The model on the whole frame (stretched to its input, as MediaPipe does)."""
@@ -195,26 +207,34 @@ class SelfieSegmenter:
                  variant: str) -> np.ndarray:
         """The model on ``crop`` (grid cells) at its full input size, at the crop's grid size.
 
-        The crop is sampled from the smallest pyramid level still at least as fine
-        as the model's input (its halvings are shared with the matte and the blur),
-        by one affine warp: exact sub-pixel placement, cost of the model's input only.
+        The crop is cut from the smallest pyramid level still at least as fine as
+        the model's input (its halvings are shared with the matte and the blur),
+        on whole pixels of that level, and resized to the model's input: a plain
+        resize costs a quarter of an affine warp's 0.4 ms. The model's alpha is
+        mapped back onto the crop's cells by the exact inverse of that cut, so the
+        pixels a level holds beyond the cells are accounted for, not smeared.
         """
         h, w = pyramid.image.shape[:2]
         mh, mw = self._interpreter(variant).size
         x0, y0, x1, y1 = crop
         fx, fy = w / grid[0], h / grid[1]  # frame pixels per cell
-        sx, sy = (x1 - x0) * fx / mw, (y1 - y0) * fy / mh  # frame pixels per model pixel
         k = 0
-        while 2 ** (k + 1) <= min(sx, sy):
+        while 2 ** (k + 1) <= min((x1 - x0) * fx / mw, (y1 - y0) * fy / mh):
             k += 1
         level = pyramid.halved(k)
-        d = 2.0 ** k
-        warp = np.float32([[sx / d, 0, (x0 * fx + 0.5 * sx) / d - 0.5],
-                           [0, sy / d, (y0 * fy + 0.5 * sy) / d - 0.5]])
-        image = cv2.warpAffine(level, warp, (mw, mh), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                               borderMode=cv2.BORDER_REPLICATE)
+        lh, lw = level.shape[:2]
+        ux, uy = lw / grid[0], lh / grid[1]  # level pixels per cell
+        lx0, ly0 = int(np.floor(x0 * ux)), int(np.floor(y0 * uy))
+        lx1, ly1 = min(lw, int(np.ceil(x1 * ux))), min(lh, int(np.ceil(y1 * uy)))
+        image = cv2.resize(level[ly0:ly1, lx0:lx1], (mw, mh), interpolation=cv2.INTER_LINEAR)
         alpha = self._run(variant, image)
-        return cv2.resize(alpha, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+        # cell centre c -> level coordinate (c + 0.5) * u - 0.5 -> model pixel
+        sx, sy = (lx1 - lx0) / mw, (ly1 - ly0) / mh  # level pixels per model pixel
+        back = np.float32([[ux / sx, 0, ((x0 + 0.5) * ux - lx0) / sx - 0.5],
+                           [0, uy / sy, ((y0 + 0.5) * uy - ly0) / sy - 0.5]])
+        return cv2.warpAffine(alpha, back, (x1 - x0, y1 - y0),
+                              flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_REPLICATE)
 
     def step(self, frame_bgr: np.ndarray, pyramid: Pyramid | None = None) -> np.ndarray:
         """Alpha on the engine's output grid (``output_grid``), float32 in [0, 1]."""
@@ -227,11 +247,14 @@ class SelfieSegmenter:
         s = self.settings
         box = self.tracks.union() if s.selfie_crop else None
         plan = plan_crop(box, grid, s.selfie_model, self._motion) if box else None
+        gray = cv2.cvtColor(pyramid.shrunk(*grid), cv2.COLOR_BGR2GRAY).astype(np.float32)
+        gray *= 1.0 / 255.0
         whole = None
-        if plan is None or self._full_next or self._since_full + 1 >= s.selfie_refresh_frames:
+        if plan is None or self._full_next or self._refresh_due(gray, plan[0]):
             whole = self._whole(pyramid, grid)
             self._since_full = 0
             self._full_next = False
+            self._gray_at_full = gray
         else:
             self._since_full += 1
         if plan is None:
@@ -245,8 +268,6 @@ class SelfieSegmenter:
             self.crops += 1
             self._full_next = _touches_edge(inside, crop, grid)
         np.clip(alpha, 0.0, 1.0, out=alpha)
-        gray = cv2.cvtColor(pyramid.shrunk(*grid), cv2.COLOR_BGR2GRAY).astype(np.float32)
-        gray *= 1.0 / 255.0
         if s.selfie_hold_frames > 0:
             suspects = self.tracks.suspects(alpha, gray)
             if suspects:  # a second look before holding: the other kind of pass
@@ -267,6 +288,27 @@ class SelfieSegmenter:
         self._follow(self.tracks.union())
         return alpha
 
+    def _refresh_due(self, gray: np.ndarray, crop: Box) -> bool:
+        """Is it time for the whole-frame pass that finds people coming in?
+
+        Every ``selfie_refresh_frames`` frames, unless the picture outside the crop
+        has not changed since the last whole pass: nobody can have come in there
+        unseen, and the pass (2-3 ms, on top of the crop's) is put off, at most
+        ``REFRESH_PUT_OFF`` times over. A still camera with one person in the crop
+        then pays for the crop alone; a moving camera or anyone moving outside
+        the crop gets the refresh on time."""
+        s = self.settings
+        if self._since_full + 1 < s.selfie_refresh_frames:
+            return False
+        last = self._gray_at_full
+        if last is None or last.shape != gray.shape \
+                or self._since_full + 1 >= REFRESH_PUT_OFF * s.selfie_refresh_frames:
+            return True
+        changed = cv2.absdiff(gray, last) > STILL_CELL
+        x0, y0, x1, y1 = crop
+        changed[y0:y1, x0:x1] = False
+        return np.count_nonzero(changed) > MOVED_CELLS * changed.size
+
     def _follow(self, box: Box | None) -> None:
         """Track how fast the people move, for the next crop's motion allowance."""
         if box is None:
@@ -284,6 +326,7 @@ class SelfieSegmenter:
         self._grid = None
         self._since_full = 0
         self._full_next = True
+        self._gray_at_full = None
         self._center, self._motion = None, 0.0
 
     def close(self) -> None:

@@ -38,6 +38,7 @@ STILL_CHANGE = 0.03
 # and false positives (a patch of floor on a webcam clip), which may come and go.
 PERSON_FRACTION = 0.01
 HISTORY = 30  # frames of area kept for the running median (1 s at 30 fps)
+BLOCK = 2  # people are labelled on blocks of this many cells a side (see _blobs)
 PAD = 0.15  # a track looks for its person in its box grown by this share of its size
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in grid cells, end exclusive
@@ -114,14 +115,16 @@ class PersonTracks:
                 held.append(track)
         if held:
             fg = alpha > THRESHOLD
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(fg.view(np.uint8), connectivity=8)
+        n, labels, stats = _blobs(fg)
         big = stats[:, cv2.CC_STAT_AREA] >= max(1.0, MIN_AREA_FRACTION * alpha.size)
         big[0] = False
         claimed = np.zeros(n, bool)
         kept: list[Track] = []
         for track in held + [t for t in self.tracks if t not in held]:  # held ones claim first
             x0, y0, x1, y1 = track.region(shape)
-            mine = np.unique(labels[y0:y1, x0:x1])
+            mine = np.flatnonzero(np.bincount(
+                labels[y0 // BLOCK:-(-y1 // BLOCK), x0 // BLOCK:-(-x1 // BLOCK)].ravel(),
+                minlength=n))
             mine = mine[big[mine] & ~claimed[mine]]
             if track in held:
                 claimed[mine] = True
@@ -147,6 +150,28 @@ class PersonTracks:
         track.alpha = alpha[y0:y1, x0:x1].copy()
         track.gray = gray[y0:y1, x0:x1].copy()
         track.held = 0
+
+
+def _blobs(fg: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+    """The connected blobs of ``fg``, labelled on ``BLOCK`` x ``BLOCK`` blocks of cells
+    (a block is set when any of its cells is): labelling the engine's whole grid cost
+    0.15 ms a frame, a fortieth of the frame's budget, for boxes no finer than a block
+    needs to be (the crop adds a margin of a fifth of the person). ``labels`` are on
+    blocks; ``stats`` in cells, the area counting whole blocks."""
+    h, w = fg.shape
+    bh, bw = -(-h // BLOCK), -(-w // BLOCK)
+    padded = np.zeros((bh * BLOCK, bw * BLOCK), np.uint8)
+    np.multiply(fg, np.uint8(255), out=padded[:h, :w])
+    # a block's mean is above 0 as soon as one of its cells is set
+    blocks = cv2.resize(padded, (bw, bh), interpolation=cv2.INTER_AREA)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(blocks, connectivity=8)
+    stats = stats * BLOCK
+    stats[:, cv2.CC_STAT_AREA] *= BLOCK
+    stats[:, cv2.CC_STAT_WIDTH] = np.minimum(stats[:, cv2.CC_STAT_WIDTH],
+                                             w - stats[:, cv2.CC_STAT_LEFT])
+    stats[:, cv2.CC_STAT_HEIGHT] = np.minimum(stats[:, cv2.CC_STAT_HEIGHT],
+                                              h - stats[:, cv2.CC_STAT_TOP])
+    return n, labels, stats
 
 
 def _bounds(stats: np.ndarray) -> Box:
