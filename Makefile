@@ -52,18 +52,25 @@ browser:
 	    (apt-get update -q && apt-get install -y -q chromium xvfb) >/dev/null; \
 	  else echo "chromium/Xvfb not found: browser and preview tests will be skipped"; fi; }
 
-# Ray (the cluster extra) for the one test that starts a local Ray head.
+# Ray (the cluster extra) for the tests that start a local Ray head.
 cluster: setup
 	@$(PY) -c 'import ray' 2>/dev/null || $(PY) -m pip install -q -e '.[cluster]'
 
 test: $(STAMP) models browser cluster
 	$(PY) -m pytest -q -ra
 
-bench: $(STAMP) models
+# Each benchmark prints one JSON object as its last line (README: Benchmarks, Scaling).
+bench: $(STAMP) models browser cluster
 	$(PY) -m bench.pipeline
 	$(PY) -m bench.quality
 	$(PY) -m bench.webrtc
+	$(PY) -m bench.browser
+	$(PY) -m bench.overload
+	$(PY) -m bench.capacity
 	$(PY) -m bench.stream
+	$(PY) -m bench.stream --sessions 4
+	$(PY) -m bench.stream --serve 4
+	$(PY) -m bench.serve_affinity
 
 clean:
 	rm -rf $(VENV) bench/out .pytest_cache

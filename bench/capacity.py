@@ -7,19 +7,26 @@
 A ``live serve`` server runs as a child process (selfie engine, blurred
 background). For each size and codec the benchmark adds peers — 1, 2, 3, 4,
 6, 8 — each an aiortc client in its own process sending a real clip at 30
-fps, every frame stamped with its index (``bench.webrtc``'s blocks) so the
-frame that comes back is matched to the one that went out. All peers of a
+fps, every frame stamped with its place in the clip (``bench.webrtc``'s
+blocks) so the frame that comes back is matched to the one that went out.
+The clients are cheap on purpose, so that the cores measure the server: each
+encodes its stamped loop once at start and then only sends those packets
+(aiortc packetizes them), reading the stamps off the luma of what comes
+back (``--live-clients``: each encodes every frame as it goes, as a browser
+does; they then took about a third of this 2-core machine). All peers of a
 step measure over the same window (one shared monotonic clock), and the
 server's CPU time (its process and every child: the session workers) is
-read at the window's two ends.
+read at the window's two ends; each client reads its own
+(``client_cpu_percent``, per client, 100 = a core).
 
 A step holds when every peer receives ≥ ``--min-fps`` (25) frames per
 second and the round trip's p95 is at most ``--max-added-ms`` (50) above the
 pass-through server's p95 with one peer (same size and codec): the latency
 the network and the codecs cost before any processing. A peer the server
 refuses (its admission control found the machine full) fails its step too
-(``refused_peers``). A series stops at the first step that does not hold. The pass-through server (same code,
-frames returned untouched) is measured the same way.
+(``refused_peers``). A series stops at the first step that does not hold.
+The pass-through server (same code, frames returned untouched) is measured
+the same way.
 
 ``server_cpu_ms_per_frame`` = server CPU time ÷ frames delivered to all
 peers: the figure that does not depend on where the clients run. The
@@ -28,7 +35,8 @@ pessimistic; the CPU per frame is not.
 
 Last line: one JSON object, ``steps`` (processed) and ``passthrough_steps``,
 each a list of {size, codec, peers, fps_min, rtt_p50, rtt_p95,
-server_cpu_percent, server_cpu_ms_per_frame, held}; ``capacity`` {size: the
+server_cpu_percent, server_cpu_ms_per_frame, client_cpu_percent, held};
+``clients`` (what the clients do); ``capacity`` {size: the
 largest N that held with the first codec}; ``server_cpu_ms_per_frame``
 {size: at one processed peer, first codec}.
 """
@@ -44,24 +52,85 @@ import sys
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from bench import DATA, cpu_seconds, process_tree, report
+from live.serve.admission import WINDOW_S
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_STEPS = (1, 2, 3, 4, 6, 8)
 SETTLE_S = 6.0  # connect, ICE, first keyframes, encoder ramp-up: before the window opens
-SETTLE_PER_PEER_S = 1.5  # each client process imports aiortc and decodes the clip
+SETTLE_PER_PEER_S = 0.5  # each peer's connection and session start on a busier machine
+#: Clients start (import aiortc, encode their loop: a burst of CPU), then all wait
+#: this long before their offers: admission measures idle CPU over the seconds
+#: before an offer, and must see the machine as peers joining it would leave it.
+QUIET_S = WINDOW_S + 0.5
 
 
 # --------------------------------------------------------------------------- one peer (child)
 
+#: Frames in a pre-encoded client's loop (3 s at 30 fps). The stamp is the index in
+#: the loop: it matches the first frame back (a round trip shorter than a loop),
+#: RTP times match the rest, and the stamp checks them.
+LOOP_FRAMES = 90
+TICKS = 3000  # 90 kHz RTP ticks per frame at 30 fps: the clients' pts step
+CLIENTS = {False: f"pre-encoded: each client sends a loop of {LOOP_FRAMES} stamped clip "
+                  "frames encoded once at start, and decodes what comes back to read the "
+                  "stamps",
+           True: "live: each client stamps, converts and encodes every frame it sends, and "
+                 "decodes what comes back"}
+
+
+def encoded_loop(clip: Path, size: tuple[int, int], codec: str,
+                 count: int = LOOP_FRAMES) -> list[bytes]:
+    """``count`` clip frames, each stamped with its index, encoded once as a camera's
+    stream would be (realtime, the operator's bitrate ceiling, one keyframe at the
+    loop's start so every pass through the loop decodes on its own).
+
+    Sent as they are, they cost the client no colour conversion and no encoding
+    per frame: what is left (RTP, SRTP, decoding what comes back) is small, so
+    the cores measure the server rather than its clients.
+    """
+    import cv2
+    import av
+
+    from bench import load_frames
+    from bench.webrtc import stamp
+    from live.config import Settings
+
+    kbps = Settings().webrtc.resolved().max_bitrate_kbps
+    w, h = size
+    if codec.upper() == "VP8":
+        ctx = av.CodecContext.create("libvpx", "w")
+        ctx.options = {"deadline": "realtime", "cpu-used": "-6", "lag-in-frames": "0"}
+    else:
+        ctx = av.CodecContext.create("libx264", "w")
+        ctx.options = {"preset": "superfast", "tune": "zerolatency", "level": "31"}
+        ctx.profile = "Baseline"
+    ctx.width, ctx.height, ctx.pix_fmt = w, h, "yuv420p"
+    ctx.bit_rate, ctx.gop_size = kbps * 1000, count
+    ctx.framerate, ctx.time_base = Fraction(30, 1), Fraction(1, 30)
+    ctx.thread_count = 1
+    out: list[bytes] = []
+    frames = load_frames(clip, count, size)
+    for i in range(count):
+        image = stamp(frames[i % len(frames)], i)
+        vf = av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_BGR2YUV_I420),
+                                        format="yuv420p")
+        vf.pts = i
+        if i == 0:
+            vf.pict_type = av.video.frame.PictureType.I
+        out += [bytes(p) for p in ctx.encode(vf)]
+    out += [bytes(p) for p in ctx.encode(None)]
+    if len(out) != count:
+        raise RuntimeError(f"{codec} gave {len(out)} packets for {count} frames")
+    return out
+
 
 def yuv_frames(clip: Path, count: int, size: tuple[int, int]) -> list[np.ndarray]:
-    """Clip frames as I420 planes in one array (h·3/2 × w): stamping and sending
-    them costs the client no colour conversion, leaving the cores to the server."""
+    """Clip frames as I420 planes in one array (h·3/2 × w), for ``--live-clients``."""
     import cv2
 
     from bench import load_frames
@@ -91,20 +160,13 @@ def stamp_yuv(planes: np.ndarray, index: int, width: int, height: int) -> np.nda
     return out
 
 
-async def run_peer(url: str, clip: Path, size: tuple[int, int], codec: str, fps: float,
-                   window: tuple[float, float]) -> dict[str, Any]:
-    """Stream until the window closes; round trips of the frames sent inside it."""
-    import av
+def paced_track(fps: float, make: Callable[[int], Any]) -> Any:
+    """A video track that hands aiortc ``make(i)`` for i = 0, 1, … at ``fps``, and
+    notes when (``sent[i]``, monotonic). ``make`` gives a frame (aiortc encodes it)
+    or an encoded packet (aiortc only packetizes it)."""
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-    from bench.webrtc import returned
-    from live.serve.client import ControlClient
-
-    w, h = size
-    frames = yuv_frames(clip, 30, size)
-    start, end = window
-
-    class Stamped(MediaStreamTrack):
+    class Paced(MediaStreamTrack):
         kind = "video"
 
         def __init__(self) -> None:
@@ -112,28 +174,109 @@ async def run_peer(url: str, clip: Path, size: tuple[int, int], codec: str, fps:
             self.sent: dict[int, float] = {}
             self.t0: float | None = None
 
-        async def recv(self) -> av.VideoFrame:
+        async def recv(self) -> Any:
             i = len(self.sent)
-            if self.readyState != "live" or i >= 1 << 16:
+            if self.readyState != "live" or i >= 1 << 20:
                 raise MediaStreamError
             self.t0 = self.t0 or time.monotonic()
             await asyncio.sleep(max(0.0, self.t0 + i / fps - time.monotonic()))
-            vf = av.VideoFrame.from_ndarray(stamp_yuv(frames[i % len(frames)], i, w, h),
-                                            format="yuv420p")
-            vf.pts, vf.time_base = int(i * 90_000 / fps), Fraction(1, 90_000)
+            data = make(i)
+            data.pts, data.time_base = i * TICKS, Fraction(1, 90_000)
             self.sent[i] = time.monotonic()
-            return vf
+            return data
 
-    track = Stamped()
+    return Paced()
+
+
+async def returned_loop(remote: Any, sent: dict[int, float], deadline: float
+                        ) -> tuple[dict[int, float], int]:
+    """When each sent frame (by its send number) first came back, and how many frames
+    came back unreadable or matched to no send.
+
+    The stamp names a frame's place in the loop only; the send number comes
+    from the frame's RTP time (the server sends a frame back with the time it
+    arrived with, both ends adding a constant offset), anchored by the first
+    stamp read and checked against every later one. The luma plane is read in
+    place: no conversion."""
+    from aiortc.mediastreams import MediaStreamError
+
+    from bench.webrtc import read_stamp
+
+    received: dict[int, float] = {}
+    offset: int | None = None
+    bad = 0
+    while time.monotonic() < deadline:
+        try:
+            vf = await asyncio.wait_for(remote.recv(), 5.0)
+        except (asyncio.TimeoutError, MediaStreamError):
+            break
+        now = time.monotonic()
+        plane = vf.planes[0]
+        luma = np.frombuffer(plane, np.uint8).reshape(vf.height, plane.line_size)[:, :vf.width]
+        where = read_stamp(luma)
+        if where is None or vf.pts is None:
+            bad += 1
+            continue
+        if offset is None:  # the latest send of that loop place: the round trip < a loop
+            latest = max((i for i in sent if i % LOOP_FRAMES == where), default=None)
+            if latest is None:
+                bad += 1
+                continue
+            offset = (vf.pts - latest * TICKS) % (1 << 32)
+        i = round(((vf.pts - offset) % (1 << 32)) / TICKS)  # a tick off after VP8's round trip
+        if i % LOOP_FRAMES != where or i not in sent:
+            bad += 1
+            continue
+        received.setdefault(i, now)
+    return received, bad
+
+
+async def window_cpu(start: float, end: float) -> float:
+    """This process's CPU seconds between the monotonic times ``start`` and ``end``."""
+    await asyncio.sleep(max(0.0, start - time.monotonic()))
+    cpu0 = time.process_time()
+    await asyncio.sleep(max(0.0, end - time.monotonic()))
+    return round(time.process_time() - cpu0, 3)
+
+
+def client_track(clip: Path, size: tuple[int, int], codec: str, fps: float,
+                 live: bool = False) -> Any:
+    """A client's paced, stamped track, ready to send: by default a pre-encoded loop
+    (``encoded_loop``); ``live``: frames it encodes as it goes (the clients then
+    cost about as much CPU as the server's own codecs)."""
+    import av
+
+    if live:
+        w, h = size
+        frames = yuv_frames(clip, 30, size)
+        return paced_track(fps, lambda i: av.VideoFrame.from_ndarray(
+            stamp_yuv(frames[i % len(frames)], i, w, h), format="yuv420p"))
+    packets = encoded_loop(clip, size, codec)
+    return paced_track(fps, lambda i: av.Packet(packets[i % len(packets)]))
+
+
+async def run_peer(url: str, track: Any, codec: str, window: tuple[float, float],
+                   live: bool = False) -> dict[str, Any]:
+    """Send ``track`` (``client_track``) until the window closes; round trips of the
+    frames sent inside it."""
+    from bench.webrtc import returned
+    from live.serve.client import ControlClient
+
+    start, end = window
+    cpu = asyncio.ensure_future(window_cpu(start, end))
     async with ControlClient(url) as client:
         try:
             remote = await client.start_video(track, codec=codec)
         except RuntimeError as exc:  # the server's admission said no: it is full
             return {"frames": 0, "fps": 0.0, "rtt_ms": [], "refused": str(exc)}
-        received = await returned(remote, track.sent, end + 1.0)
+        if live:
+            received, bad = await returned(remote, track.sent, end + 1.0), 0
+        else:
+            received, bad = await returned_loop(remote, track.sent, end + 1.0)
     in_window = {i: t for i, t in received.items() if start <= track.sent[i] < end}
     return {"frames": len(in_window), "fps": len(in_window) / (end - start),
             "rtt_ms": [round((t - track.sent[i]) * 1e3, 1) for i, t in in_window.items()],
+            "unmatched": bad, "cpu_s": await cpu, "last_sent": max(in_window, default=None),
             "first_frame_late": not received or min(received.values()) > start}
 
 
@@ -163,11 +306,22 @@ class Server:
             self.proc.wait()
 
 
-def serve_child(passthrough: bool, workers: int | None) -> None:
-    """``--serve``: ``live serve`` with the selfie engine and blur, on a free port."""
+def serve_child(passthrough: bool, workers: int | None, admission: bool = True) -> None:
+    """``--serve``: ``live serve`` with the selfie engine and blur, on a free port.
+
+    ``admission`` False: the session cap only, so that a step shows whether
+    the machine holds its peers rather than whether admission expected it to
+    (set here, in the benchmark's own server process: ``live serve`` has no
+    such switch)."""
+    import functools
+
+    import live.serve.server
     from live.config import Settings
     from live.serve.server import serve
 
+    if not admission:
+        live.serve.server.Admission = functools.partial(  # type: ignore[misc]
+            live.serve.server.Admission, measured=False)
     patch: dict[str, Any] = {"server": {"port": 0}, "engine": {"name": "selfie"}}
     if workers is not None:
         patch["server"]["workers"] = workers
@@ -184,20 +338,32 @@ def pct(values: list[float], q: float) -> float | None:
 def measure_step(server: Server, args: argparse.Namespace, size: tuple[int, int], codec: str,
                  peers: int) -> dict[str, Any]:
     """``peers`` client processes measured over one shared window."""
+    cmd = [sys.executable, "-m", "bench.capacity", "--peer", server.url, "--clip", args.clip,
+           "--size", f"{size[0]}x{size[1]}", "--codec", codec, "--fps", str(args.fps)] + \
+        (["--live-clients"] if args.live_clients else [])
+    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT) for _ in range(peers)]
+    for proc in procs:  # each has imported aiortc and encoded its loop: quiet from now on
+        assert proc.stdout is not None
+        proc.stdout.readline()
+    time.sleep(QUIET_S)
     start = time.monotonic() + SETTLE_S + SETTLE_PER_PEER_S * peers
     end = start + args.seconds
-    cmd = [sys.executable, "-m", "bench.capacity", "--peer", server.url, "--clip", args.clip,
-           "--size", f"{size[0]}x{size[1]}", "--codec", codec, "--fps", str(args.fps),
-           "--window", f"{start},{end}"]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-             for _ in range(peers)]
+    for proc in procs:  # all offers together, as peers joining at once
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(f"{start} {end}\n")
+            proc.stdin.close()
+        except (BrokenPipeError, OSError):
+            pass  # it failed while preparing: its output says why
     time.sleep(max(0.0, start - time.monotonic()))
     cpu0, t0 = server.cpu_seconds(), time.monotonic()
     time.sleep(max(0.0, end - time.monotonic()))
     cpu1, t1 = server.cpu_seconds(), time.monotonic()
     results = []
     for proc in procs:
-        out, _ = proc.communicate(timeout=60)
+        out = proc.stdout.read() if proc.stdout else ""
+        proc.wait(timeout=60)
         lines = out.strip().splitlines()
         try:
             results.append(json.loads(lines[-1]))
@@ -211,9 +377,12 @@ def measure_step(server: Server, args: argparse.Namespace, size: tuple[int, int]
             "rtt_p50": pct(rtts, 50), "rtt_p95": pct(rtts, 95),
             "server_cpu_percent": round(cpu_ms / (t1 - t0) / 10, 1),
             "server_cpu_ms_per_frame": round(cpu_ms / delivered, 2) if delivered else None,
+            "client_cpu_percent": round(sum(r.get("cpu_s", 0.0) for r in results) * 100
+                                        / (end - start) / peers, 1),
             "late_peers": sum(bool(r.get("first_frame_late")) for r in results),
             "failed_peers": sum("error" in r for r in results),
-            "refused_peers": sum("refused" in r for r in results)}
+            "refused_peers": sum("refused" in r for r in results),
+            "refusals": sorted({r["refused"] for r in results if "refused" in r})}
 
 
 def run_series(passthrough: bool, args: argparse.Namespace, size: tuple[int, int], codec: str,
@@ -261,7 +430,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {"steps": steps, "passthrough_steps": passthrough_steps, "capacity": capacity,
             "server_cpu_ms_per_frame": cpu, "criteria": {"min_fps": args.min_fps,
                                                          "max_added_ms_p95": args.max_added_ms},
-            "seconds_per_step": args.seconds, "server_args": args.serve_args,
+            "seconds_per_step": args.seconds, "clients": CLIENTS[args.live_clients],
+            "server_args": args.serve_args,
             "cpu_count": os.cpu_count(), "load_avg_1m_at_start": args.load_at_start}
 
 
@@ -282,22 +452,29 @@ def main() -> None:
                         help="measure every step even after one did not hold (--quick does)")
     parser.add_argument("--workers", type=int, default=None,
                         help="the server's --workers (default: the server's own default)")
+    parser.add_argument("--no-admission", action="store_true",
+                        help="the server admits every peer up to its session cap (8): shows "
+                             "what the machine holds, to judge what admission refuses")
+    parser.add_argument("--live-clients", action="store_true",
+                        help="each client encodes every frame as it sends it (as before): "
+                             "the clients then take about a third of a 2-core machine")
     parser.add_argument("--clip", default=str(DATA / "clips" / "06_pingpong.mp4"))
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--passthrough", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--peer", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--size", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--codec", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--window", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:  # the server half, started by the benchmark itself
-        serve_child(args.passthrough, args.workers)
+        serve_child(args.passthrough, args.workers, not args.no_admission)
         return
     if args.peer:  # one client process
         w, h = (int(v) for v in args.size.split("x"))
-        start, end = (float(v) for v in args.window.split(","))
-        print(json.dumps(asyncio.run(run_peer(args.peer, Path(args.clip), (w, h), args.codec,
-                                              args.fps, (start, end)))), flush=True)
+        track = client_track(Path(args.clip), (w, h), args.codec, args.fps, args.live_clients)
+        print("ready", flush=True)
+        start, end = (float(v) for v in sys.stdin.readline().split())
+        print(json.dumps(asyncio.run(run_peer(args.peer, track, args.codec, (start, end),
+                                              args.live_clients))), flush=True)
         return
 
     def measure() -> dict[str, Any]:
@@ -307,7 +484,8 @@ def main() -> None:
             args.sizes, args.codecs, args.peers, args.seconds = "640x480", "VP8", "1,2", 6.0
             args.keep_going = True
         args.peers = [int(n) for n in str(args.peers).split(",")]
-        args.serve_args = [] if args.workers is None else ["--workers", str(args.workers)]
+        args.serve_args = ([] if args.workers is None else ["--workers", str(args.workers)]) \
+            + (["--no-admission"] if args.no_admission else [])
         args.load_at_start = round(os.getloadavg()[0], 2)  # other load skews figures
         return run(args)
 

@@ -4,6 +4,7 @@
                            [--checkpoint PATH] [--data DIR_OR_CLIP] [--device auto]
                            [--precision auto|fp32|bf16]
     python -m bench.stream --sessions K [--frames 12] [--rounds 3] [--image-size 256] ...
+    python -m bench.stream --serve K [--frames 12] [--rounds 3] [--image-size 256] ...
 
 
 Both predictors get one click on frame 0 and track every frame. They run
@@ -22,18 +23,28 @@ other in one (other) thread, in interleaved rounds (the order flips each round, 
 machine load hits both alike), and the max |logit difference| of every
 session's frames between the two. Only one thread computes at a time in both
 modes, so a loaded machine's scheduler favours neither.
+
+With ``--serve K`` the same K sessions run through the Ray Serve deployment
+(live.serve.sam2_serve) on a Ray head of its own started here (one replica
+reserving every CPU, so as many torch threads as the local run; K threads
+each with a ``RemoteStream``, as K session workers), vs the K sessions one
+after the other in this process, in interleaved rounds; plus the max |logit
+difference| between the two and the replica's mean encoder batch. The head
+is stopped at the end (``ray.shutdown``).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import statistics
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import live  # noqa: F401  (before torch: it sets torch's OpenMP wait policy, as in the service)
 import numpy as np
@@ -100,10 +111,15 @@ def measure(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-cond-frames", type=int, default=4)
     ap.add_argument("--sessions", type=int, default=None,
                     help="K sessions on one model: batched vs one after the other")
-    ap.add_argument("--rounds", type=int, default=3, help="with --sessions: interleaved rounds")
+    ap.add_argument("--serve", type=int, default=None, metavar="K",
+                    help="K sessions through a Ray Serve deployment vs one after the other here")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="with --sessions or --serve: interleaved rounds")
     args = ap.parse_args(argv)
     if args.sessions is not None:
         return measure_sessions(args)
+    if args.serve is not None:
+        return measure_serve(args)
     args.frames = args.frames or 300
 
     device = pick_device(args.device)
@@ -218,12 +234,12 @@ def measure(argv: list[str] | None = None) -> dict:
 SEQUENCES = ("hike", "lucia", "parkour", "breakdance", "dance-twirl")
 
 
-def measure_sessions(args: argparse.Namespace) -> dict:
-    k, n = args.sessions, args.frames or 12
+def session_setup(args: argparse.Namespace, k: int, n: int
+                  ) -> tuple[torch.nn.Module, list[tuple[list[np.ndarray], tuple[float, float]]]]:
+    """The model, and k sessions' frames (a DAVIS sequence each) and first clicks."""
     if k < 1 or n < 1 or args.rounds < 1:
-        raise SystemExit("--sessions, --frames and --rounds must be at least 1")
+        raise SystemExit("--sessions/--serve, --frames and --rounds must be at least 1")
     device = pick_device(args.device)
-    precision = pick_precision(device, args.precision)
     model = (random_sam2(args.image_size, device, args.model) if args.checkpoint is None else
              build_model(sam2_config_name(args.model), args.checkpoint, args.image_size, device))
     model.max_cond_frames_in_attn = args.max_cond_frames
@@ -232,6 +248,14 @@ def measure_sessions(args: argparse.Namespace) -> dict:
     for i in range(k):
         davis = load_davis(root / f"davis-{SEQUENCES[i % len(SEQUENCES)]}", n, pingpong=True)
         clips.append((davis.frames, click_inside(davis.masks[0])))
+    return model, clips
+
+
+def measure_sessions(args: argparse.Namespace) -> dict:
+    k, n = args.sessions, args.frames or 12
+    model, clips = session_setup(args, k, n)
+    device = pick_device(args.device)
+    precision = pick_precision(device, args.precision)
 
     def sessions(batcher: SAM2Batcher | None) -> list[StreamingSAM2]:
         out = []
@@ -330,6 +354,114 @@ def measure_sessions(args: argparse.Namespace) -> dict:
         "max_abs_logit_diff": worst,
         "bit_identical": worst == 0.0,
     }
+
+
+
+def measure_serve(args: argparse.Namespace) -> dict:
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # stay on 127.0.0.1
+    import ray
+
+    from live.config import Settings
+    from live.serve import cluster
+    from live.serve.sam2_serve import RemoteStream, deploy, undeploy
+
+    k, n = args.serve, args.frames or 12
+    model, clips = session_setup(args, k, n)
+    device = pick_device(args.device)
+    precision = pick_precision(device, args.precision)
+    cpus = os.cpu_count() or 1
+
+    def run_local() -> tuple[float, list[list[torch.Tensor]]]:
+        streams = [StreamingSAM2(model, max_cond_frames=args.max_cond_frames,
+                                 precision=precision) for _ in clips]
+        logits: list[list[torch.Tensor]] = [[] for _ in clips]
+
+        def loop() -> None:  # a thread of its own, as in measure_sessions
+            for i in range(n):
+                for s, (frames, (x, y)), sink in zip(streams, clips, logits):
+                    if i == 0:
+                        s.add_prompt(Prompt(obj_id=1, points=((x, y, 1),)))
+                    s.step(frames[i])
+                    sink.append(s.low_res_logits()[1])
+
+        return timed_threads([loop]), logits
+
+    def run_served(deployed: Any) -> tuple[float, list[list[torch.Tensor]], list[Any]]:
+        streams = [RemoteStream(deployed) for _ in clips]
+        logits: list[list[torch.Tensor]] = [[] for _ in clips]
+
+        def play(s: Any, frames: list[np.ndarray], click: tuple[float, float],
+                 sink: list) -> None:
+            s.add_prompt(Prompt(obj_id=1, points=((click[0], click[1], 1),)))
+            for frame in frames[:n]:
+                s.step(frame)
+                sink.append(s.low_res_logits()[1])
+
+        elapsed = timed_threads([functools.partial(play, s, f, c, sink) for s, (f, c), sink
+                                 in zip(streams, clips, logits)])
+        if any(len(sink) != n or s.restarts for s, sink in zip(streams, logits)):
+            raise RuntimeError("a served session failed (see the log above)")
+        for s in streams:
+            s.close()
+        return elapsed, logits, streams
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Path(tmp) / "model.pt"
+        torch.save({"model": model.state_dict()}, checkpoint)
+        settings = Settings().merged({
+            "engine": {"name": "sam2", "checkpoint": str(checkpoint),
+                       "image_size": args.image_size, "device": device.type,
+                       "sam2_model": args.model, "max_cond_frames": args.max_cond_frames},
+            "server": {"sam2_replicas": 1, "sam2_max_batch": k, "sam2_replica_cpus": cpus}})
+        ray.init(num_cpus=cpus, num_gpus=0, include_dashboard=False, logging_level="WARNING",
+                 log_to_driver=False, runtime_env=cluster._runtime_env())
+        try:
+            t0 = time.perf_counter()
+            deployed = deploy(settings, precision=precision)
+            deploy_s = time.perf_counter() - t0
+            run_local()  # warm-up
+            run_served(deployed)
+            local_fps, served_fps, worst, remote_ms, batch = [], [], 0.0, [], []
+            for r in range(args.rounds):
+                order = ("local", "served") if r % 2 == 0 else ("served", "local")
+                runs = {m: run_local() if m == "local" else run_served(deployed) for m in order}
+                local_fps.append(k * n / runs["local"][0])
+                served_fps.append(k * n / runs["served"][0])
+                for a, b in zip(runs["local"][1], runs["served"][1]):
+                    worst = max(worst, max(float((x - y).abs().max()) for x, y in zip(a, b)))
+                stats = [s.stats() for s in runs["served"][2]]
+                remote_ms += [st["remote_ms"] for st in stats]
+                batch.append(max(st["encoder_mean_batch"] for st in stats))
+            undeploy(deployed)
+        finally:
+            ray.shutdown()
+    return {
+        "device": str(device), "cpus": cpus, "load_avg_1min": round(os.getloadavg()[0], 2),
+        "precision": precision, "model": args.model, "weights": args.checkpoint or "random",
+        "image_size": args.image_size, "sessions": k, "frames_per_session": n,
+        "rounds": args.rounds, "deploy_s": round(deploy_s, 1),
+        "fps_served": [round(x, 3) for x in served_fps],
+        "fps_local_sequential": [round(x, 3) for x in local_fps],
+        "fps_served_median": round(statistics.median(served_fps), 3),
+        "fps_local_sequential_median": round(statistics.median(local_fps), 3),
+        "ratio_median": round(statistics.median(a / b for a, b in zip(served_fps, local_fps)),
+                              3),
+        # frames per encoder batch on the replica, since it started (warm-up included)
+        "replica_encoder_mean_batch": batch[-1],
+        "remote_ms_last_frame_p50": round(statistics.median(remote_ms), 1),
+        "max_abs_logit_diff": worst,
+    }
+
+
+def timed_threads(targets: list[Callable[[], None]]) -> float:
+    """Seconds to run each target in a thread of its own, all at once."""
+    threads = [threading.Thread(target=t) for t in targets]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

@@ -77,10 +77,15 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         check_background(settings)  # a bad file fails now, not after the model loaded
         if args.command == "serve":
-            from live.segment import create_segmenter, warm_up
+            from live.segment import create_segmenter, resolve_engine_name, warm_up
             from live.serve.server import serve
 
-            warm_up(create_segmenter(settings.engine))  # the first peer finds the model ready
+            if settings.server.cluster and resolve_engine_name(settings.engine) == "sam2":
+                from live.checkpoints import fetch_selfie
+
+                fetch_selfie()  # SAM 2 loads on the cluster's replicas, not here
+            else:
+                warm_up(create_segmenter(settings.engine))  # the first peer finds it ready
             serve(settings)
             return 0
         return asyncio.run(run_pipeline(settings, max_frames=args.frames, quiet=args.quiet,

@@ -198,6 +198,16 @@ class ServerSettings:
         None, "run each session's worker as a Ray actor in this cluster: a head's address, "
         "'auto' (the running cluster), or 'local' (start one here); needs pip install "
         "'live[cluster]'", flag="--cluster")
+    sam2_replicas: int | None = _f(
+        None, "with --cluster and the sam2 engine: replicas of the Ray Serve deployment that "
+        "runs SAM 2 for every session (default: one per GPU of the cluster; 1 without GPUs)",
+        lo=1, hi=256)
+    sam2_max_batch: int = _f(
+        8, "with --cluster and the sam2 engine: most frames of different sessions one replica's "
+        "image encoder takes as one batch (also its most requests at once)", lo=1, hi=64)
+    sam2_replica_cpus: float = _f(
+        1.0, "with --cluster and the sam2 engine: CPUs each SAM 2 replica reserves (on a "
+        "CPU-only cluster also its torch threads: Ray sets them from it)", lo=0.1, hi=256)
 
 
 @dataclass(frozen=True)

@@ -516,6 +516,47 @@ def test_peers_arriving_together_are_planned_before_their_cost_shows() -> None:
     assert refusal and "CPU cores" in refusal
 
 
+def test_peers_arriving_after_a_lull_are_priced_at_the_last_steady_cost() -> None:
+    """A frame is priced over a steady window only: not while a session starts (its
+    model loads, CPU that belongs to no frame) or ends. Sessions ended, the window
+    emptied of frames, peers come in together: they are planned at the cost last
+    measured (12 ms a frame here: four fit in two idle cores), not at the prior,
+    which would refuse the second."""
+    from live.serve.admission import PRIOR_FRAME_CPU_S, PLANNED_FPS, Admission
+
+    clocks = Clocks()
+    admission = Admission(8, cores=2, cpu_seconds=lambda: clocks.cpu,
+                          idle_seconds=lambda: clocks.idle)
+    assert admission.frame_cost() is None
+    frames = {"a": 0}
+    admission.sample(frames)
+    for _ in range(3):  # one session: 30 frames a second at 12 ms each
+        clocks.advance(0.2, busy_cores=0.36, idle_cores=1.6)
+        frames["a"] += 6
+        admission.sample(frames)
+    assert admission.frame_cost() == pytest.approx(0.012, rel=0.01)
+    frames["b"] = 0
+    for _ in range(3):  # a second starts: a core loading its model, three frames
+        clocks.advance(0.2, busy_cores=1.36, idle_cores=0.6)
+        frames["a"] += 6
+        frames["b"] += 1
+        admission.sample(frames)
+    assert admission.frame_cost() == pytest.approx(0.012, rel=0.01)
+    for _ in range(3):  # both end, with a burst of closing
+        clocks.advance(0.2, busy_cores=0.5, idle_cores=1.5)
+        admission.sample({})
+    for _ in range(16):  # 4 s of an idle machine
+        clocks.advance(0.25, busy_cores=0.0, idle_cores=1.95)
+        admission.sample({})
+    assert admission.frame_cost() == pytest.approx(0.012, rel=0.01)
+    assert admission.refusal(0, 0, False) is None
+    assert admission.refusal(1, 0, False) is None  # 2 x 0.36 cores in 0.8 x 1.95
+    assert 2 * PRIOR_FRAME_CPU_S * PLANNED_FPS > 0.8 * 1.95  # the prior: 1.8 cores, no
+    assert admission.refusal(2, 0, False) is None  # 3 x 0.36 = 1.08
+    assert admission.refusal(3, 0, False) is None  # 1.44
+    assert "CPU cores" in admission.refusal(4, 0, False)  # 1.8 > 1.56: the fifth waits
+
+
 def test_late_frames_are_dropped_at_the_source_and_reported() -> None:
     """A track whose frames reach us later and later (a backlog in the socket buffer):
     the source skips the stale ones, so what it hands on stays fresh."""

@@ -119,21 +119,63 @@ def test_the_caps_are_the_operators_and_checked():
     scenario()
 
 
-def test_h264_answers_encode_at_the_fast_preset():
+def encode_with(mime: str, frames: list[np.ndarray]) -> list[bytes]:
+    """What a real aiortc encoder for ``mime``, from aiortc's own factory, made of
+    ``frames``."""
     from aiortc.codecs import get_encoder
     from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-    rtc_media.fast_h264()
-    rtc_media.fast_h264()  # twice is once
-    encoder = get_encoder(RTCRtpCodecParameters(mimeType="video/H264", clockRate=90000,
+    encoder = get_encoder(RTCRtpCodecParameters(mimeType=mime, clockRate=90000,
                                                 payloadType=102))
-    frame = encoder_frame(np.full((240, 320, 3), 90, np.uint8))
-    frame.pts, frame.time_base = 0, fractions.Fraction(1, 90000)
-    payloads, _ = encoder.encode(frame)
-    assert payloads, "no H.264 came out"
+    out = []
+    for i, image in enumerate(frames):
+        frame = encoder_frame(image)
+        frame.pts, frame.time_base = i * 3000, fractions.Fraction(1, 90000)
+        payloads, _ = encoder.encode(frame)
+        out.append(b"".join(payloads))
+    return out
+
+
+def test_h264_answers_encode_at_the_fast_preset():
+    rtc_media.fast_encoders()
+    rtc_media.fast_encoders()  # twice is once
+    (stream,) = encode_with("video/H264", [np.full((240, 320, 3), 90, np.uint8)])
+    assert stream, "no H.264 came out"
     # x264 writes its settings into the first keyframe: superfast's motion search
     # (me=dia, subme=1) rather than medium's (me=hex, subme=7), and aiortc's own
     # zero-latency tune still there (sliced threads, no B-frames)
-    stream = b"".join(payloads)
     assert b"me=dia subme=1" in stream, stream[:800]
     assert b"sliced_threads=1" in stream and b"bframes=0" in stream
+
+
+def vp8_controls(encoder_class: type) -> dict[str, str]:
+    """The speed and denoiser controls libvpx was opened with, from FFmpeg's own
+    debug log of each control it sets (VP8's bitstream does not carry them)."""
+    import av.logging
+
+    av.logging.set_level(av.logging.DEBUG)
+    try:
+        with av.logging.Capture() as logs:
+            frame = encoder_frame(np.full((240, 320, 3), 90, np.uint8))
+            frame.pts, frame.time_base = 0, fractions.Fraction(1, 90000)
+            assert encoder_class().encode(frame)[0], "no VP8 came out"
+    finally:
+        av.logging.set_level(None)
+    controls = {}
+    for _, _, line in logs:
+        name, _, value = line.strip().partition(":")
+        if name in ("VP8E_SET_CPUUSED", "VP8E_SET_NOISE_SENSITIVITY"):
+            controls[name] = value.strip()
+    return controls
+
+
+def test_vp8_encodes_at_the_fast_speed_without_the_denoiser():
+    import aiortc.codecs
+    from aiortc.codecs.vpx import Vp8Encoder
+
+    assert vp8_controls(Vp8Encoder) == {"VP8E_SET_CPUUSED": "-6",  # aiortc's own
+                                        "VP8E_SET_NOISE_SENSITIVITY": "4"}
+    rtc_media.fast_encoders()
+    fast = aiortc.codecs.Vp8Encoder  # what aiortc's get_encoder builds from now on
+    assert vp8_controls(fast) == {"VP8E_SET_CPUUSED": rtc_media.VP8_OPTIONS["cpu-used"],
+                                  "VP8E_SET_NOISE_SENSITIVITY": "0"}

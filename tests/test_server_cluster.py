@@ -4,18 +4,12 @@ on 127.0.0.1 that this test starts (no dashboard) and stops (only that one)."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
 import pytest
 
 from live.serve.client import ControlClient
+from ray_head import ray_head
 from server_helpers import ClipTrack, load_clip, recv_frames, running_server, test_settings, \
     wait_until
 from utils import asynctest
@@ -23,67 +17,21 @@ from utils import asynctest
 pytestmark = pytest.mark.ray
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def ray_head(monkeypatch):
-    """A Ray head of our own on loopback; its address. Stopped by its process group,
-    so a cluster someone else runs on this machine is left alone."""
+def ray_head_address(monkeypatch):
     # before Ray is imported: keep 127.0.0.1 rather than the interface address
     monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     # head and driver agree on no token whatever ~/.ray holds (a `ray.init()` elsewhere
     # leaves a token there, which turns token auth on for the driver only)
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[cluster]' "
-                                      "(make test does)")
-    ray_cli = Path(sys.executable).with_name("ray")
-    port = free_port()
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit
-    head = subprocess.Popen(
-        [str(ray_cli), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--include-dashboard=false", "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp}",
-         "--disable-usage-stats", "--block"],
-        start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while not _reachable(port):
-        if head.poll() is not None or time.monotonic() > deadline:
-            _stop(head)
-            pytest.fail(f"the Ray head did not start: {head.stderr.read().decode()[-2000:]}")
-        time.sleep(0.5)
-    try:
+    with ray_head() as address:
         yield address
-    finally:
-        _stop(head)
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def _reachable(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _stop(head: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(head.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            head.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @asynctest
-async def test_sessions_run_in_ray_actors_and_a_dead_actors_page_starts_again(ray_head, clip_path):
+async def test_sessions_run_in_ray_actors_and_a_dead_actors_page_starts_again(ray_head_address, clip_path):
     frames = load_clip(clip_path, 10)
-    settings = test_settings(server={"workers": 2, "cluster": ray_head})
+    settings = test_settings(server={"workers": 2, "cluster": ray_head_address})
     async with running_server(settings) as server:
         async with ControlClient(server.url) as a, ControlClient(server.url) as b:
             await a.start_video(ClipTrack(frames))

@@ -12,7 +12,7 @@ import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -99,6 +99,18 @@ def resolve_engine_name(settings: EngineSettings) -> str:
     return "sam2" if gpu_device() is not None else "selfie"
 
 
+#: How this process's sam2 engines get a remote stream for given settings (None: a
+#: model here). Set in a cluster's session workers (live.serve.sam2_serve).
+_remote_sam2: Callable[[EngineSettings], Any] | None = None
+
+
+def use_remote_sam2(streams: Callable[[EngineSettings], Any] | None) -> None:
+    """From now on, a sam2 engine takes ``streams(settings)`` as its SAM 2 stream when
+    that is not None (its memory bank then lives elsewhere, e.g. on a Serve replica)."""
+    global _remote_sam2
+    _remote_sam2 = streams
+
+
 def create_segmenter(settings: EngineSettings) -> Segmenter:
     """The engine named by the settings, ready to ``step``."""
     name = resolve_engine_name(settings)
@@ -106,6 +118,11 @@ def create_segmenter(settings: EngineSettings) -> Segmenter:
         from live.segment.selfie import SelfieSegmenter
 
         return SelfieSegmenter(settings)
+    stream = _remote_sam2(settings) if name == "sam2" and _remote_sam2 is not None else None
+    if stream is not None:
+        from live.segment.auto_prompt import AutoPromptedSAM2
+
+        return AutoPromptedSAM2(settings, stream=stream)
     if name == "sam2":
         from live.checkpoints import require_sam2_checkpoint, require_sam2_software
 

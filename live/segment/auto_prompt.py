@@ -18,6 +18,11 @@ conditioning-frame cap of the stream keeps memory bounded.
 A user prompt (a click, a box or a mask) switches to "user" mode: the auto
 object is dropped, SAM 2 follows exactly what was clicked, and re-anchoring
 stays off until ``reset()``.
+
+On a cluster the stream's memory bank lives on a SAM 2 replica
+(live.serve.sam2_serve). If that replica goes away the stream says so
+(``restarts`` grows): the session goes back to auto mode and is re-anchored
+from the selfie mask on its next frame, which stands in for the lost one.
 """
 
 from __future__ import annotations
@@ -99,6 +104,7 @@ class AutoPromptedSAM2:
         self.last_iou: float | None = None
         self.last_object_score: float | None = None
         self.last_person_fraction: float | None = None
+        self.restarts_seen = self.stream.restarts
 
     def check_prompt(self, prompt: Prompt) -> None:
         self.stream.validate(prompt)
@@ -114,7 +120,10 @@ class AutoPromptedSAM2:
 
     def step(self, frame_bgr: np.ndarray, pyramid: Pyramid | None = None) -> np.ndarray:
         if self.mode == "user":
-            return self.stream.step(frame_bgr)
+            alpha = self.stream.step(frame_bgr)
+            if self.stream.restarts == self.restarts_seen:
+                return alpha
+            return self._stream_lost(alpha, self._person_mask(frame_bgr, pyramid))
         person = self._person_mask(frame_bgr, pyramid)
         self.last_person_fraction = float(person.mean())
         if self.need_anchor and self.last_person_fraction >= MIN_PERSON_FRACTION:
@@ -125,12 +134,15 @@ class AutoPromptedSAM2:
             self.anchored_frames.append(self.stream.frame_idx + 1)
             self.disagree_streak = 0
         alpha = self.stream.step(frame_bgr)
+        if self.stream.restarts != self.restarts_seen:
+            return self._stream_lost(alpha, person)
         if AUTO_OBJ_ID in self.stream.obj_ids:
             self._judge(alpha, person)
         return alpha
 
     def close(self) -> None:
-        self.selfie.close()  # its interpreters go back to the pool; the model is shared
+        self.stream.close()  # the model is shared: only its memory bank goes
+        self.selfie.close()  # its interpreters go back to the pool
 
     def stats(self) -> dict[str, Any]:
         return {**self.stream.stats(), "mode": self.mode, "anchors": dict(self.anchors),
@@ -146,6 +158,14 @@ class AutoPromptedSAM2:
         if self.settings.subjects == "main":
             person = largest_component(person)
         return person
+
+    def _stream_lost(self, alpha: np.ndarray, person: np.ndarray) -> np.ndarray:
+        """Back to auto mode, anchored again on the next frame showing a person (a user's
+        clicks went with the memory bank); this frame gets the selfie mask."""
+        self.restarts_seen = self.stream.restarts
+        self.mode, self.need_anchor, self.anchor_reason = "auto", True, "lost"
+        return cv2.resize(person.astype(np.float32), (alpha.shape[1], alpha.shape[0]),
+                          interpolation=cv2.INTER_LINEAR)
 
     def _judge(self, alpha: np.ndarray, person: np.ndarray) -> None:
         """Decide, from this frame, whether the next frame needs a fresh selfie anchor."""

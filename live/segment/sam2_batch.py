@@ -133,10 +133,7 @@ class SAM2Batcher:
                             self._run_encoder)
 
     def _run_encoder(self, images: list[torch.Tensor]) -> list[dict[str, Any]]:
-        if len(images) == 1:
-            return [self.model.forward_image(images[0])]
-        out = self.model.forward_image(torch.cat(images))
-        return [_take(out, i, dim=0) for i in range(len(images))]
+        return encode_batch(self.model, images)
 
     def _submit(self, key: Hashable, payload: Any,
                 run: Callable[[list[Any]], list[Any]]) -> Any:
@@ -231,6 +228,14 @@ class SAM2Batcher:
 
 
 # ---------------------------------------------------------------- batched model steps
+
+def encode_batch(model: torch.nn.Module, images: list[torch.Tensor]) -> list[dict[str, Any]]:
+    """``model.forward_image`` of several 1xCxSxS images as one batch; each its own output."""
+    if len(images) == 1:
+        return [model.forward_image(images[0])]
+    out = model.forward_image(torch.cat(images))
+    return [_take(out, i, dim=0) for i in range(len(images))]
+
 
 def _take(out: Any, i: int, dim: int) -> Any:
     """Sample i (along ``dim``) of a batched output, as its own contiguous 1-batch tensors."""

@@ -176,6 +176,41 @@ class _ObjectBank:
 
 
 @dataclass(frozen=True)
+class ResizedFrame:
+    """A frame as the model takes it: resized to SxS exactly as the official loader does.
+
+    What a session sends to a SAM 2 replica on a cluster (live.serve.sam2_serve)
+    instead of the whole frame: ``rgb`` is SxSx3 uint8 (192 KiB at 256 px, vs
+    2.6 MiB for a 720p frame), ``video_hw`` the frame's size, in whose pixels
+    prompts come.
+    """
+
+    rgb: np.ndarray
+    video_hw: tuple[int, int]
+
+
+def resize_frame(frame_bgr: np.ndarray, size: int) -> ResizedFrame:
+    """The official JPEG loader's resize: PIL bicubic on uint8, to size x size RGB.
+
+    (``cv2.resize`` would be faster but is not bicubic-as-PIL: other numbers.)
+    """
+    bgr = np.ascontiguousarray(frame_bgr)
+    h, w = bgr.shape[:2]
+    # PIL unpacks BGR itself: no flipped copy of the frame (~1-2 ms saved)
+    img = Image.frombuffer("RGB", (w, h), bgr, "raw", "BGR", 0, 1)
+    return ResizedFrame(np.asarray(img.resize((size, size), Image.BICUBIC)), (h, w))
+
+
+def alpha_from_logits(preds: list[torch.Tensor], size: int) -> np.ndarray:
+    """The union of the objects' low-res logits (max), bilinear to size x size, sigmoid."""
+    if not preds:
+        return np.zeros((size, size), np.float32)
+    union = torch.cat(preds, dim=0).amax(dim=0, keepdim=True)
+    high = F.interpolate(union.float(), size=(size, size), mode="bilinear", align_corners=False)
+    return torch.sigmoid(high)[0, 0].float().cpu().numpy()
+
+
+@dataclass(frozen=True)
 class _Features:
     frame_idx: int
     vision_feats: list[torch.Tensor]
@@ -187,6 +222,9 @@ class StreamingSAM2:
     """SAM 2 on an endless stream: one backbone pass per frame, one memory bank per object."""
 
     name = "sam2"
+    #: times the memory bank was lost: never here; a stream on a cluster's replica
+    #: (live.serve.sam2_serve) loses it with the replica, and its engine re-anchors
+    restarts = 0
 
     def __init__(self, model: torch.nn.Module, *, max_cond_frames: int = 4,
                  precision: str = "auto", compile_encoder: bool = False,
@@ -262,6 +300,7 @@ class StreamingSAM2:
         self._video_hw: tuple[int, int] | None = None
         self._frame_bgr: np.ndarray | None = None
         self._features: _Features | None = None
+        self._given_backbone: dict[str, Any] | None = None
         self._refresh_stats()
 
     @property
@@ -275,7 +314,7 @@ class StreamingSAM2:
 
     def validate(self, prompt: Prompt) -> None:
         """Raise PromptError for a prompt this stream cannot take (checked on the last frame)."""
-        self._validate(prompt, *(self._video_hw or (None, None)))
+        check_prompt_fits(prompt, *(self._video_hw or (None, None)))
 
     @_locked
     def add_prompt(self, prompt: Prompt) -> None:
@@ -294,7 +333,7 @@ class StreamingSAM2:
         """
         if self._frame_bgr is None:
             raise PromptError("no frame yet: a correction applies to the last frame fed")
-        self._validate(prompt, *self._video_hw)
+        check_prompt_fits(prompt, *self._video_hw)
         with self._inference():
             is_cond = self._apply(prompt, self._frame_idx)
             masks = self._consolidated_video_res(self._frame_idx, is_cond)
@@ -330,14 +369,25 @@ class StreamingSAM2:
         edges the matte stage can feather.
         """
         preds = self._advance(frame_bgr)
-        size = self.image_size
-        if not preds:
-            return np.zeros((size, size), np.float32)
         with self._inference():
-            union = torch.cat(preds, dim=0).amax(dim=0, keepdim=True)
-            high = F.interpolate(union.float(), size=(size, size), mode="bilinear",
-                                 align_corners=False)
-            return torch.sigmoid(high)[0, 0].float().cpu().numpy()
+            return alpha_from_logits(preds, self.image_size)
+
+    @_locked
+    def feed(self, frame: ResizedFrame, backbone_out: dict[str, Any] | None) -> None:
+        """Step one frame whose image-encoder output was computed elsewhere (a batch of
+        several sessions' frames on a Serve replica); read the results with
+        ``low_res_logits`` and ``object_scores``. ``backbone_out`` may be None when
+        ``needs_features`` said no: the frame then has nothing to track."""
+        self._advance(frame, backbone_out)
+
+    def needs_features(self) -> bool:
+        """Whether the next frame goes through the image encoder (it has objects or prompts)."""
+        return bool(self._banks or self._pending)
+
+    def close(self) -> None:
+        """The model may be shared: only leave its batcher (the others stop waiting for us)."""
+        if self.batcher is not None:
+            self.batcher.unregister(self)
 
     @_locked
     def object_scores(self) -> dict[int, float]:
@@ -378,50 +428,52 @@ class StreamingSAM2:
 
     # ------------------------------------------------------------------ frames
 
-    def preprocess(self, frame_bgr: np.ndarray) -> torch.Tensor:
-        """Exactly the official JPEG loader: PIL bicubic on uint8, /255 in float64, mean/std.
-
-        (``cv2.resize`` would be faster but is not bicubic-as-PIL: other numbers.)
-        """
-        if self.resize_on_device:
-            bgr = torch.from_numpy(np.ascontiguousarray(frame_bgr)).to(self.device)
-            u8 = resize_like_pil(bgr.flip(-1), self.image_size)
-        else:
-            bgr = np.ascontiguousarray(frame_bgr)
-            h, w = bgr.shape[:2]
-            # PIL unpacks BGR itself: no flipped copy of the frame (~1-2 ms saved)
-            img = Image.frombuffer("RGB", (w, h), bgr, "raw", "BGR", 0, 1)
-            small = np.asarray(img.resize((self.image_size, self.image_size), Image.BICUBIC))
-            planes = [self._lut_np[c][small[..., c]] for c in range(3)]
+    def preprocess(self, frame: np.ndarray | ResizedFrame) -> torch.Tensor:
+        """Exactly the official JPEG loader: PIL bicubic on uint8, /255 in float64, mean/std."""
+        if isinstance(frame, ResizedFrame) or not self.resize_on_device:
+            small = frame if isinstance(frame, ResizedFrame) else resize_frame(frame,
+                                                                                self.image_size)
+            if small.rgb.shape != (self.image_size, self.image_size, 3):
+                raise ValueError(f"a resized frame must be {self.image_size}x{self.image_size}"
+                                 f"x3, got {small.rgb.shape}")
+            planes = [self._lut_np[c][small.rgb[..., c]] for c in range(3)]
             return torch.from_numpy(np.stack(planes)).to(self.device).unsqueeze(0)
+        bgr = torch.from_numpy(np.ascontiguousarray(frame)).to(self.device)
+        u8 = resize_like_pil(bgr.flip(-1), self.image_size)
         idx = u8.permute(2, 0, 1).long() + self._lut_offsets
         return self._lut[idx].unsqueeze(0)
 
     def _current_features(self) -> _Features:
         """Backbone features of the current frame, computed at most once per frame."""
         if self._features is None or self._features.frame_idx != self._frame_idx:
-            image = self.preprocess(self._frame_bgr)
-            if self.batcher is not None:
-                backbone_out = self.batcher.encode(image)
-            else:
-                backbone_out = self.model.forward_image(image)
+            backbone_out = self._given_backbone  # computed elsewhere (``feed``)
+            if backbone_out is None:
+                image = self.preprocess(self._frame_bgr)
+                if self.batcher is not None:
+                    backbone_out = self.batcher.encode(image)
+                else:
+                    backbone_out = self.model.forward_image(image)
             _, feats, pos, sizes = self.model._prepare_backbone_features(backbone_out)
             self._features = _Features(self._frame_idx, feats, pos, sizes)
         return self._features
 
-    def _advance(self, frame_bgr: np.ndarray) -> list[torch.Tensor]:
-        check_bgr(frame_bgr)
+    def _advance(self, frame_bgr: np.ndarray | ResizedFrame,
+                 backbone_out: dict[str, Any] | None = None) -> list[torch.Tensor]:
+        if not isinstance(frame_bgr, ResizedFrame):
+            check_bgr(frame_bgr)
+        self._given_backbone = backbone_out
         with self._inference():
             for bank in self._banks.values():  # corrections on the previous frame -> memory
                 self._finalize(bank)
             self._frame_idx += 1
             t = self._frame_idx
             self._frame_bgr = frame_bgr
-            self._video_hw = frame_bgr.shape[:2]
+            self._video_hw = (frame_bgr.video_hw if isinstance(frame_bgr, ResizedFrame)
+                              else frame_bgr.shape[:2])
             pending, self._pending = self._pending, []
             for prompt in pending:
                 try:  # prompts queued before any frame could not be checked against its size
-                    self._validate(prompt, *self._video_hw)
+                    check_prompt_fits(prompt, *self._video_hw)
                 except PromptError as exc:
                     log.warning("dropped a prompt for object %s: %s", prompt.obj_id, exc)
                     continue
@@ -666,30 +718,32 @@ class StreamingSAM2:
                 stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
             yield
 
-    def _validate(self, prompt: Prompt, h: int | None, w: int | None) -> None:
-        """Reject what the model would silently misread: clicks off the frame, bad labels."""
-        if not isinstance(prompt.obj_id, (int, np.integer)) or isinstance(prompt.obj_id, bool):
-            raise PromptError(f"obj_id must be an integer, got {prompt.obj_id!r}")
-        if prompt.mask is None and not prompt.points and prompt.box is None:
-            raise PromptError("a prompt needs points, a box or a mask")
-        if prompt.mask is not None and (prompt.points or prompt.box is not None):
-            raise PromptError("give either a mask or points/box in one prompt, not both")
-        if prompt.box is not None and not prompt.clear_old_points:
-            raise PromptError("a box must come first: use clear_old_points=True with a box")
-        for x, y, label in prompt.points:
-            if label not in (0, 1):
-                raise PromptError(f"point label must be 1 (object) or 0 (background), got {label}")
-            if w is not None and not (0 <= x < w and 0 <= y < h):
-                raise PromptError(f"point ({x}, {y}) is outside the {w}x{h} frame")
-        if prompt.box is not None:
-            x0, y0, x1, y1 = prompt.box
-            if not (x0 < x1 and y0 < y1):
-                raise PromptError(f"box {prompt.box} must be (x0, y0, x1, y1) with x0<x1, y0<y1")
-            if w is not None and not (0 <= x0 and 0 <= y0 and x1 <= w and y1 <= h):
-                raise PromptError(f"box {prompt.box} is outside the {w}x{h} frame")
-        if prompt.mask is not None:
-            m = np.asarray(prompt.mask)
-            if m.ndim != 2:
-                raise PromptError(f"mask must be HxW, got shape {m.shape}")
-            if h is not None and m.shape != (h, w):
-                raise PromptError(f"mask is {m.shape[1]}x{m.shape[0]}, the frame is {w}x{h}")
+
+
+def check_prompt_fits(prompt: Prompt, h: int | None, w: int | None) -> None:
+    """Reject what the model would silently misread: clicks off the frame, bad labels."""
+    if not isinstance(prompt.obj_id, (int, np.integer)) or isinstance(prompt.obj_id, bool):
+        raise PromptError(f"obj_id must be an integer, got {prompt.obj_id!r}")
+    if prompt.mask is None and not prompt.points and prompt.box is None:
+        raise PromptError("a prompt needs points, a box or a mask")
+    if prompt.mask is not None and (prompt.points or prompt.box is not None):
+        raise PromptError("give either a mask or points/box in one prompt, not both")
+    if prompt.box is not None and not prompt.clear_old_points:
+        raise PromptError("a box must come first: use clear_old_points=True with a box")
+    for x, y, label in prompt.points:
+        if label not in (0, 1):
+            raise PromptError(f"point label must be 1 (object) or 0 (background), got {label}")
+        if w is not None and not (0 <= x < w and 0 <= y < h):
+            raise PromptError(f"point ({x}, {y}) is outside the {w}x{h} frame")
+    if prompt.box is not None:
+        x0, y0, x1, y1 = prompt.box
+        if not (x0 < x1 and y0 < y1):
+            raise PromptError(f"box {prompt.box} must be (x0, y0, x1, y1) with x0<x1, y0<y1")
+        if w is not None and not (0 <= x0 and 0 <= y0 and x1 <= w and y1 <= h):
+            raise PromptError(f"box {prompt.box} is outside the {w}x{h} frame")
+    if prompt.mask is not None:
+        m = np.asarray(prompt.mask)
+        if m.ndim != 2:
+            raise PromptError(f"mask must be HxW, got shape {m.shape}")
+        if h is not None and m.shape != (h, w):
+            raise PromptError(f"mask is {m.shape[1]}x{m.shape[0]}, the frame is {w}x{h}")

@@ -4,10 +4,13 @@ A fixed cap (the server used to admit 8) says nothing about what the machine
 carries: at 640x480 on two cores, a third peer pushed every round trip past
 a second. Here the cost of a frame is measured, not assumed: the CPU this
 process (and any worker processes it reports) spent per frame processed over
-the last seconds, times the frame rate a new peer sends. It is admitted only
-when that fits in the machine's idle CPU (all processes counted, so other load
-counts too) with some headroom, and while no running session is already
-overloaded (dropping stale frames) and the event loop keeps time.
+the last steady seconds (the same sessions throughout: a session's start or
+end is CPU of no frame), times the frame rate a new peer sends, for it and
+for each peer admitted too recently to show in the measurement. It is
+admitted only when that fits in the machine's idle CPU (all processes
+counted, so other load counts too) with some headroom, and while no running
+session is already overloaded (dropping stale frames) and the event loop
+keeps time.
 
 The interface is narrow on purpose (``admit`` with what the server knows,
 ``refusal`` text) so the session workers of ``live/serve`` can report their
@@ -44,6 +47,7 @@ class Sample:
     cpu: float         # this process's (+ reported workers') CPU seconds so far
     idle: float | None  # the machine's idle CPU seconds so far (all cores), None if unknown
     frames: int        # frames processed so far, over every session
+    sessions: frozenset[str]  # the sessions processing frames at that moment
 
 
 def machine_idle_seconds() -> float | None:
@@ -73,6 +77,7 @@ class Admission:
         self._frames_seen: dict[str, int] = {}
         self._frames_total = 0
         self._admitted: deque[float] = deque()  # monotonic times of recent admissions
+        self._cost: float | None = None  # the last measured frame_cost
 
     def sample(self, frames: Mapping[str, int]) -> None:
         """Record the load now; ``frames``: frames processed so far, by session id (a
@@ -82,17 +87,27 @@ class Admission:
             self._frames_total += max(0, count - self._frames_seen.get(sid, 0))
         self._frames_seen = dict(frames)
         self._samples.append(Sample(now, self._cpu_seconds(), self._idle_seconds(),
-                                    self._frames_total))
+                                    self._frames_total, frozenset(frames)))
         while len(self._samples) > 2 and now - self._samples[1].at >= WINDOW_S:
             self._samples.popleft()
+        first, last = self._samples[0], self._samples[-1]
+        steady = all(s.sessions == last.sessions for s in self._samples)
+        if steady and last.frames > first.frames:
+            self._cost = (last.cpu - first.cpu) / (last.frames - first.frames)
 
     def frame_cost(self) -> float | None:
-        """CPU seconds per processed frame over the window, None before any frames."""
-        if len(self._samples) < 2:
-            return None
-        first, last = self._samples[0], self._samples[-1]
-        frames = last.frames - first.frames
-        return (last.cpu - first.cpu) / frames if frames > 0 else None
+        """CPU seconds per processed frame over the last steady window (frames
+        flowing, the same sessions from end to end); None before there was one.
+
+        Only a steady window prices a frame: one in which a session started
+        (loading its model, decoding its first keyframe) or ended (closing its
+        connection) carries CPU that belongs to no frame, and priced a 17 ms
+        frame at 23 ms here. And a window with no frames keeps the last price:
+        peers often come in together after a lull (a class joining, a
+        benchmark's next step), and the prior in its place (size-blind, set for
+        the costliest case) refused a second peer that fit.
+        """
+        return self._cost
 
     def idle_cores(self) -> float | None:
         if len(self._samples) < 2:

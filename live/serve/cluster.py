@@ -7,6 +7,11 @@ it through actor calls instead of a socket, and learns of its death from
 ``RayActorError``. The browser's peer connection ends at the actor, so its
 node must be reachable from the browser (host ICE candidates, no TURN).
 
+With the sam2 engine, SAM 2 itself runs as a Ray Serve deployment
+(live.serve.sam2_serve), deployed when the server joins the cluster and
+deleted when it leaves: the actors keep only the selfie model and send their
+frames there.
+
 Ray is optional (``pip install 'live[cluster]'``); nothing imports it unless
 ``--cluster`` is given.
 """
@@ -16,25 +21,33 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from live.config import LOOPBACK_HOSTS, Settings, SettingsError
 from live.serve.workers import WorkerBase, WorkerError, unwrap
 
-#: The cluster's CPUs a session worker reserves (its decode, pipeline and encode).
+if TYPE_CHECKING:
+    from live.serve.sam2_serve import Deployed
+
+#: The cluster's CPUs a session worker reserves (its decode, pipeline and encode;
+#: no GPU: SAM 2 runs on the deployment's replicas).
 ACTOR_CPUS = 1.0
-#: The GPU share a session worker reserves when the operator runs SAM 2 on CUDA:
-#: four sessions to a GPU (a guess, not measured: no GPU was available here).
-ACTOR_GPUS_SAM2 = 0.25
 EVENTS_TIMEOUT_S = 1.0
+
+_on_leave: list[Callable[[], None]] = []  # what joining the cluster started, undone at shutdown
+_sam2_cpus = 0.0  # the CPUs our SAM 2 replicas reserve: not for session workers
 
 
 class SessionWorkerActor:
     """The Ray actor: a ``WorkerHost`` on the actor's own event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, sam2: "Deployed | None" = None) -> None:
         from live.serve.worker_main import WorkerHost
 
+        if sam2 is not None:  # its sam2 engines run on the deployment
+            from live.serve.sam2_serve import use_deployment
+
+            use_deployment(sam2)
         self.host = WorkerHost()
 
     async def handle(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
@@ -124,24 +137,38 @@ def ray_worker_starter(settings: Settings) -> Callable[[str], Awaitable[RayWorke
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise SettingsError(f"cannot join the Ray cluster at {settings.server.cluster!r}: "
                                 f"{exc}") from None
-    engine = settings.engine
-    gpus = ACTOR_GPUS_SAM2 if engine.name == "sam2" and engine.device == "cuda" else 0
-    actor_class = ray.remote(num_cpus=ACTOR_CPUS, num_gpus=gpus,
-                             max_restarts=0)(SessionWorkerActor)
+    sam2 = _deploy_sam2(settings)
+    actor_class = ray.remote(num_cpus=ACTOR_CPUS, max_restarts=0)(SessionWorkerActor)
 
     async def start(name: str) -> RayWorker:
-        worker = RayWorker(name, actor_class.remote())
+        worker = RayWorker(name, actor_class.remote(sam2))
         await worker.start()
         return worker
 
     return start
 
 
+def _deploy_sam2(settings: Settings) -> "Deployed | None":
+    """The SAM 2 deployment, when the server runs the sam2 engine (else None)."""
+    from live.segment import resolve_engine_name
+
+    if resolve_engine_name(settings.engine) != "sam2":
+        return None
+    from live.serve import sam2_serve
+
+    global _sam2_cpus
+    deployed = sam2_serve.deploy(settings)
+    _sam2_cpus = deployed.cpus
+    _on_leave.append(lambda: sam2_serve.undeploy(deployed))
+    return deployed
+
+
 def cpus() -> int:
-    """How many session workers the cluster holds: its CPUs over what each reserves."""
+    """How many session workers the cluster holds: its CPUs (less our SAM 2 replicas')
+    over what each reserves."""
     import ray
 
-    return max(1, int(ray.cluster_resources().get("CPU", 1) // ACTOR_CPUS))
+    return max(1, int((ray.cluster_resources().get("CPU", 1) - _sam2_cpus) // ACTOR_CPUS))
 
 
 def _runtime_env() -> dict[str, Any]:
@@ -157,5 +184,9 @@ def shutdown() -> None:
     """Leave the cluster (the head and its nodes keep running: they are not ours)."""
     import ray
 
+    global _sam2_cpus
+    while _on_leave:
+        _on_leave.pop()()
+    _sam2_cpus = 0.0
     if ray.is_initialized():
         ray.shutdown()
