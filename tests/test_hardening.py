@@ -554,7 +554,9 @@ def test_peers_arriving_after_a_lull_are_priced_at_the_last_steady_cost() -> Non
     assert 2 * PRIOR_FRAME_CPU_S * PLANNED_FPS > 0.8 * 1.95  # the prior: 1.8 cores, no
     assert admission.refusal(2, 0, False) is None  # 3 x 0.36 = 1.08
     assert admission.refusal(3, 0, False) is None  # 1.44
-    assert "CPU cores" in admission.refusal(4, 0, False)  # 1.8 > 1.56: the fifth waits
+    refusal = admission.refusal(4, 0, False)  # 1.8 > 1.56: the fifth waits
+    # the cores quoted are for it and the four admitted moments ago, and it says so
+    assert "with the 4 started moments ago, needs ~1.8 CPU cores" in refusal, refusal
 
 
 def test_late_frames_are_dropped_at_the_source_and_reported() -> None:

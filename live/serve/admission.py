@@ -150,8 +150,10 @@ class Admission:
         unseen = max(opening, len(self._admitted))  # the ones being answered are among them
         need = cost * PLANNED_FPS * (1 + unseen)
         if idle is not None and need > HEADROOM * idle:
-            return (f"the server is at capacity: another video session needs ~{need:.1f} "
-                    f"CPU cores and {idle:.1f} are idle; try again when one has ended")
+            what = ("another video session needs" if unseen == 0 else
+                    f"another video session, with the {unseen} started moments ago, needs")
+            return (f"the server is at capacity: {what} ~{need:.1f} CPU cores and "
+                    f"{idle:.1f} are idle; try again when one has ended")
         return None
 
     async def watch_loop(self, interval: float = 0.1) -> None:
