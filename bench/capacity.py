@@ -56,7 +56,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bench import DATA, cpu_seconds, process_tree, report
+from bench import DATA, cpu_seconds, load_frames, process_tree, report
 from live.serve.admission import WINDOW_S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ QUIET_S = WINDOW_S + 0.5
 #: the loop: it matches the first frame back (a round trip shorter than a loop),
 #: RTP times match the rest, and the stamp checks them.
 LOOP_FRAMES = 90
-TICKS = 3000  # 90 kHz RTP ticks per frame at 30 fps: the clients' pts step
+RTP_HZ = 90_000  # the video clock: a client's pts step is RTP_HZ / fps ticks
 CLIENTS = {False: f"pre-encoded: each client sends a loop of {LOOP_FRAMES} stamped clip "
                   "frames encoded once at start, and decodes what comes back to read the "
                   "stamps",
@@ -96,7 +96,6 @@ def encoded_loop(clip: Path, size: tuple[int, int], codec: str,
     import cv2
     import av
 
-    from bench import load_frames
     from bench.webrtc import stamp
     from live.config import Settings
 
@@ -133,7 +132,6 @@ def yuv_frames(clip: Path, count: int, size: tuple[int, int]) -> list[np.ndarray
     """Clip frames as I420 planes in one array (h·3/2 × w), for ``--live-clients``."""
     import cv2
 
-    from bench import load_frames
 
     return [cv2.cvtColor(f, cv2.COLOR_BGR2YUV_I420) for f in load_frames(clip, count, size)]
 
@@ -173,6 +171,7 @@ def paced_track(fps: float, make: Callable[[int], Any]) -> Any:
             super().__init__()
             self.sent: dict[int, float] = {}
             self.t0: float | None = None
+            self.ticks = round(RTP_HZ / fps)  # per frame
 
         async def recv(self) -> Any:
             i = len(self.sent)
@@ -181,14 +180,14 @@ def paced_track(fps: float, make: Callable[[int], Any]) -> Any:
             self.t0 = self.t0 or time.monotonic()
             await asyncio.sleep(max(0.0, self.t0 + i / fps - time.monotonic()))
             data = make(i)
-            data.pts, data.time_base = i * TICKS, Fraction(1, 90_000)
+            data.pts, data.time_base = i * self.ticks, Fraction(1, RTP_HZ)
             self.sent[i] = time.monotonic()
             return data
 
     return Paced()
 
 
-async def returned_loop(remote: Any, sent: dict[int, float], deadline: float
+async def returned_loop(remote: Any, sent: dict[int, float], ticks: int, deadline: float
                         ) -> tuple[dict[int, float], int]:
     """When each sent frame (by its send number) first came back, and how many frames
     came back unreadable or matched to no send.
@@ -222,8 +221,8 @@ async def returned_loop(remote: Any, sent: dict[int, float], deadline: float
             if latest is None:
                 bad += 1
                 continue
-            offset = (vf.pts - latest * TICKS) % (1 << 32)
-        i = round(((vf.pts - offset) % (1 << 32)) / TICKS)  # a tick off after VP8's round trip
+            offset = (vf.pts - latest * ticks) % (1 << 32)
+        i = round(((vf.pts - offset) % (1 << 32)) / ticks)  # a tick off after VP8's round trip
         if i % LOOP_FRAMES != where or i not in sent:
             bad += 1
             continue
@@ -272,7 +271,7 @@ async def run_peer(url: str, track: Any, codec: str, window: tuple[float, float]
         if live:
             received, bad = await returned(remote, track.sent, end + 1.0), 0
         else:
-            received, bad = await returned_loop(remote, track.sent, end + 1.0)
+            received, bad = await returned_loop(remote, track.sent, track.ticks, end + 1.0)
     in_window = {i: t for i, t in received.items() if start <= track.sent[i] < end}
     return {"frames": len(in_window), "fps": len(in_window) / (end - start),
             "rtt_ms": [round((t - track.sent[i]) * 1e3, 1) for i, t in in_window.items()],
@@ -353,7 +352,7 @@ def measure_step(server: Server, args: argparse.Namespace, size: tuple[int, int]
         try:
             assert proc.stdin is not None
             proc.stdin.write(f"{start} {end}\n")
-            proc.stdin.close()
+            proc.stdin.flush()  # communicate() below closes it
         except (BrokenPipeError, OSError):
             pass  # it failed while preparing: its output says why
     time.sleep(max(0.0, start - time.monotonic()))
@@ -362,8 +361,7 @@ def measure_step(server: Server, args: argparse.Namespace, size: tuple[int, int]
     cpu1, t1 = server.cpu_seconds(), time.monotonic()
     results = []
     for proc in procs:
-        out = proc.stdout.read() if proc.stdout else ""
-        proc.wait(timeout=60)
+        out, _ = proc.communicate(timeout=60)
         lines = out.strip().splitlines()
         try:
             results.append(json.loads(lines[-1]))

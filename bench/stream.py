@@ -272,8 +272,7 @@ def measure_sessions(args: argparse.Namespace) -> dict:
                 stream.step(frame)
                 sink.append(stream.low_res_logits()[1])
         finally:
-            if stream.batcher is not None:  # done: the others must not wait for it
-                stream.batcher.unregister(stream)
+            stream.close()  # done: batched others must not wait for it
 
     def sequential(frames_n: int) -> tuple[float, list[list[torch.Tensor]]]:
         streams, logits = sessions(None), [[] for _ in range(k)]
@@ -285,11 +284,7 @@ def measure_sessions(args: argparse.Namespace) -> dict:
 
         # in a thread of its own too, like the batched sessions (with libgomp's default
         # spinning, a process's only OpenMP team, here the main thread's, ran up to 8x slower)
-        thread = threading.Thread(target=loop)
-        t0 = time.perf_counter()
-        thread.start()
-        thread.join()
-        elapsed = time.perf_counter() - t0
+        elapsed = timed_threads([loop])
         if any(len(sink) != frames_n for sink in logits):
             raise RuntimeError("a sequential session failed (see the traceback above)")
         return elapsed, logits
@@ -300,14 +295,8 @@ def measure_sessions(args: argparse.Namespace) -> dict:
         batcher = SAM2Batcher(model, precision=precision, max_batch=k, idle_s=60.0)
         batchers.append(batcher)
         streams, logits = sessions(batcher), [[] for _ in range(k)]
-        threads = [threading.Thread(target=play, args=(s, frames[:frames_n], sink))
-                   for s, (frames, _), sink in zip(streams, clips, logits)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - t0
+        elapsed = timed_threads([functools.partial(play, s, frames[:frames_n], sink)
+                                 for s, (frames, _), sink in zip(streams, clips, logits)])
         if any(len(sink) != frames_n for sink in logits):
             raise RuntimeError("a batched session failed (see the traceback above)")
         return elapsed, logits

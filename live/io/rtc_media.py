@@ -163,8 +163,7 @@ def _with_options(encoder: type, options: dict[str, str]) -> type:
         @property
         def codec(self) -> Any:
             ctx = self.__dict__.get("_ctx")
-            if ctx is not None and not ctx.is_open \
-                    and any(ctx.options.get(k) != v for k, v in options.items()):
+            if ctx is not None and not ctx.is_open:
                 ctx.options = {**ctx.options, **options}
             return ctx
 

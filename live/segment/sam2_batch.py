@@ -43,7 +43,8 @@ import torch
 
 from live.segment import model_cache
 from live.config import check_engine_setting
-from live.segment.sam2_stream import build_model, default_image_size, pick_device, pick_precision
+from live.segment.sam2_stream import (build_model, default_image_size, inference, pick_device,
+                                      pick_precision)
 
 DEFAULT_MAX_BATCH = 8
 DEFAULT_MAX_WAIT_MS = 20.0
@@ -201,7 +202,7 @@ class SAM2Batcher:
         for c in group:
             self._queue.remove(c)
         try:
-            with self._inference():
+            with inference(self.device.type, self.precision):
                 results = group[0].run([c.payload for c in group])
         except BaseException as exc:  # each waiter gets the error, none hangs
             results, error = [None] * len(group), exc
@@ -218,13 +219,6 @@ class SAM2Batcher:
                 self._want(c.session, +1)
         self._lane.notify_all()
 
-    @contextlib.contextmanager
-    def _inference(self) -> Iterator[None]:
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(torch.inference_mode())
-            if self.precision == "bf16":
-                stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
-            yield
 
 
 # ---------------------------------------------------------------- batched model steps

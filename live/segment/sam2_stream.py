@@ -218,6 +218,15 @@ class _Features:
     feat_sizes: list[tuple[int, int]]
 
 
+
+@contextlib.contextmanager
+def inference(device_type: str, precision: str) -> Iterator[None]:
+    """No autograd, and bf16 autocast when that is the precision: every SAM 2 call
+    (a session's step, a batch of encoder passes, a Serve replica's) runs in it."""
+    with torch.inference_mode(), torch.autocast(device_type, dtype=torch.bfloat16,
+                                                enabled=precision == "bf16"):
+        yield
+
 class StreamingSAM2:
     """SAM 2 on an endless stream: one backbone pass per frame, one memory bank per object."""
 
@@ -713,9 +722,7 @@ class StreamingSAM2:
         with contextlib.ExitStack() as stack:
             if self.batcher is not None:  # take turns on the shared model, batch with the others
                 stack.enter_context(self.batcher.serving(self))
-            stack.enter_context(torch.inference_mode())
-            if self.precision == "bf16":
-                stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
+            stack.enter_context(inference(self.device.type, self.precision))
             yield
 
 

@@ -301,8 +301,7 @@ class SelfieSegmenter:
         if self._since_full + 1 < s.selfie_refresh_frames:
             return False
         last = self._gray_at_full
-        if last is None or last.shape != gray.shape \
-                or self._since_full + 1 >= REFRESH_PUT_OFF * s.selfie_refresh_frames:
+        if last is None or self._since_full + 1 >= REFRESH_PUT_OFF * s.selfie_refresh_frames:
             return True
         changed = cv2.absdiff(gray, last) > STILL_CELL
         x0, y0, x1, y1 = crop

@@ -58,8 +58,8 @@ from live.config import EngineSettings, Settings, SettingsError
 from live.segment import Prompt, PromptError
 from live.segment.sam2_batch import encode_batch
 from live.segment.sam2_stream import (StreamingSAM2, alpha_from_logits, build_model,
-                                      check_prompt_fits, default_image_size, pick_device,
-                                      pick_precision, resize_frame)
+                                      check_prompt_fits, default_image_size, inference,
+                                      pick_device, pick_precision, resize_frame)
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,6 @@ class SAM2Replica:
                  idle_s: float = IDLE_S):
         dev = pick_device(device)
         self.model = build_model(config, checkpoint, image_size, dev)
-        self.model.max_cond_frames_in_attn = int(max_cond_frames)
         self.max_cond_frames = int(max_cond_frames)
         self.precision = pick_precision(dev, precision)
         self.idle_s = float(idle_s)
@@ -195,8 +194,7 @@ class SAM2Replica:
     def _encode_now(self, images: list[torch.Tensor]) -> list[dict[str, Any]]:
         self.encoder_batches[0] += 1
         self.encoder_batches[1] += len(images)
-        with torch.inference_mode(), torch.autocast(
-                images[0].device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+        with inference(images[0].device.type, self.precision):
             return encode_batch(self.model, images)
 
     def _start_sweeper(self) -> None:
@@ -239,13 +237,12 @@ class StickyHashRouter(ConsistentHashRouter):
         if not key:
             return await super().choose_replicas(candidate_replicas, pending_request)
         pending_request.routing_context.should_backoff = True
-        if pending_request.metadata.call_method == "close":
-            placed = self._replicas.get(self._placed.pop(key, None))
-        else:
-            placed = self._replicas.get(self._placed.get(key))
+        close = pending_request.metadata.call_method == "close"
+        placed = self._replicas.get(self._placed.pop(key, None) if close
+                                    else self._placed.get(key))
         if placed is None:  # new, or its replica is gone: the ring decides
             ranks = await super().choose_replicas(candidate_replicas, pending_request)
-            if not ranks or pending_request.metadata.call_method == "close":
+            if not ranks or close:
                 return ranks
             placed = ranks[0][0]
             self._placed[key] = placed.replica_id
