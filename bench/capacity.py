@@ -52,7 +52,7 @@ import sys
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -75,7 +75,6 @@ QUIET_S = WINDOW_S + 0.5
 #: the loop: it matches the first frame back (a round trip shorter than a loop),
 #: RTP times match the rest, and the stamp checks them.
 LOOP_FRAMES = 90
-RTP_HZ = 90_000  # the video clock: a client's pts step is RTP_HZ / fps ticks
 CLIENTS = {False: f"pre-encoded: each client sends a loop of {LOOP_FRAMES} stamped clip "
                   "frames encoded once at start, and decodes what comes back to read the "
                   "stamps",
@@ -158,35 +157,6 @@ def stamp_yuv(planes: np.ndarray, index: int, width: int, height: int) -> np.nda
     return out
 
 
-def paced_track(fps: float, make: Callable[[int], Any]) -> Any:
-    """A video track that hands aiortc ``make(i)`` for i = 0, 1, … at ``fps``, and
-    notes when (``sent[i]``, monotonic). ``make`` gives a frame (aiortc encodes it)
-    or an encoded packet (aiortc only packetizes it)."""
-    from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-
-    class Paced(MediaStreamTrack):
-        kind = "video"
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.sent: dict[int, float] = {}
-            self.t0: float | None = None
-            self.ticks = round(RTP_HZ / fps)  # per frame
-
-        async def recv(self) -> Any:
-            i = len(self.sent)
-            if self.readyState != "live" or i >= 1 << 20:
-                raise MediaStreamError
-            self.t0 = self.t0 or time.monotonic()
-            await asyncio.sleep(max(0.0, self.t0 + i / fps - time.monotonic()))
-            data = make(i)
-            data.pts, data.time_base = i * self.ticks, Fraction(1, RTP_HZ)
-            self.sent[i] = time.monotonic()
-            return data
-
-    return Paced()
-
-
 async def returned_loop(remote: Any, sent: dict[int, float], ticks: int, deadline: float
                         ) -> tuple[dict[int, float], int]:
     """When each sent frame (by its send number) first came back, and how many frames
@@ -197,36 +167,32 @@ async def returned_loop(remote: Any, sent: dict[int, float], ticks: int, deadlin
     arrived with, both ends adding a constant offset), anchored by the first
     stamp read and checked against every later one. The luma plane is read in
     place: no conversion."""
-    from aiortc.mediastreams import MediaStreamError
+    from bench.webrtc import read_stamp, returned
 
-    from bench.webrtc import read_stamp
-
-    received: dict[int, float] = {}
     offset: int | None = None
     bad = 0
-    while time.monotonic() < deadline:
-        try:
-            vf = await asyncio.wait_for(remote.recv(), 5.0)
-        except (asyncio.TimeoutError, MediaStreamError):
-            break
-        now = time.monotonic()
+
+    def index_of(vf: Any) -> int | None:
+        nonlocal offset, bad
         plane = vf.planes[0]
         luma = np.frombuffer(plane, np.uint8).reshape(vf.height, plane.line_size)[:, :vf.width]
         where = read_stamp(luma)
         if where is None or vf.pts is None:
             bad += 1
-            continue
+            return None
         if offset is None:  # the latest send of that loop place: the round trip < a loop
             latest = max((i for i in sent if i % LOOP_FRAMES == where), default=None)
             if latest is None:
                 bad += 1
-                continue
+                return None
             offset = (vf.pts - latest * ticks) % (1 << 32)
         i = round(((vf.pts - offset) % (1 << 32)) / ticks)  # a tick off after VP8's round trip
         if i % LOOP_FRAMES != where or i not in sent:
             bad += 1
-            continue
-        received.setdefault(i, now)
+            return None
+        return i
+
+    received = await returned(remote, sent, deadline, index_of=index_of)
     return received, bad
 
 
@@ -244,6 +210,8 @@ def client_track(clip: Path, size: tuple[int, int], codec: str, fps: float,
     (``encoded_loop``); ``live``: frames it encodes as it goes (the clients then
     cost about as much CPU as the server's own codecs)."""
     import av
+
+    from bench.webrtc import paced_track
 
     if live:
         w, h = size

@@ -27,7 +27,7 @@ from typing import Any
 import cv2  # noqa: F401  (before av: the other order can make OpenCV spin, PyAV #978)
 
 from bench import DATA, load_frames, report
-from bench.webrtc import StampedClip, pct, returned, start_server
+from bench.webrtc import pct, returned, stamped_clip, start_server
 from live.serve.client import ControlClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ async def peer(url: str, clip: Path, size: tuple[int, int], seconds: float,
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
     count = int((seconds + WARMUP_S) * fps)
-    track = StampedClip(frames, count, fps)
+    track = stamped_clip(frames, count, fps)
     async with ControlClient(url) as client:
         try:
             remote = await client.start_video(track)

@@ -66,44 +66,60 @@ def read_stamp(image: np.ndarray) -> int | None:
     return index if index ^ check == (1 << BITS) - 1 else None
 
 
-class StampedClip(MediaStreamTrack):
+RTP_HZ = 90_000  # the video clock
+
+
+def paced_track(fps: float, make: Callable[[int], Any], count: int = 1 << 20) -> Any:
+    """A video track that hands aiortc ``make(i)`` for i = 0, 1, … ``count`` - 1 at
+    ``fps``, and notes when (``sent[i]``, monotonic). ``make`` gives a frame (aiortc
+    encodes it) or an encoded packet (aiortc only packetizes it)."""
+
+    class Paced(MediaStreamTrack):
+        kind = "video"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.sent: dict[int, float] = {}
+            self.t0: float | None = None
+            self.ticks = round(RTP_HZ / fps)  # per frame
+
+        async def recv(self) -> Any:
+            i = len(self.sent)
+            if self.readyState != "live" or i >= count:
+                raise MediaStreamError
+            self.t0 = self.t0 or time.monotonic()
+            await asyncio.sleep(max(0.0, self.t0 + i / fps - time.monotonic()))
+            data = make(i)
+            data.pts, data.time_base = i * self.ticks, Fraction(1, RTP_HZ)
+            self.sent[i] = time.monotonic()  # handed to the encoder now
+            return data
+
+    return Paced()
+
+
+def stamped_clip(frames: list[np.ndarray], count: int, fps: float) -> Any:
     """A paced camera stand-in: clip frames (looped) stamped with their index."""
-
-    kind = "video"
-
-    def __init__(self, frames: list[np.ndarray], count: int, fps: float):
-        super().__init__()
-        self.frames, self.count, self.fps = frames, count, fps
-        self.sent: dict[int, float] = {}
-        self._t0: float | None = None
-
-    async def recv(self) -> av.VideoFrame:
-        i = len(self.sent)
-        if i >= self.count or self.readyState != "live":
-            raise MediaStreamError
-        if self._t0 is None:
-            self._t0 = time.monotonic()
-        await asyncio.sleep(max(0.0, self._t0 + i / self.fps - time.monotonic()))
-        frame = av.VideoFrame.from_ndarray(stamp(self.frames[i % len(self.frames)], i),
-                                           format="bgr24")
-        frame.pts, frame.time_base = int(i * 90_000 / self.fps), Fraction(1, 90_000)
-        self.sent[i] = time.monotonic()  # handed to the encoder now
-        return frame
+    return paced_track(fps, lambda i: av.VideoFrame.from_ndarray(
+        stamp(frames[i % len(frames)], i), format="bgr24"), count)
 
 
 async def returned(remote: Any, sent: dict[int, float], deadline: float,
-                   done: Callable[[], bool] = lambda: False) -> dict[int, float]:
+                   done: Callable[[], bool] = lambda: False,
+                   index_of: Callable[[Any], int | None] | None = None) -> dict[int, float]:
     """When each stamped frame first came back on ``remote``, by index: until
-    ``deadline`` (monotonic), ``done()``, or 5 s without a frame."""
+    ``deadline`` (monotonic), ``done()``, or 5 s without a frame. ``index_of`` reads
+    a frame's index (default: its stamp, from the luma, which is enough and cheap)."""
+    index_of = index_of or (lambda vf: read_stamp(vf.to_ndarray(format="gray")))
     received: dict[int, float] = {}
     while time.monotonic() < deadline and not done():
         try:
             vf = await asyncio.wait_for(remote.recv(), 5.0)
         except (asyncio.TimeoutError, MediaStreamError):
             break
-        index = read_stamp(vf.to_ndarray(format="gray"))  # the luma is enough, and cheap
+        now = time.monotonic()
+        index = index_of(vf)
         if index is not None and index in sent:
-            received.setdefault(index, time.monotonic())
+            received.setdefault(index, now)
     return received
 
 
@@ -127,7 +143,7 @@ def start_server(passthrough: bool, module: str = "bench.webrtc",
 async def measure(url: str, frames: list[np.ndarray], count: int, fps: float,
                   codec: str | None) -> dict[str, Any]:
     """Send ``count`` stamped frames, collect what comes back: per-index round trips."""
-    track = StampedClip(frames, count, fps)
+    track = stamped_clip(frames, count, fps)
     received: dict[int, float] = {}
     misread = 0
     async with ControlClient(url) as client:
