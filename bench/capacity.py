@@ -273,7 +273,8 @@ class Server:
             self.proc.wait()
 
 
-def serve_child(passthrough: bool, workers: int | None, admission: bool = True) -> None:
+def serve_child(passthrough: bool, workers: int | None, admission: bool = True,
+                worker_threads: int | None = None) -> None:
     """``--serve``: ``live serve`` with the selfie engine and blur, on a free port.
 
     ``admission`` False: the session cap only, so that a step shows whether
@@ -292,6 +293,8 @@ def serve_child(passthrough: bool, workers: int | None, admission: bool = True) 
     patch: dict[str, Any] = {"server": {"port": 0}, "engine": {"name": "selfie"}}
     if workers is not None:
         patch["server"]["workers"] = workers
+    if worker_threads is not None:
+        patch["server"]["worker_threads"] = worker_threads
     serve(Settings().merged(patch), passthrough)
 
 
@@ -418,6 +421,8 @@ def main() -> None:
                         help="measure every step even after one did not hold (--quick does)")
     parser.add_argument("--workers", type=int, default=None,
                         help="the server's --workers (default: the server's own default)")
+    parser.add_argument("--worker-threads", type=int, default=None,
+                        help="the server's --server-worker-threads (default: its own)")
     parser.add_argument("--no-admission", action="store_true",
                         help="the server admits every peer up to its session cap (8): shows "
                              "what the machine holds, to judge what admission refuses")
@@ -432,7 +437,7 @@ def main() -> None:
     parser.add_argument("--codec", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:  # the server half, started by the benchmark itself
-        serve_child(args.passthrough, args.workers, not args.no_admission)
+        serve_child(args.passthrough, args.workers, not args.no_admission, args.worker_threads)
         return
     if args.peer:  # one client process
         w, h = (int(v) for v in args.size.split("x"))
@@ -451,6 +456,8 @@ def main() -> None:
             args.keep_going = True
         args.peers = [int(n) for n in str(args.peers).split(",")]
         args.serve_args = ([] if args.workers is None else ["--workers", str(args.workers)]) \
+            + ([] if args.worker_threads is None
+               else ["--worker-threads", str(args.worker_threads)]) \
             + (["--no-admission"] if args.no_admission else [])
         args.load_at_start = round(os.getloadavg()[0], 2)  # other load skews figures
         return run(args)

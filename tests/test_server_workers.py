@@ -73,6 +73,10 @@ async def test_two_workers_run_and_steer_their_sessions_independently(clip_path)
             await wait_until(lambda: any(s.get("frames", 0) > 0 and s.get("worker")
                                          for m in a.stats for s in m["sessions"]), 15,
                              "the workers' stats to reach the control socket")
+            # server.worker_threads (default 1) reached the workers' engines
+            engines = [s["engine"] for m in a.stats for s in m["sessions"] 
+                       if s.get("worker") and s.get("frames", 0) > 0]
+            assert engines and all(e["threads"] == 1 for e in engines), engines
             # admission prices a frame with the workers' CPU too, not only the server's
             # (which only relays): each worker reports what it used
             await wait_until(lambda: server.workers.cpu_seconds() > 0.5, 15,

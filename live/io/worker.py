@@ -7,6 +7,26 @@ import asyncio
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
+import cv2
+
+#: Threads a stage's own parallel loops may use (OpenCV's, the selfie model's); None
+#: leaves each library its default. See ``limit_threads``.
+FRAME_THREADS: int | None = None
+
+
+def limit_threads(threads: int) -> None:
+    """Let this process's frame work use at most ``threads`` threads in each library.
+
+    A session worker runs one per core: there a second thread in OpenCV and the
+    selfie model bought ~2.5 ms of latency per 720p frame with ~6 ms more CPU
+    (pool wake-ups and spinning, 20.1 against 26.3 ms of server CPU per frame in
+    ``bench.capacity``), CPU another session's worker wanted. Process-wide, as
+    OpenCV's pool is.
+    """
+    global FRAME_THREADS
+    FRAME_THREADS = threads
+    cv2.setNumThreads(threads)
+
 
 class Worker:
     """One dedicated thread for a source, a sink or a pipeline: device, codec and model

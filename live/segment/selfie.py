@@ -33,6 +33,7 @@ import numpy as np
 from live.checkpoints import selfie_model_path
 from live.config import EngineSettings
 from live.frames import Pyramid
+from live.io import worker
 from live.segment import Prompt, PromptError
 from live.segment.tracks import Box, PersonTracks
 from live.subjects import THRESHOLD
@@ -160,7 +161,7 @@ class SelfieSegmenter:
 
     def __init__(self, settings: EngineSettings | None = None, num_threads: int | None = None):
         self.settings = settings or EngineSettings()
-        self.num_threads = num_threads or min(2, os.cpu_count() or 1)
+        self.num_threads = num_threads or worker.FRAME_THREADS or min(2, os.cpu_count() or 1)
         self._interpreters: dict[str, Loaded] = {}
         # back to the pool on close(), or when this segmenter is dropped (an engine swap)
         self._release = weakref.finalize(self, INTERPRETERS.give_back, self._interpreters)
@@ -342,7 +343,7 @@ class SelfieSegmenter:
 
     def stats(self) -> dict[str, Any]:
         return {"engine": self.name, "model": self.last_variant,
-                "people": len(self.tracks.tracks)}
+                "people": len(self.tracks.tracks), "threads": self.num_threads}
 
 
 def _touches_edge(alpha: np.ndarray, crop: Box, grid: tuple[int, int]) -> bool:

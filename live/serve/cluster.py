@@ -41,14 +41,14 @@ _sam2_cpus = 0.0  # the CPUs our SAM 2 replicas reserve: not for session workers
 class SessionWorkerActor:
     """The Ray actor: a ``WorkerHost`` on the actor's own event loop."""
 
-    def __init__(self, sam2: "Deployed | None" = None) -> None:
+    def __init__(self, sam2: "Deployed | None" = None, threads: int | None = None) -> None:
         from live.serve.worker_main import WorkerHost
 
         if sam2 is not None:  # its sam2 engines run on the deployment
             from live.serve.sam2_serve import use_deployment
 
             use_deployment(sam2)
-        self.host = WorkerHost()
+        self.host = WorkerHost(threads)
 
     async def handle(self, op: str, fields: dict[str, Any]) -> dict[str, Any]:
         return await self.host.handle(op, fields)
@@ -141,7 +141,7 @@ def ray_worker_starter(settings: Settings) -> Callable[[str], Awaitable[RayWorke
     actor_class = ray.remote(num_cpus=ACTOR_CPUS, max_restarts=0)(SessionWorkerActor)
 
     async def start(name: str) -> RayWorker:
-        worker = RayWorker(name, actor_class.remote(sam2))
+        worker = RayWorker(name, actor_class.remote(sam2, settings.server.worker_threads))
         await worker.start()
         return worker
 

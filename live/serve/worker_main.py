@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from live.config import Settings
+from live.io.worker import limit_threads
 from live.segment import Prompt
 from live.serve import protocol
 
@@ -40,9 +41,11 @@ MAX_LINE_BYTES = 1 << 22
 class WorkerHost:
     """The sessions of one worker; every public coroutine is one request."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int | None = None) -> None:
         from live.serve.session import Session
 
+        if threads is not None:
+            limit_threads(threads)
         self.sessions: dict[str, Session] = {}
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
@@ -126,9 +129,9 @@ class WorkerHost:
 # --------------------------------------------------------------------------- process main
 
 
-async def serve_socket(sock: socket.socket) -> None:
+async def serve_socket(sock: socket.socket, threads: int | None = None) -> None:
     """Answer requests from the control server until it closes the socket."""
-    host = WorkerHost()
+    host = WorkerHost(threads)
     reader, writer = await asyncio.open_connection(sock=sock, limit=MAX_LINE_BYTES)
     lock = asyncio.Lock()
 
@@ -166,11 +169,12 @@ async def serve_socket(sock: socket.socket) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="a live serve session worker (internal)")
     parser.add_argument("--fd", type=int, required=True, help="the socket to the server")
+    parser.add_argument("--threads", type=int, help="server.worker_threads")
     args = parser.parse_args()
     logging.basicConfig(level=os.environ.get("LIVE_WORKER_LOG", "WARNING"),
                         format=f"%(levelname)s worker {os.getpid()} %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's: it closes us
-    asyncio.run(serve_socket(socket.socket(fileno=args.fd)))
+    asyncio.run(serve_socket(socket.socket(fileno=args.fd), args.threads))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import itertools
 import json
 import logging
@@ -204,8 +205,9 @@ class ProcessWorker(WorkerBase):
     """A ``live.serve.worker_main`` child; requests and replies are JSON lines on a
     socket pair, so the child's stdout and stderr stay free for its logs."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, threads: int | None = None):
         super().__init__(name)
+        self.threads = threads  # server.worker_threads; None: the libraries' defaults
         self.pid: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -218,6 +220,7 @@ class ProcessWorker(WorkerBase):
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "live.serve.worker_main", "--fd", str(theirs.fileno()),
+                *(["--threads", str(self.threads)] if self.threads else []),
                 pass_fds=(theirs.fileno(),), stdin=asyncio.subprocess.DEVNULL)
         except BaseException:
             ours.close()
@@ -274,8 +277,8 @@ class ProcessWorker(WorkerBase):
             await asyncio.gather(self._reader, return_exceptions=True)
 
 
-async def start_process_worker(name: str) -> Worker:
-    worker = ProcessWorker(name)
+async def start_process_worker(name: str, threads: int | None = None) -> Worker:
+    worker = ProcessWorker(name, threads)
     await worker.start()
     return worker
 
@@ -312,7 +315,8 @@ class WorkerPool:
             pool = cls(count or cluster.cpus(), start, cluster.shutdown)
             pool.local = False
             return pool
-        return cls(count or os.cpu_count() or 1)
+        return cls(count or os.cpu_count() or 1,
+                   functools.partial(start_process_worker, threads=settings.server.worker_threads))
 
     def cpu_seconds(self) -> float:
         """CPU seconds every worker of this pool has used, the ended ones included."""
