@@ -17,12 +17,15 @@ if "GOMP_SPINCOUNT" not in os.environ:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # Every frame allocates and frees a few megabytes of arrays (the decoded picture,
-# the alpha, the composite). glibc gives the memory freed at the top of its heap
-# back to the kernel once more than ~2x the largest array is free there, and takes
-# it again, page by page, for the next frame: ~1,600 page faults and 3 ms of
-# kernel time per 1280x720 frame, a third of the frame's CPU. Keeping up to
-# 64 MB free (and serving arrays up to 32 MB, a 4K frame, from the heap) ends
-# that. Operators who tune glibc's malloc themselves keep their settings.
+# the frame handed to the encoder). On the main thread glibc gives the memory
+# freed at the top of its heap back to the kernel once more than ~2x the largest
+# array is free there, and takes it again, page by page, for the next frame:
+# ~1,600 page faults and 3 ms of kernel time per 1280x720 frame processed there
+# (threads' own arenas keep theirs). A WebRTC session decodes and converts its
+# frames on the event loop, the main thread: the pass-through server's CPU per
+# 720p frame fell from 13-14 to 10-11 ms. Keeping up to 64 MB free (and serving
+# arrays up to 32 MB, a 4K frame, from the heap) ends that. Operators who tune
+# glibc's malloc themselves keep their settings.
 _MALLOC_ENV = ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_")
 if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc" and \
         not any(name in os.environ for name in _MALLOC_ENV) and \

@@ -1,9 +1,10 @@
 """Per-frame arrays must not cost page faults: ``import live`` keeps freed heap memory.
 
-Checked in fresh interpreters that allocate and free what a 1280x720 frame
-does (a decoded picture, an alpha, a composite), counting the minor page
-faults of the loop (``getrusage``): glibc's default returns the freed top of
-its heap to the kernel and faults it back in every frame.
+Checked in fresh interpreters that allocate and free, on the main thread (where
+a WebRTC session decodes and converts its frames), what a 1280x720 frame does,
+counting the minor page faults of the loop (``getrusage``): glibc's default
+returns the freed top of its main heap to the kernel and faults it back in
+every frame.
 """
 
 from __future__ import annotations
