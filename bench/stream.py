@@ -234,9 +234,12 @@ def measure(argv: list[str] | None = None) -> dict:
 SEQUENCES = ("hike", "lucia", "parkour", "breakdance", "dance-twirl")
 
 
+Clips = list[tuple[list[np.ndarray], tuple[float, float]]]  # a session's frames, first click
+
+
 def session_setup(args: argparse.Namespace, k: int, n: int
-                  ) -> tuple[torch.nn.Module, list[tuple[list[np.ndarray], tuple[float, float]]]]:
-    """The model, and k sessions' frames (a DAVIS sequence each) and first clicks."""
+                  ) -> tuple[torch.nn.Module, Clips, torch.device]:
+    """The model, k sessions' frames (a DAVIS sequence each) and first clicks, the device."""
     if k < 1 or n < 1 or args.rounds < 1:
         raise SystemExit("--sessions/--serve, --frames and --rounds must be at least 1")
     device = pick_device(args.device)
@@ -248,60 +251,69 @@ def session_setup(args: argparse.Namespace, k: int, n: int
     for i in range(k):
         davis = load_davis(root / f"davis-{SEQUENCES[i % len(SEQUENCES)]}", n, pingpong=True)
         clips.append((davis.frames, click_inside(davis.masks[0])))
-    return model, clips
+    return model, clips, device
+
+
+def clicked_streams(model: torch.nn.Module, clips: Clips, args: argparse.Namespace,
+                    precision: str, batcher: SAM2Batcher | None = None) -> list[StreamingSAM2]:
+    """One local stream per clip, its first click queued."""
+    out = []
+    for _, (x, y) in clips:
+        s = StreamingSAM2(model, max_cond_frames=args.max_cond_frames, precision=precision,
+                          batcher=batcher)
+        s.add_prompt(Prompt(obj_id=1, points=((x, y, 1),)))
+        out.append(s)
+    return out
+
+
+def play(stream: StreamingSAM2, frames: list[np.ndarray], sink: list) -> None:
+    try:
+        for frame in frames:
+            stream.step(frame)
+            sink.append(stream.low_res_logits()[1])
+    finally:
+        stream.close()  # done: batched others must not wait for it
+
+
+def sequential(model: torch.nn.Module, clips: Clips, args: argparse.Namespace, precision: str,
+               frames_n: int) -> tuple[float, list[list[torch.Tensor]]]:
+    """The sessions one after the other, a frame of each in turn, in one thread: seconds
+    taken and each session's logits."""
+    streams, logits = clicked_streams(model, clips, args, precision), [[] for _ in clips]
+
+    def loop() -> None:
+        for i in range(frames_n):
+            for s, (frames, _), sink in zip(streams, clips, logits):
+                play(s, frames[i:i + 1], sink)
+
+    # in a thread of its own too, like the batched sessions (with libgomp's default
+    # spinning, a process's only OpenMP team, here the main thread's, ran up to 8x slower)
+    elapsed = timed_threads([loop])
+    if any(len(sink) != frames_n for sink in logits):
+        raise RuntimeError("a sequential session failed (see the traceback above)")
+    return elapsed, logits
 
 
 def measure_sessions(args: argparse.Namespace) -> dict:
     k, n = args.sessions, args.frames or 12
-    model, clips = session_setup(args, k, n)
-    device = pick_device(args.device)
+    model, clips, device = session_setup(args, k, n)
     precision = pick_precision(device, args.precision)
-
-    def sessions(batcher: SAM2Batcher | None) -> list[StreamingSAM2]:
-        out = []
-        for frames, (x, y) in clips:
-            s = StreamingSAM2(model, max_cond_frames=args.max_cond_frames, precision=precision,
-                              batcher=batcher)
-            s.add_prompt(Prompt(obj_id=1, points=((x, y, 1),)))
-            out.append(s)
-        return out
-
-    def play(stream: StreamingSAM2, frames: list[np.ndarray], sink: list) -> None:
-        try:
-            for frame in frames:
-                stream.step(frame)
-                sink.append(stream.low_res_logits()[1])
-        finally:
-            stream.close()  # done: batched others must not wait for it
-
-    def sequential(frames_n: int) -> tuple[float, list[list[torch.Tensor]]]:
-        streams, logits = sessions(None), [[] for _ in range(k)]
-
-        def loop() -> None:
-            for i in range(frames_n):
-                for s, (frames, _), sink in zip(streams, clips, logits):
-                    play(s, frames[i:i + 1], sink)
-
-        # in a thread of its own too, like the batched sessions (with libgomp's default
-        # spinning, a process's only OpenMP team, here the main thread's, ran up to 8x slower)
-        elapsed = timed_threads([loop])
-        if any(len(sink) != frames_n for sink in logits):
-            raise RuntimeError("a sequential session failed (see the traceback above)")
-        return elapsed, logits
+    alone = functools.partial(sequential, model, clips, args, precision)
 
     batchers: list[SAM2Batcher] = []
 
     def batched(frames_n: int) -> tuple[float, list[list[torch.Tensor]]]:
         batcher = SAM2Batcher(model, precision=precision, max_batch=k, idle_s=60.0)
         batchers.append(batcher)
-        streams, logits = sessions(batcher), [[] for _ in range(k)]
+        streams = clicked_streams(model, clips, args, precision, batcher)
+        logits: list[list[torch.Tensor]] = [[] for _ in range(k)]
         elapsed = timed_threads([functools.partial(play, s, frames[:frames_n], sink)
                                  for s, (frames, _), sink in zip(streams, clips, logits)])
         if any(len(sink) != frames_n for sink in logits):
             raise RuntimeError("a batched session failed (see the traceback above)")
         return elapsed, logits
 
-    sequential(2)  # warm-up: first-call allocations and kernel choices
+    alone(2)  # warm-up: first-call allocations and kernel choices
     batched(2)
     batchers.clear()
     seq_fps, bat_fps, worst = [], [], 0.0
@@ -310,7 +322,7 @@ def measure_sessions(args: argparse.Namespace) -> dict:
         runs = {}
         for mode in (("sequential", "batched") if r % 2 == 0 else ("batched", "sequential")):
             c0 = time.process_time()
-            runs[mode] = (sequential if mode == "sequential" else batched)(n)
+            runs[mode] = (alone if mode == "sequential" else batched)(n)
             cpu[mode] += time.process_time() - c0
         seq_fps.append(k * n / runs["sequential"][0])
         bat_fps.append(k * n / runs["batched"][0])
@@ -355,25 +367,10 @@ def measure_serve(args: argparse.Namespace) -> dict:
     from live.serve.sam2_serve import RemoteStream, deploy, undeploy
 
     k, n = args.serve, args.frames or 12
-    model, clips = session_setup(args, k, n)
-    device = pick_device(args.device)
+    model, clips, device = session_setup(args, k, n)
     precision = pick_precision(device, args.precision)
     cpus = os.cpu_count() or 1
-
-    def run_local() -> tuple[float, list[list[torch.Tensor]]]:
-        streams = [StreamingSAM2(model, max_cond_frames=args.max_cond_frames,
-                                 precision=precision) for _ in clips]
-        logits: list[list[torch.Tensor]] = [[] for _ in clips]
-
-        def loop() -> None:  # a thread of its own, as in measure_sessions
-            for i in range(n):
-                for s, (frames, (x, y)), sink in zip(streams, clips, logits):
-                    if i == 0:
-                        s.add_prompt(Prompt(obj_id=1, points=((x, y, 1),)))
-                    s.step(frames[i])
-                    sink.append(s.low_res_logits()[1])
-
-        return timed_threads([loop]), logits
+    run_local = functools.partial(sequential, model, clips, args, precision, n)
 
     def run_served(deployed: Any) -> tuple[float, list[list[torch.Tensor]], list[Any]]:
         streams = [RemoteStream(deployed) for _ in clips]
@@ -410,7 +407,7 @@ def measure_serve(args: argparse.Namespace) -> dict:
             deploy_s = time.perf_counter() - t0
             run_local()  # warm-up
             run_served(deployed)
-            local_fps, served_fps, worst, remote_ms, batch = [], [], 0.0, [], []
+            local_fps, served_fps, worst, remote_ms, batch = [], [], 0.0, [], 0.0
             for r in range(args.rounds):
                 order = ("local", "served") if r % 2 == 0 else ("served", "local")
                 runs = {m: run_local() if m == "local" else run_served(deployed) for m in order}
@@ -420,7 +417,7 @@ def measure_serve(args: argparse.Namespace) -> dict:
                     worst = max(worst, max(float((x - y).abs().max()) for x, y in zip(a, b)))
                 stats = [s.stats() for s in runs["served"][2]]
                 remote_ms += [st["remote_ms"] for st in stats]
-                batch.append(max(st["encoder_mean_batch"] for st in stats))
+                batch = max(st["encoder_mean_batch"] for st in stats)
             undeploy(deployed)
         finally:
             ray.shutdown()
@@ -436,7 +433,7 @@ def measure_serve(args: argparse.Namespace) -> dict:
         "ratio_median": round(statistics.median(a / b for a, b in zip(served_fps, local_fps)),
                               3),
         # frames per encoder batch on the replica, since it started (warm-up included)
-        "replica_encoder_mean_batch": batch[-1],
+        "replica_encoder_mean_batch": batch,
         "remote_ms_last_frame_p50": round(statistics.median(remote_ms), 1),
         "max_abs_logit_diff": worst,
     }

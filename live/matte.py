@@ -59,7 +59,7 @@ import cv2
 import numpy as np
 
 from live.config import MatteSettings
-from live.frames import Pyramid, check_bgr
+from live.frames import Pyramid, any_blocks, check_bgr
 
 def grid_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     """The coefficient grid: ``long_side`` on the longer axis, never finer than the frame."""
@@ -119,13 +119,8 @@ def blob_boxes(mask: np.ndarray, margin: int = 1, coarse: int = 4,
     cheap, and the boxes only grow by less than a block.
     """
     mh, mw = mask.shape
-    ch, cw = -(-mh // coarse), -(-mw // coarse)
-    padded = np.zeros((ch * coarse, cw * coarse), np.uint8)
-    padded[:mh, :mw] = mask
-    padded *= 255  # a block's mean is then > 0 as soon as one cell is set
-    blocks = cv2.resize(padded, (cw, ch), interpolation=cv2.INTER_AREA) > 0
     n, _, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(
-        blocks.view(np.uint8), 8, cv2.CV_32S, cv2.CCL_SAUF)
+        any_blocks(mask, coarse), 8, cv2.CV_32S, cv2.CCL_SAUF)
     boxes = [(max(0, x * coarse - margin), max(0, y * coarse - margin),
               min(mw, (x + bw) * coarse + margin), min(mh, (y + bh) * coarse + margin))
              for x, y, bw, bh, _ in stats[1:n]]

@@ -16,20 +16,27 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from utils import free_port
 
 SKIP_REASON = "Ray is not installed: pip install -e '.[cluster]' (make test does)"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@contextlib.contextmanager
+def ray_head(num_cpus: int = 2) -> Iterator[str]:
+    """Start the head; yield its address. Ray is imported (by a driver, a server) only
+    inside, with the environment a loopback head needs."""
+    with pytest.MonkeyPatch.context() as mp:
+        # before Ray is imported: keep 127.0.0.1 rather than the interface address
+        mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # head and driver agree on no token whatever ~/.ray holds (a `ray.init()` elsewhere
+        # leaves a token there, which turns token auth on for the driver only)
+        mp.setenv("RAY_AUTH_MODE", "disabled")
+        with _head(num_cpus) as address:
+            yield address
 
 
 @contextlib.contextmanager
-def ray_head(num_cpus: int = 2) -> Iterator[str]:
-    """Start the head; yield its address. Set RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 and
-    RAY_AUTH_MODE=disabled in the environment before (see the fixtures)."""
+def _head(num_cpus: int) -> Iterator[str]:
     pytest.importorskip("ray", reason=SKIP_REASON)
     ray_cli = Path(sys.executable).with_name("ray")
     port = free_port()

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 
 from live.checkpoints import SELFIE_FILES, selfie_model_path
 from live.serve.client import ControlClient
-from utils import asynctest
+from utils import asynctest, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -100,12 +99,6 @@ def test_run_help_starts_with_source_output_background_and_engine() -> None:
     assert first == sorted(first)
     assert first[-1] < body.index("--feather")       # before every matte option
     assert first[0] < 300                            # on the first screen
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def read_line_matching(stream: asyncio.StreamReader, pattern: str, timeout: float) -> str:

@@ -25,10 +25,11 @@ from bench.sam2_fixture import random_sam2
 from live.config import Settings
 from live.segment import Prompt
 from live.segment.sam2_stream import StreamingSAM2
-from ray_head import SKIP_REASON, ray_head
+from ray_head import ray_head
 from live.serve.client import ControlClient
 from server_helpers import ClipTrack, load_clip, recv_frames, running_server, test_settings, \
     wait_until
+from test_sam2_batch import max_diff as frame_diff
 from test_sam2_stream import inside_point, make_clip
 from utils import asynctest
 
@@ -48,35 +49,26 @@ def model() -> torch.nn.Module:
 def deployed(model, tmp_path_factory):
     """Our head, the driver joined to it, and the deployment with two replicas (the head
     counts 4 CPUs: those two, a session worker and a replica of the server's own)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    mp.setenv("RAY_AUTH_MODE", "disabled")
-    ray = pytest.importorskip("ray", reason=SKIP_REASON)
-    from live.serve import cluster, sam2_serve
-
     checkpoint = tmp_path_factory.mktemp("sam2") / "random.pt"
     torch.save({"model": model.state_dict()}, checkpoint)
     settings = Settings().merged({
         "engine": {"name": "sam2", "checkpoint": str(checkpoint), "image_size": SIZE,
                    "device": "cpu"},
         "server": {"sam2_replicas": 2, "sam2_max_batch": 4}})
-    try:
-        with ray_head(num_cpus=4) as address:
-            def join() -> None:
-                ray.init(address=address, runtime_env=cluster._runtime_env(),
-                         include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    with ray_head(num_cpus=4) as address:
+        import ray
 
-            join()
-            result = sam2_serve.deploy(settings, precision="fp32")
-            try:
-                yield result, settings, address
-            finally:
-                if not ray.is_initialized():  # a server left the cluster
-                    join()
-                sam2_serve.undeploy(result)
-                ray.shutdown()
-    finally:
-        mp.undo()
+        from live.serve import cluster, sam2_serve
+
+        cluster.join(address)
+        result = sam2_serve.deploy(settings, precision="fp32")
+        try:
+            yield result, settings, address
+        finally:
+            if not ray.is_initialized():  # a server left the cluster
+                cluster.join(address)
+            sam2_serve.undeploy(result)
+            ray.shutdown()
 
 
 def play(stream, frames, events):
@@ -91,8 +83,8 @@ def play(stream, frames, events):
 
 
 def max_diff(a, b) -> float:
-    assert [sorted(x) for x in a] == [sorted(y) for y in b]
-    return max(float((x[k] - y[k]).abs().max()) for x, y in zip(a, b) for k in x)
+    assert len(a) == len(b)
+    return max(frame_diff(x, y) for x, y in zip(a, b))
 
 
 def test_sessions_through_the_deployment_equal_the_local_engine(deployed, model, data_dir,
@@ -204,17 +196,11 @@ async def test_live_serve_on_a_cluster_runs_sam2_on_its_deployment(deployed, cli
         async with ControlClient(server.url) as client:
             track = await client.start_video(ClipTrack(frames))
             await recv_frames(track, 5)
-            await wait_until(lambda: any(_find(s, "replica_pid") for s in client.stats), 30,
+            await wait_until(lambda: any(s.get("engine", {}).get("replica_pid")
+                                         for m in client.stats for s in m["sessions"]), 30,
                              "a stats push naming the session's SAM 2 replica")
             assert "ray actor" in server.sessions[client.session].worker.name
     from live.serve.cluster import _on_leave
 
     assert not _on_leave, "the server left its deployment behind"
 
-
-def _find(tree, key):
-    if isinstance(tree, dict):
-        return tree.get(key) or any(_find(v, key) for v in tree.values())
-    if isinstance(tree, list):
-        return any(_find(v, key) for v in tree)
-    return None

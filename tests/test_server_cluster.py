@@ -18,12 +18,7 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture
-def ray_head_address(monkeypatch):
-    # before Ray is imported: keep 127.0.0.1 rather than the interface address
-    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    # head and driver agree on no token whatever ~/.ray holds (a `ray.init()` elsewhere
-    # leaves a token there, which turns token auth on for the driver only)
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+def ray_head_address():
     with ray_head() as address:
         yield address
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import socket
 from typing import Any, Callable, Coroutine
 
 
@@ -17,3 +18,10 @@ def asynctest(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]
         return asyncio.run(fn(*args, **kwargs))
 
     return run
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server the test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

@@ -118,19 +118,16 @@ def create_segmenter(settings: EngineSettings) -> Segmenter:
         from live.segment.selfie import SelfieSegmenter
 
         return SelfieSegmenter(settings)
-    stream = _remote_sam2(settings) if name == "sam2" and _remote_sam2 is not None else None
-    if stream is not None:
+    if name == "sam2":
+        stream = _remote_sam2(settings) if _remote_sam2 is not None else None
+        if stream is None:  # a local model: its software and checkpoint must be here
+            from live.checkpoints import require_sam2_checkpoint, require_sam2_software
+
+            require_sam2_software()  # neither check imports torch: a refusal costs nothing
+            require_sam2_checkpoint(settings)
         from live.segment.auto_prompt import AutoPromptedSAM2
 
         return AutoPromptedSAM2(settings, stream=stream)
-    if name == "sam2":
-        from live.checkpoints import require_sam2_checkpoint, require_sam2_software
-
-        require_sam2_software()  # neither check imports torch: a refusal costs nothing
-        require_sam2_checkpoint(settings)
-        from live.segment.auto_prompt import AutoPromptedSAM2
-
-        return AutoPromptedSAM2(settings)
     raise SettingsError(f"unknown engine {name!r}")
 
 

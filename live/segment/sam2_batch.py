@@ -31,6 +31,7 @@ sessions, 3e-7 apart at 128 px with 2 (tests/test_sam2_batch.py bounds it by
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 import weakref
@@ -42,8 +43,7 @@ from typing import Any, Callable, Hashable, Iterator
 import torch
 
 from live.segment import model_cache
-from live.config import check_engine_setting
-from live.segment.sam2_stream import (build_model, default_image_size, inference, pick_device,
+from live.segment.sam2_stream import (build_model, inference, model_image_size, pick_device,
                                       pick_precision)
 
 DEFAULT_MAX_BATCH = 8
@@ -131,10 +131,7 @@ class SAM2Batcher:
     def encode(self, image: torch.Tensor) -> dict[str, Any]:
         """``model.forward_image`` of a 1xCxSxS image, batched with the other sessions'."""
         return self._submit(("encoder", tuple(image.shape), image.dtype), image,
-                            self._run_encoder)
-
-    def _run_encoder(self, images: list[torch.Tensor]) -> list[dict[str, Any]]:
-        return encode_batch(self.model, images)
+                            functools.partial(encode_batch, self.model))
 
     def _submit(self, key: Hashable, payload: Any,
                 run: Callable[[list[Any]], list[Any]]) -> Any:
@@ -321,8 +318,7 @@ def shared_batcher(config: str, checkpoint: str | Path | None, *, image_size: in
     if checkpoint is None:  # random weights depend on a seed the key does not hold
         raise ValueError("a shared SAM 2 model needs a checkpoint")
     dev = pick_device(device)
-    size = (check_engine_setting("image_size", image_size) if image_size is not None
-            else default_image_size(dev))
+    size = model_image_size(image_size, dev)
     prec = pick_precision(dev, precision)
     key = ("sam2", config, str(Path(checkpoint).resolve()), size, str(dev), int(max_cond_frames),
            prec, bool(compile_encoder))

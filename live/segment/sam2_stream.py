@@ -98,6 +98,13 @@ def default_image_size(device: torch.device) -> int:
     return 1024
 
 
+def model_image_size(image_size: int | None, device: torch.device) -> int:
+    """``engine.image_size`` when set (checked), else the device's default."""
+    if image_size is None:
+        return default_image_size(device)
+    return check_engine_setting("image_size", image_size)
+
+
 def build_model(config: str, checkpoint: str | Path | None, image_size: int,
                 device: torch.device) -> torch.nn.Module:
     """The official video predictor (postprocessing settings included), never ``init_state``-ed.
@@ -294,9 +301,8 @@ class StreamingSAM2:
                        precision=batcher.precision, compile_encoder=compile_encoder,
                        batcher=batcher)
         dev = pick_device(device)
-        size = (check_engine_setting("image_size", image_size) if image_size is not None
-                else default_image_size(dev))
-        return cls(build_model(config, checkpoint, size, dev), max_cond_frames=max_cond_frames,
+        model = build_model(config, checkpoint, model_image_size(image_size, dev), dev)
+        return cls(model, max_cond_frames=max_cond_frames,
                    precision=precision, compile_encoder=compile_encoder)
 
     # ------------------------------------------------------------------ public API

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from live.frames import any_blocks
 from live.subjects import MIN_AREA_FRACTION, THRESHOLD
 
 DROP_RATIO = 0.3  # a mask under this share of its running median has "dropped out"
@@ -159,12 +160,8 @@ def _blobs(fg: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     needs to be (the crop adds a margin of a fifth of the person). ``labels`` are on
     blocks; ``stats`` in cells, the area counting whole blocks."""
     h, w = fg.shape
-    bh, bw = -(-h // BLOCK), -(-w // BLOCK)
-    padded = np.zeros((bh * BLOCK, bw * BLOCK), np.uint8)
-    np.multiply(fg, np.uint8(255), out=padded[:h, :w])
-    # a block's mean is above 0 as soon as one of its cells is set
-    blocks = cv2.resize(padded, (bw, bh), interpolation=cv2.INTER_AREA)
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(blocks, connectivity=8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(any_blocks(fg, BLOCK),
+                                                           connectivity=8)
     stats = stats * BLOCK
     stats[:, cv2.CC_STAT_AREA] *= BLOCK
     stats[:, cv2.CC_STAT_WIDTH] = np.minimum(stats[:, cv2.CC_STAT_WIDTH],

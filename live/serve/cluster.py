@@ -132,8 +132,7 @@ def ray_worker_starter(settings: Settings) -> Callable[[str], Awaitable[RayWorke
                             "'ray[serve]==2.60.*')") from None
     if not ray.is_initialized():
         try:
-            ray.init(address=address, runtime_env=_runtime_env(),
-                     include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+            join(address)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise SettingsError(f"cannot join the Ray cluster at {settings.server.cluster!r}: "
                                 f"{exc}") from None
@@ -146,6 +145,15 @@ def ray_worker_starter(settings: Settings) -> Callable[[str], Awaitable[RayWorke
         return worker
 
     return start
+
+
+def join(address: str) -> None:
+    """Connect this process to the Ray cluster at ``address`` as a driver: our code
+    travels with it (``_runtime_env``), no dashboard, Ray's logs kept off ours."""
+    import ray
+
+    ray.init(address=address, runtime_env=_runtime_env(), include_dashboard=False,
+             logging_level="WARNING", log_to_driver=False)
 
 
 def _deploy_sam2(settings: Settings) -> "Deployed | None":

@@ -26,7 +26,7 @@ session comes from its one session worker, so that router's memory is the
 whole truth about the session.
 
 Losing the memory bank (a replica died, or dropped a session idle for
-``idle_s``): the replica answers ``lost`` (or the call fails), the stream's
+``IDLE_S``): the replica answers ``lost`` (or the call fails), the stream's
 ``restarts`` grows, and the auto-prompter goes back to auto mode and
 re-anchors from the selfie mask on the next frame (live.segment.auto_prompt);
 until a live replica answers (the routers hear of a death within seconds),
@@ -46,7 +46,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -58,7 +58,7 @@ from live.config import EngineSettings, Settings, SettingsError
 from live.segment import Prompt, PromptError
 from live.segment.sam2_batch import encode_batch
 from live.segment.sam2_stream import (StreamingSAM2, alpha_from_logits, build_model,
-                                      check_prompt_fits, default_image_size, inference,
+                                      check_prompt_fits, inference, model_image_size,
                                       pick_device, pick_precision, resize_frame)
 
 log = logging.getLogger(__name__)
@@ -111,20 +111,18 @@ class _Batch:
 @dataclass
 class _Held:
     stream: StreamingSAM2
-    last: float
+    last: float = field(default_factory=time.monotonic)  # its latest frame
 
 
 class SAM2Replica:
     """One copy of the model and the memory banks of the sessions routed to it."""
 
     def __init__(self, config: str, checkpoint: str, image_size: int, device: str,
-                 max_cond_frames: int, max_batch: int, precision: str = "auto",
-                 idle_s: float = IDLE_S):
+                 max_cond_frames: int, max_batch: int, precision: str = "auto"):
         dev = pick_device(device)
         self.model = build_model(config, checkpoint, image_size, dev)
         self.max_cond_frames = int(max_cond_frames)
         self.precision = pick_precision(dev, precision)
-        self.idle_s = float(idle_s)
         self.sessions: dict[str, _Held] = {}
         # one thread computes: torch's intra-op threads already use the cores, and
         # the event loop stays free to take the next frames into the next batch
@@ -142,8 +140,7 @@ class SAM2Replica:
         self._start_sweeper()
         if fresh:
             self.sessions[session] = _Held(StreamingSAM2(
-                self.model, max_cond_frames=self.max_cond_frames, precision=self.precision),
-                time.monotonic())
+                self.model, max_cond_frames=self.max_cond_frames, precision=self.precision))
         held = self.sessions.get(session)
         if held is None:
             return {"lost": True, "replica": self.name}
@@ -203,12 +200,12 @@ class SAM2Replica:
 
     async def _sweep(self) -> None:
         """Drop the memory banks of sessions gone quiet (closed without a word, or whose
-        worker died): nothing outlives ``idle_s`` without a frame."""
+        worker died): nothing outlives ``IDLE_S`` without a frame."""
         while True:
-            await asyncio.sleep(self.idle_s / 4)
+            await asyncio.sleep(IDLE_S / 4)
             now = time.monotonic()
             for session, held in list(self.sessions.items()):
-                if now - held.last > self.idle_s:
+                if now - held.last > IDLE_S:
                     del self.sessions[session]
 
 
@@ -252,7 +249,7 @@ class StickyHashRouter(ConsistentHashRouter):
 # --------------------------------------------------------------------------- deploying
 
 
-def deploy(settings: Settings, *, precision: str = "auto", idle_s: float = IDLE_S,
+def deploy(settings: Settings, *, precision: str = "auto",
            router: type | None = None) -> Deployed:
     """Start the SAM 2 deployment for these engine settings on the joined cluster:
     one replica per GPU (or ``server.sam2_replicas``; 1 on a CPU-only cluster).
@@ -272,7 +269,7 @@ def deploy(settings: Settings, *, precision: str = "auto", idle_s: float = IDLE_
     if device == "mps":
         raise SettingsError("--device mps cannot be shared over a Ray cluster; use cpu or cuda")
     replicas = settings.server.sam2_replicas or (gpus if device == "cuda" else 1)
-    size = engine.image_size or default_image_size(torch.device(device))
+    size = model_image_size(engine.image_size, torch.device(device))
     max_batch = settings.server.sam2_max_batch
     app = f"live-sam2-{os.getpid()}-{secrets.token_hex(3)}"
     serve.start(proxy_location=ProxyLocation.Disabled)
@@ -286,7 +283,7 @@ def deploy(settings: Settings, *, precision: str = "auto", idle_s: float = IDLE_
             request_router_class=router or StickyHashRouter,
             request_router_kwargs={"num_fallback_replicas": 0}))
     serve.run(deployment.bind(sam2_config_name(engine.sam2_model), str(checkpoint), size,
-                              device, engine.max_cond_frames, max_batch, precision, idle_s),
+                              device, engine.max_cond_frames, max_batch, precision),
               name=app, route_prefix=None)
     return Deployed(app, engine, size, replicas * settings.server.sam2_replica_cpus)
 
@@ -317,7 +314,7 @@ class RemoteStream:
 
     name = "sam2"
 
-    def __init__(self, deployed: Deployed, *, timeout_s: float = CALL_TIMEOUT_S):
+    def __init__(self, deployed: Deployed):
         self.session = uuid.uuid4().hex
         with _handles_lock:  # the first options() sets the shared handle's router up
             handle = _handles.get(deployed.app)
@@ -327,10 +324,8 @@ class RemoteStream:
             self._step = handle.options(session_id=self.session, method_name="step")
             self._close = handle.options(session_id=self.session, method_name="close")
         self.image_size = deployed.image_size
-        self.timeout_s = timeout_s
         self.restarts = 0  # memory banks lost with a replica (the engine re-anchors)
         self._lock = threading.Lock()
-        self._on_replica = False  # whether a replica holds our memory bank
         self._video_hw: tuple[int, int] | None = None
         self._remote: dict[str, Any] = {}
         self.reset()
@@ -338,11 +333,14 @@ class RemoteStream:
     def reset(self) -> None:
         """The next frame starts a new memory bank (no call now: it goes with the frame)."""
         with self._lock:
-            self._on_replica = False
             self._pending: list[Prompt] = []
-            self._scores: dict[int, float] = {}
-            self._logits: dict[int, torch.Tensor] = {}
-            self._frame_idx = -1
+            self._forget()
+
+    def _forget(self) -> None:
+        """No memory bank on a replica any more: the next frame starts one (frame -1)."""
+        self._scores: dict[int, float] = {}
+        self._logits: dict[int, torch.Tensor] = {}
+        self._frame_idx = -1
 
     @property
     def frame_idx(self) -> int:
@@ -370,21 +368,19 @@ class RemoteStream:
         with self._lock:
             self._video_hw = frame.video_hw
             prompts, self._pending = self._pending, []
-            fresh = not self._on_replica
+            fresh = self._frame_idx < 0  # no replica holds a memory bank of ours
         t0 = time.perf_counter()
         try:
             reply = self._step.remote(self.session, frame, prompts, fresh).result(
-                timeout_s=self.timeout_s)
+                timeout_s=CALL_TIMEOUT_S)
         except Exception as exc:  # the replica died, or is gone from the ring, or hangs
             log.warning("SAM 2 replica call failed (%s): re-anchoring", type(exc).__name__)
             reply = {"lost": True}
         with self._lock:
             if reply.get("lost"):
-                self._on_replica, self._scores, self._logits = False, {}, {}
-                self._frame_idx = -1
+                self._forget()
                 self.restarts += 1
                 return np.zeros((self.image_size, self.image_size), np.float32)
-            self._on_replica = True
             self._scores, self._frame_idx = reply["scores"], reply["frame_idx"]
             self._remote = {**reply["stats"], "replica": reply["replica"],
                             "replica_pid": reply["pid"],
@@ -407,7 +403,7 @@ class RemoteStream:
 
     def close(self) -> None:
         """Free the memory bank on the replica now (else it goes after ``IDLE_S``)."""
-        if self._on_replica:
+        if self._frame_idx >= 0:  # a replica holds our memory bank
             try:
                 self._close.remote(self.session)
             except Exception:  # the replica or the cluster is gone: nothing left to free
