@@ -323,7 +323,7 @@ def stage_timings(data: Path, segmenter, tmp: Path, n_frames: int = 60,
 
     def segmented(i: int) -> Pyramid:
         pyramid = Pyramid(frames[i])
-        segmenter.step(frames[i], pyramid)
+        segmenter.step(pyramid)
         return pyramid
 
     matte = Matte(MatteSettings())
@@ -343,16 +343,16 @@ def stage_timings(data: Path, segmenter, tmp: Path, n_frames: int = 60,
     both_runs: dict[str, list[float]] = {m: [] for m in modes}
     for _ in range(rounds):  # interleaved rounds: a burst of load on the machine hits all alike
         matte.reset()
-        matte_runs.append(median_ms(lambda i, p: matte.apply(lows[i], frames[i], p), n,
+        matte_runs.append(median_ms(lambda i, p: matte.apply(lows[i], p), n,
                                     prepare=segmented))
         for mode, settings in modes.items():
             comp = Compositor(settings)
-            comp_runs[mode].append(median_ms(lambda i, p: comp.apply(frames[i], alphas[i], p), n,
+            comp_runs[mode].append(median_ms(lambda i, p: comp.apply(p, alphas[i]), n,
                                              prepare=segmented))
             matte.reset()
             both_runs[mode].append(median_ms(
-                lambda i, p: comp.apply(frames[i], (m := matte.apply(lows[i], frames[i], p)).alpha,
-                                        p, m.boxes), n, prepare=segmented))
+                lambda i, p: comp.apply(p, (m := matte.apply(lows[i], p)).alpha, m.boxes), n,
+                prepare=segmented))
             comp.close()
 
     def med(runs: dict[str, list[float]]) -> dict[str, float]:

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from live.config import BackgroundSettings
-from live.frames import Pyramid, check_bgr, halve
+from live.frames import I420, I420Pyramid, Pyramid, halve
 from live.io.worker import Worker
 from live.matte import Box, blob_boxes
 
@@ -154,6 +154,45 @@ def blend(frame: np.ndarray, background: np.ndarray, alpha: np.ndarray,
     return cv2.blendLinear(frame, background, alpha, 1.0 - alpha, dst=dst)
 
 
+def blend_i420(frame: I420, background: I420, alpha: AlphaLevels, boxes: list[Box],
+               out: I420) -> I420:
+    """``blend`` plane by plane, in the boxes: the luma with the alpha, each chroma
+    plane with the alpha halved (a 2x2 mean: the share of a chroma sample's four
+    pixels that is the person). ``out`` may be ``background`` itself.
+
+    A chroma sample spans 2x2 pixels, so the boxes are widened to even bounds,
+    and boxes that then overlap are merged: a pixel blended twice would be
+    blended with its own blend. Outside the original boxes the alpha is 0, so
+    the wider boxes give the background there, exactly.
+    """
+    a0, a1 = alpha.level(0), alpha.level(1)
+    for x0, y0, x1, y1 in _even_disjoint(boxes):
+        blend(frame.y[y0:y1, x0:x1], background.y[y0:y1, x0:x1], a0[y0:y1, x0:x1],
+              dst=out.y[y0:y1, x0:x1])
+        cx0, cy0, cx1, cy1 = x0 // 2, y0 // 2, x1 // 2, y1 // 2
+        for src, bg, dst in ((frame.u, background.u, out.u), (frame.v, background.v, out.v)):
+            blend(src[cy0:cy1, cx0:cx1], bg[cy0:cy1, cx0:cx1], a1[cy0:cy1, cx0:cx1],
+                  dst=dst[cy0:cy1, cx0:cx1])
+    return out
+
+
+def _even_disjoint(boxes: list[Box]) -> list[Box]:
+    """``boxes`` widened to even bounds, those that then overlap merged into one."""
+    pending = [(x0 & ~1, y0 & ~1, x1 + (x1 & 1), y1 + (y1 & 1)) for x0, y0, x1, y1 in boxes]
+    done: list[Box] = []
+    while pending:
+        b = pending.pop()
+        for i, m in enumerate(done):
+            if b[0] < m[2] and m[0] < b[2] and b[1] < m[3] and m[1] < b[3]:
+                del done[i]
+                pending.append((min(b[0], m[0]), min(b[1], m[1]),
+                                max(b[2], m[2]), max(b[3], m[3])))
+                break
+        else:
+            done.append(b)
+    return done
+
+
 class AlphaLevels:
     """The alpha shrunk by 2**k, each level computed once and only when asked.
 
@@ -220,8 +259,8 @@ class Background(Protocol):
     fresh: bool  # render returns a new array each call (the compositor may write into it)
     color: tuple[int, int, int] | None  # (b, g, r) when it is one solid colour (a fill)
 
-    def render(self, frame: Pyramid, alpha: AlphaLevels) -> np.ndarray:
-        """The background for this frame (``frame.image``), uint8 BGR at its size."""
+    def render(self, frame: Pyramid, alpha: AlphaLevels) -> np.ndarray | I420:
+        """The background for this frame, at its size and in its layout (BGR or I420)."""
 
     def close(self) -> None:
         """Release files and threads."""
@@ -244,8 +283,8 @@ class BlurBackground:
     def __init__(self, strength: int):
         self.strength = strength
 
-    def render(self, frame: Pyramid, alpha: AlphaLevels) -> np.ndarray:
-        h, w = frame.image.shape[:2]
+    def render(self, frame: Pyramid, alpha: AlphaLevels) -> np.ndarray | I420:
+        w, h = frame.size
         radius = self.strength * h / 720.0  # the setting is in 720p pixels
         k = min(4, max(1, round(math.log2(max(radius, 1.0) / 3.0))))  # keep ~3 px of radius
         small = frame.halved(k)  # halvings shared with the model input
@@ -262,7 +301,7 @@ class BlurBackground:
         premultiplied = cv2.cvtColor(cv2.merge((small, weight)), cv2.COLOR_RGBA2mRGBA)
         blurred = cv2.stackBlur(premultiplied, (2 * r + 1, 2 * r + 1))
         bg_small = cv2.cvtColor(cv2.cvtColor(blurred, cv2.COLOR_mRGBA2RGBA), cv2.COLOR_BGRA2BGR)
-        return cv2.resize(bg_small, (w, h), interpolation=cv2.INTER_LINEAR)
+        return frame.enlarged(bg_small)
 
     def close(self) -> None:
         pass
@@ -279,10 +318,10 @@ class StillBackground:
         self.color = color  # (b, g, r) when the picture is one solid colour
         self.source = source  # (path, mtime, size) of the file it was decoded from
         self._cache: np.ndarray | None = None
+        self._layout = InLayout()
 
-    def render(self, frame: Pyramid, alpha: AlphaLevels) -> np.ndarray:
-        h, w = frame.image.shape[:2]
-        return self.fitted(w, h)
+    def render(self, frame: Pyramid, alpha: AlphaLevels) -> np.ndarray | I420:
+        return self._layout(frame, self.fitted(*frame.size))
 
     def fitted(self, width: int, height: int) -> np.ndarray:
         """The picture at width x height, fitted once per size change."""
@@ -292,6 +331,22 @@ class StillBackground:
 
     def close(self) -> None:
         pass
+
+
+class InLayout:
+    """A background picture in the frame's layout, converted once for as long as
+    the same picture is shown (a still image: until the frame size changes)."""
+
+    def __init__(self) -> None:
+        self._bgr: np.ndarray | None = None
+        self._converted: np.ndarray | I420 | None = None
+
+    def __call__(self, frame: Pyramid, bgr: np.ndarray) -> np.ndarray | I420:
+        if not isinstance(frame, I420Pyramid):
+            return bgr
+        if self._bgr is not bgr:
+            self._bgr, self._converted = bgr, frame.like(bgr)
+        return self._converted  # type: ignore[return-value]
 
 
 def file_stamp(path: str) -> tuple:
@@ -375,6 +430,7 @@ class VideoBackground:
         shown_first.set_result(first[0])
         self._ahead = collections.deque([shown_first])
         self._ahead.extend(self._worker.call(self._decode) for _ in range(VIDEO_READ_AHEAD - 1))
+        self._layout = InLayout()
 
     def _decode(self) -> np.ndarray | None:  # worker thread
         """The next frame fitted to the wanted size; a broken frame rewinds the file, and
@@ -398,8 +454,8 @@ class VideoBackground:
             return got[0] if size is None else fit_image(got[0], size[0], size[1], self.fit)
         return None
 
-    def render(self, frame: Pyramid, alpha: AlphaLevels) -> np.ndarray:
-        h, w = frame.image.shape[:2]
+    def render(self, frame: Pyramid, alpha: AlphaLevels) -> np.ndarray | I420:
+        w, h = frame.size
         self._size = (w, h)
         if self._ahead and self._ahead[0].done():  # else the decoder is behind: show it again
             image = self._ahead.popleft().result()
@@ -408,7 +464,7 @@ class VideoBackground:
                 self._ahead.append(self._worker.call(self._decode))
         if self._last.shape[:2] != (h, w):  # frames decoded before the size was known
             self._last = fit_image(self._last, w, h, self.fit)
-        return self._last
+        return self._layout(frame, self._last)
 
     def close(self) -> None:
         self._worker.shutdown(wait=True)  # the frame being decoded, then no more
@@ -467,29 +523,35 @@ class Compositor:
             return VideoBackground(s.video, s.fit)
         raise BackgroundError(f"unknown background mode {s.mode!r}")
 
-    def apply(self, frame_bgr: np.ndarray, alpha_fullres: np.ndarray,
-              pyramid: Pyramid | None = None, boxes: list[Box] | None = None) -> np.ndarray:
-        """BGR uint8 HxWx3 (BGRA HxWx4 in transparent mode) with the background replaced.
+    def apply(self, frame: np.ndarray | I420 | Pyramid, alpha_fullres: np.ndarray,
+              boxes: list[Box] | None = None) -> np.ndarray | I420:
+        """The frame with the background replaced, in the frame's layout: BGR uint8
+        HxWx3, or I420 (BGRA HxWx4 in transparent mode, whatever the layout).
 
-        ``pyramid``: the frame's shared smaller copies (the blur starts from one).
+        ``frame``: a BGR image, an I420 picture, or the frame's ``Pyramid`` (the
+        blur starts from one of its shared smaller copies).
         ``boxes``: disjoint boxes outside which the alpha is 0 (``Matte.apply`` gives them);
         found here when not given.
         """
-        check_bgr(frame_bgr)
-        if alpha_fullres.shape != frame_bgr.shape[:2]:
+        frame = Pyramid.of(frame)
+        if alpha_fullres.shape != frame.size[::-1]:
             raise ValueError(f"alpha {alpha_fullres.shape} does not match the frame "
-                             f"{frame_bgr.shape[:2]}")
+                             f"{frame.size[::-1]}")
         alpha = np.asarray(alpha_fullres, dtype=np.float32)
-        self._size = (frame_bgr.shape[1], frame_bgr.shape[0])
+        self._size = frame.size
         background = self._background  # one read: an update swaps it atomically
         if background is None:
-            out = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2BGRA)
+            out = cv2.cvtColor(frame.image, cv2.COLOR_BGR2BGRA)
             out[:, :, 3] = cv2.convertScaleAbs(alpha, alpha=255.0)
             return out
         levels = AlphaLevels(alpha, boxes)
-        bg = background.render(pyramid or Pyramid(frame_bgr), levels)
+        bg = background.render(frame, levels)
         if boxes is None:
             boxes = person_boxes(levels)
+        if isinstance(bg, I420):
+            return blend_i420(frame.picture, bg, levels, boxes,  # type: ignore[attr-defined]
+                              out=bg if background.fresh else bg.copy())
+        frame_bgr = frame.image
         if boxes == [(0, 0, alpha.shape[1], alpha.shape[0])]:
             return blend(frame_bgr, bg, alpha)
         if background.fresh:

@@ -59,7 +59,7 @@ import cv2
 import numpy as np
 
 from live.config import MatteSettings
-from live.frames import Pyramid, any_blocks, check_bgr
+from live.frames import I420, Pyramid, any_blocks
 
 def grid_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     """The coefficient grid: ``long_side`` on the longer axis, never finer than the frame."""
@@ -69,11 +69,13 @@ def grid_size(width: int, height: int, long_side: int) -> tuple[int, int]:
 
 def guided_upsample(alpha: np.ndarray, gray: np.ndarray, guide: np.ndarray,
                     radius: float, eps: float, reach: int | None = None,
-                    boxes_out: list | None = None) -> np.ndarray:
+                    boxes_out: list | None = None,
+                    black: float = 0.0, span: float = 255.0) -> np.ndarray:
     """Fast guided filter: fit q = a*I + b on the grid, apply it to the full-res frame.
 
-    ``alpha`` is any resolution; ``gray`` is the frame's uint8 luminance (or the BGR frame);
-    ``guide`` is the same shrunk to the grid, in [0, 1]; ``radius`` is in grid
+    ``alpha`` is any resolution; ``gray`` is the frame's uint8 luminance (or the BGR frame),
+    whose values mean (value - black) / span in [0, 1] (an I420 frame's Y plane:
+    16 and 219); ``guide`` is the same shrunk to the grid, in [0, 1]; ``radius`` is in grid
     pixels. The guide is the luminance, not colour: a colour guide needs a
     3x3 solve per pixel, too slow for the budget.
 
@@ -94,8 +96,10 @@ def guided_upsample(alpha: np.ndarray, gray: np.ndarray, guide: np.ndarray,
     var_i = cv2.blur(guide * guide, ksize) - mean_i * mean_i
     a = cov_ip / (var_i + eps)
     b = mean_p - a * mean_i
-    a = cv2.blur(a, ksize) * (1.0 / 255.0)  # fold the guide's /255 in: q = a * gray + b
+    a = cv2.blur(a, ksize) * (1.0 / span)  # fold the guide's scale in: q = a * gray + b
     b = cv2.blur(b, ksize)
+    if black:
+        b -= a * np.float32(black)
     if reach is None:
         reach = max(1, round(gw / alpha.shape[1]))
     square = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * reach + 1, 2 * reach + 1))
@@ -311,30 +315,28 @@ class Matte:
         """Forget history: the next frame's mask is taken as is."""
         self.temporal.reset()
 
-    def apply(self, alpha_lowres: np.ndarray, frame_bgr: np.ndarray,
-              pyramid: Pyramid | None = None) -> Matted:
+    def apply(self, alpha_lowres: np.ndarray, frame: np.ndarray | I420 | Pyramid) -> Matted:
         """Float32 alpha in [0, 1] at the frame's size (a new array each call), and its boxes.
 
-        ``pyramid``: the frame's shared smaller copies (the guide is one of them).
+        ``frame``: a BGR image, or the frame's ``Pyramid`` (the guide is one of its copies).
         """
         if alpha_lowres.ndim != 2 or alpha_lowres.size == 0:
             raise ValueError(f"alpha must be a non-empty 2-D array, got shape "
                              f"{alpha_lowres.shape}")
-        check_bgr(frame_bgr)
+        frame = Pyramid.of(frame)
         s = self.settings
         # Values under TINY become 0 (a copy: the caller's array is left alone). The
         # selfie model emits many 1e-30s and even denormals; arithmetic on denormals is
         # ~100x slower on x86, and the smoothing would keep making more of them.
         alpha = cv2.threshold(np.asarray(alpha_lowres, dtype=np.float32), TINY, 0.0,
                               cv2.THRESH_TOZERO)[1]
-        h, w = frame_bgr.shape[:2]
+        w, h = frame.size
         ah, aw = alpha.shape
         gw, gh = grid_size(w, h, s.guide_size)
         # The guide is the luminance of the frame shrunk to the grid (a small image: the
         # full-resolution luminance is only ever computed inside the person boxes). With
         # the default grid it is the selfie model's input, already made.
-        small = (pyramid or Pyramid(frame_bgr)).shrunk(gw, gh)
-        guide = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY).astype(np.float32)
+        guide = frame.gray(gw, gh)
         guide *= 1.0 / 255.0
         temporal_guide = None
         if s.smoothing == "adaptive" and s.adaptive_motion > 0:
@@ -349,6 +351,7 @@ class Matte:
             np.clip(out, 0.0, 1.0, out=out)
             return Matted(out, None)
         boxes: list[Box] = []
-        out = guided_upsample(smoothed, frame_bgr, guide, s.feather * gw / w, s.feather_eps,
-                              boxes_out=boxes)
+        luma, black, span = frame.luma
+        out = guided_upsample(smoothed, luma, guide, s.feather * gw / w, s.feather_eps,
+                              boxes_out=boxes, black=black, span=span)
         return Matted(out, boxes)

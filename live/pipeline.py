@@ -28,7 +28,7 @@ import numpy as np
 
 from live.composite import Compositor
 from live.config import Settings, needs_new_engine
-from live.frames import EndOfStream, Frame, Pyramid
+from live.frames import I420, EndOfStream, Frame, Pyramid
 from live.io.worker import Worker
 from live.matte import Matte
 from live.segment import Prompt, PromptError, Segmenter, create_segmenter
@@ -131,7 +131,7 @@ class FrameProcessor:
     def process(self, frame: Frame) -> Processed:
         with self._lock:
             if self.passthrough:
-                opaque = np.broadcast_to(np.float32(1.0), frame.image.shape[:2])  # no 3.7 MB fill
+                opaque = np.broadcast_to(np.float32(1.0), frame.size[::-1])  # no 3.7 MB fill
                 return Processed(frame.image, opaque, frame)
             if self._reset_requested:
                 self.segmenter.reset()
@@ -145,12 +145,12 @@ class FrameProcessor:
                     log.warning("prompt dropped: %s", exc)
             self._prompts.clear()
             t0 = time.perf_counter()
-            pyramid = Pyramid(frame.image)  # the frame's smaller copies, made once for all stages
-            alpha = self.selector.apply(self.segmenter.step(frame.image, pyramid))
+            pyramid = Pyramid.of(frame.image)  # its smaller copies, made once for all stages
+            alpha = self.selector.apply(self.segmenter.step(pyramid))
             t1 = time.perf_counter()
-            alpha, boxes = self.matte.apply(alpha, frame.image, pyramid)
+            alpha, boxes = self.matte.apply(alpha, pyramid)
             t2 = time.perf_counter()
-            image = self.compositor.apply(frame.image, alpha, pyramid, boxes)
+            image = self.compositor.apply(pyramid, alpha, boxes)
             t3 = time.perf_counter()
         timings = {"segment": (t1 - t0) * 1e3, "matte": (t2 - t1) * 1e3,
                    "composite": (t3 - t2) * 1e3}
@@ -281,9 +281,11 @@ class Pipeline:
             t0 = time.perf_counter()
             processing_ms = sum(result.timings.values())
             failed = False
+            as_bgr = _BGROnce(result.image)
             for sink in list(self.sinks):
                 try:
-                    await sink.write(result.image, frame)
+                    await sink.write(result.image if getattr(sink, "takes_i420", False)
+                                     else as_bgr(), frame)
                 except EndOfStream:  # an output its user closed (the preview window)
                     self.sinks.remove(sink)
                     await _quiet_close(sink)
@@ -330,6 +332,18 @@ class Pipeline:
             "running": self.running,
             **self.source.stats(),
         }
+
+
+class _BGROnce:
+    """The picture for sinks that take BGR: an I420 one converted once, for all of them."""
+
+    def __init__(self, image: np.ndarray | I420):
+        self._image = image
+
+    def __call__(self) -> np.ndarray:
+        if isinstance(self._image, I420):
+            self._image = self._image.to_bgr()
+        return self._image
 
 
 async def _quiet_close(sink: Any) -> None:

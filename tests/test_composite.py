@@ -292,8 +292,8 @@ def test_a_shared_pyramid_changes_nothing_but_the_cost() -> None:
     low[30:120, 40:90] = 0.9
     pyramid = Pyramid(frame)
     matte = Matte()
-    alpha, boxes = matte.apply(low, frame, pyramid)
-    shared = Compositor(BackgroundSettings(mode="blur")).apply(frame, alpha, pyramid, boxes)
+    alpha, boxes = matte.apply(low, pyramid)
+    shared = Compositor(BackgroundSettings(mode="blur")).apply(pyramid, alpha, boxes)
     alone = Compositor(BackgroundSettings(mode="blur")).apply(frame,
                                                               Matte().apply(low, frame).alpha)
     assert np.array_equal(shared, alone)

@@ -72,6 +72,7 @@ async def test_background_replaced_then_session_released(clip_path):
         session = server.sessions[client.session]
         assert session.pipeline.running and pipeline_threads()
         assert session.pipeline.metrics()["frames"] > 0
+        assert session.pipeline.metrics()["picture"] == "I420"  # the decoded picture, as it came
 
         # The peer leaves (socket and connection): nothing of its session remains.
         await client.close()

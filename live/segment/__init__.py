@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator, Protocol, runtime_checkable
 import numpy as np
 
 from live.config import EngineSettings, SettingsError
-from live.frames import Pyramid
+from live.frames import I420, Pyramid
 
 
 class PromptError(ValueError):
@@ -44,11 +44,12 @@ class Segmenter(Protocol):
     name: str
     settings: EngineSettings  # replaced between frames when a knob needs no new model
 
-    def step(self, frame_bgr: np.ndarray, pyramid: Pyramid | None = None) -> np.ndarray:
+    def step(self, frame: np.ndarray | I420 | Pyramid) -> np.ndarray:
         """Alpha in [0, 1], float32, HxW at the model's resolution, for this frame.
 
-        ``pyramid`` (the frame's shared smaller copies) spares an engine that
-        needs a small input its own resize; an engine may ignore it."""
+        ``frame``: a BGR image, an I420 picture, or the frame's ``Pyramid``. Its
+        shared smaller copies spare an engine that needs a small input its own
+        resize; one that needs the whole BGR frame takes ``Pyramid.of(frame).image``."""
 
     def reset(self) -> None:
         """Forget all temporal state (tracked objects, memories)."""

@@ -34,7 +34,7 @@ import numpy as np
 
 from live.checkpoints import require_sam2_checkpoint, sam2_config_name
 from live.config import EngineSettings
-from live.frames import Pyramid
+from live.frames import I420, Pyramid
 from live.segment import Prompt
 from live.segment.sam2_stream import StreamingSAM2
 from live.segment.selfie import SelfieSegmenter
@@ -118,22 +118,23 @@ class AutoPromptedSAM2:
             self.need_anchor = False
         self.stream.add_prompt(prompt)
 
-    def step(self, frame_bgr: np.ndarray, pyramid: Pyramid | None = None) -> np.ndarray:
+    def step(self, frame: np.ndarray | I420 | Pyramid) -> np.ndarray:
+        pyramid = Pyramid.of(frame)
         if self.mode == "user":
-            alpha = self.stream.step(frame_bgr)
+            alpha = self.stream.step(pyramid)
             if self.stream.restarts == self.restarts_seen:
                 return alpha
-            return self._stream_lost(alpha, self._person_mask(frame_bgr, pyramid))
-        person = self._person_mask(frame_bgr, pyramid)
+            return self._stream_lost(alpha, self._person_mask(pyramid))
+        person = self._person_mask(pyramid)
         self.last_person_fraction = float(person.mean())
         if self.need_anchor and self.last_person_fraction >= MIN_PERSON_FRACTION:
-            h, w = frame_bgr.shape[:2]
+            w, h = pyramid.size
             full = cv2.resize(person.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
             self.stream.add_prompt(Prompt(obj_id=AUTO_OBJ_ID, mask=full.astype(bool)))
             self.anchors[self.anchor_reason] += 1
             self.anchored_frames.append(self.stream.frame_idx + 1)
             self.disagree_streak = 0
-        alpha = self.stream.step(frame_bgr)
+        alpha = self.stream.step(pyramid)
         if self.stream.restarts != self.restarts_seen:
             return self._stream_lost(alpha, person)
         if AUTO_OBJ_ID in self.stream.obj_ids:
@@ -152,9 +153,9 @@ class AutoPromptedSAM2:
 
     # ------------------------------------------------------------------ decisions
 
-    def _person_mask(self, frame_bgr: np.ndarray, pyramid: Pyramid | None) -> np.ndarray:
+    def _person_mask(self, pyramid: Pyramid) -> np.ndarray:
         """The selfie model's person mask (bool, at its own resolution)."""
-        person = self.selfie.step(frame_bgr, pyramid) > 0.5
+        person = self.selfie.step(pyramid) > 0.5
         if self.settings.subjects == "main":
             person = largest_component(person)
         return person

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from live.config import SettingsError, check_engine_setting
-from live.frames import check_bgr
+from live.frames import I420, Pyramid, check_bgr
 from live.segment import Prompt, PromptError, gpu_device
 from live.segment.pil_resize import resize_like_pil
 
@@ -372,18 +372,18 @@ class StreamingSAM2:
         return self.obj_ids, self._to_video_res(torch.cat(preds, dim=0))
 
     @_locked
-    def step(self, frame_bgr: np.ndarray, pyramid: Any = None) -> np.ndarray:
+    def step(self, frame: np.ndarray | I420 | Pyramid) -> np.ndarray:
         """Alpha (union of all objects) at image_size x image_size, float32 in [0, 1].
 
-        ``pyramid`` is ignored: the input must be resized exactly as the
-        official predictor does (PIL, from the full frame) to match it bit for bit.
+        The input is the whole BGR frame, resized exactly as the official
+        predictor does (PIL, from the full frame) to match it bit for bit.
 
         The union is taken on the low-res logits (max over objects), upsampled
         bilinearly to image_size as the official high-res masks are, then put
         through a sigmoid: one interpolation whatever the object count, and soft
         edges the matte stage can feather.
         """
-        preds = self._advance(frame_bgr)
+        preds = self._advance(Pyramid.of(frame).image)
         with self._inference():
             return alpha_from_logits(preds, self.image_size)
 

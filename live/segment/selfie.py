@@ -32,7 +32,7 @@ import numpy as np
 
 from live.checkpoints import selfie_model_path
 from live.config import EngineSettings
-from live.frames import Pyramid
+from live.frames import I420, Pyramid
 from live.io import worker
 from live.segment import Prompt, PromptError
 from live.segment.tracks import Box, PersonTracks
@@ -197,7 +197,7 @@ class SelfieSegmenter:
 
     def _whole(self, pyramid: Pyramid, grid: tuple[int, int]) -> np.ndarray:
         """The model on the whole frame (stretched to its input, as MediaPipe does)."""
-        h, w = pyramid.image.shape[:2]
+        w, h = pyramid.size
         variant = pick_variant(self.settings.selfie_model, w, h)
         mh, mw = self._interpreter(variant).size
         self.last_variant = variant
@@ -215,7 +215,7 @@ class SelfieSegmenter:
         mapped back onto the crop's cells by the exact inverse of that cut, so the
         pixels a level holds beyond the cells are accounted for, not smeared.
         """
-        h, w = pyramid.image.shape[:2]
+        w, h = pyramid.size
         mh, mw = self._interpreter(variant).size
         x0, y0, x1, y1 = crop
         fx, fy = w / grid[0], h / grid[1]  # frame pixels per cell
@@ -237,10 +237,10 @@ class SelfieSegmenter:
                               flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                               borderMode=cv2.BORDER_REPLICATE)
 
-    def step(self, frame_bgr: np.ndarray, pyramid: Pyramid | None = None) -> np.ndarray:
+    def step(self, frame: np.ndarray | I420 | Pyramid) -> np.ndarray:
         """Alpha on the engine's output grid (``output_grid``), float32 in [0, 1]."""
-        pyramid = pyramid or Pyramid(frame_bgr)
-        h, w = frame_bgr.shape[:2]
+        pyramid = Pyramid.of(frame)
+        w, h = pyramid.size
         grid = output_grid(w, h)
         if grid != self._grid:
             self.reset()
@@ -248,7 +248,7 @@ class SelfieSegmenter:
         s = self.settings
         box = self.tracks.union() if s.selfie_crop else None
         plan = plan_crop(box, grid, s.selfie_model, self._motion) if box else None
-        gray = cv2.cvtColor(pyramid.shrunk(*grid), cv2.COLOR_BGR2GRAY).astype(np.float32)
+        gray = pyramid.gray(*grid)
         gray *= 1.0 / 255.0
         whole = None
         if plan is None or self._full_next or self._refresh_due(gray, plan[0]):

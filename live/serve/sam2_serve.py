@@ -55,6 +55,7 @@ from ray import serve
 from ray.serve.experimental.consistent_hash_router import ConsistentHashRouter
 
 from live.config import EngineSettings, Settings, SettingsError
+from live.frames import I420, Pyramid
 from live.segment import Prompt, PromptError
 from live.segment.sam2_batch import encode_batch
 from live.segment.sam2_stream import (StreamingSAM2, alpha_from_logits, build_model,
@@ -361,17 +362,17 @@ class RemoteStream:
         with self._lock:
             self._pending.append(prompt)
 
-    def step(self, frame_bgr: np.ndarray, pyramid: Any = None) -> np.ndarray:
+    def step(self, frame: np.ndarray | I420 | Pyramid) -> np.ndarray:
         """Alpha at image_size x image_size, as ``StreamingSAM2.step``; zeros (and one
         more restart) when the replica lost the memory bank."""
-        frame = resize_frame(frame_bgr, self.image_size)
+        resized = resize_frame(Pyramid.of(frame).image, self.image_size)
         with self._lock:
-            self._video_hw = frame.video_hw
+            self._video_hw = resized.video_hw
             prompts, self._pending = self._pending, []
             fresh = self._frame_idx < 0  # no replica holds a memory bank of ours
         t0 = time.perf_counter()
         try:
-            reply = self._step.remote(self.session, frame, prompts, fresh).result(
+            reply = self._step.remote(self.session, resized, prompts, fresh).result(
                 timeout_s=CALL_TIMEOUT_S)
         except Exception as exc:  # the replica died, or is gone from the ring, or hangs
             log.warning("SAM 2 replica call failed (%s): re-anchoring", type(exc).__name__)
