@@ -1,0 +1,125 @@
+"""A WebRTC session's per-frame work, without the network: decode → picture →
+segment, matte, composite → encoder frame → encode, in both layouts.
+
+    python -m bench.media_path [--size 1280x720] [--frames 300] [--background blur]
+
+``bgr``: the decoded frame converted to BGR for the pipeline and back to I420
+for the encoder (the path before 2026-11-30). ``i420``: the decoder's I420
+picture through the whole pipeline, as ``TrackSource`` now reads it. The two
+paths take turns frame by frame in one process (a burst of load on the
+machine hits both alike), each with its own processor, decoder and encoder,
+on the packets of a real clip encoded once as a browser would send it (VP8,
+2.5 Mbps). Times are this thread's CPU time (``time.thread_time``), the
+server's cost per processed frame minus aiortc's RTP and SRTP work. Prints
+one JSON object as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any, Callable
+
+import cv2  # noqa: F401  (before av: the other order can make OpenCV spin, PyAV #978)
+import av
+import numpy as np
+
+from bench import DATA, report
+from bench.quality import clip_frames
+from live.config import Settings, parse_background
+from live.frames import I420, Frame
+from live.io.webrtc import encoder_frame
+from live.pipeline import FrameProcessor
+
+STAGES = ("decode", "picture", "process", "encoder_frame", "encode")
+
+
+def browser_packets(frames: list[np.ndarray], bitrate: int = 2_500_000) -> list[bytes]:
+    """The frames as a browser's VP8 sender would send them (realtime, no lag)."""
+    enc = av.CodecContext.create("libvpx", "w")
+    h, w = frames[0].shape[:2]
+    enc.width, enc.height, enc.bit_rate, enc.pix_fmt = w, h, bitrate, "yuv420p"
+    enc.options = {"deadline": "realtime", "cpu-used": "-8", "lag-in-frames": "0"}
+    packets = []
+    for i, f in enumerate(frames):
+        vf = av.VideoFrame.from_ndarray(I420.from_bgr(f).buffer, format="yuv420p")
+        vf.pts = i
+        packets.extend(bytes(p) for p in enc.encode(vf))
+    return packets
+
+
+class Path:
+    """One session's frame path in one layout, each stage timed in thread CPU time."""
+
+    def __init__(self, layout: str, settings: Settings, size: tuple[int, int]):
+        from live.io.rtc_media import VP8_OPTIONS
+
+        self.layout = layout
+        self.processor = FrameProcessor(settings)
+        self.processor.segmenter.load(*size)
+        self.decoder = av.CodecContext.create("libvpx", "r")
+        self.encoder = av.CodecContext.create("libvpx", "w")
+        self.encoder.width, self.encoder.height = size
+        self.encoder.bit_rate, self.encoder.pix_fmt = 2_500_000, "yuv420p"
+        self.encoder.options = {"deadline": "realtime", "lag-in-frames": "0", **VP8_OPTIONS}
+        self.ms: dict[str, list[float]] = {s: [] for s in STAGES}
+        self.index = 0
+
+    def _timed(self, stage: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.thread_time()
+        out = fn()
+        self.ms[stage].append((time.thread_time() - t0) * 1e3)
+        return out
+
+    def frame(self, packet: bytes) -> None:
+        (vf,) = self._timed("decode", lambda: self.decoder.decode(av.Packet(packet)))
+        if self.layout == "i420":
+            image = self._timed("picture", lambda: I420(vf.to_ndarray(), vf.width, vf.height))
+        else:
+            image = self._timed("picture", lambda: vf.to_ndarray(format="bgr24"))
+        frame = Frame(image, self.index, self.index / 30)
+        self.index += 1
+        result = self._timed("process", lambda: self.processor.process(frame))
+        out = self._timed("encoder_frame", lambda: encoder_frame(result.image))
+        out.pts = frame.index
+        self._timed("encode", lambda: [bytes(p) for p in self.encoder.encode(out)])
+
+    def summary(self, skip: int) -> dict[str, Any]:
+        per = {s: round(float(np.median(v[skip:])), 3) for s, v in self.ms.items()}
+        total = np.sum([v[skip:] for v in self.ms.values()], axis=0)
+        return {"stage_cpu_ms_p50": per, "cpu_ms_per_frame_p50": round(float(np.median(total)), 3),
+                "cpu_ms_per_frame_mean": round(float(np.mean(total)), 3)}
+
+
+def measure() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", default="1280x720")
+    parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--background", default="blur")
+    args = parser.parse_args()
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    clip = [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in clip_frames(DATA, 90)]
+    packets = browser_packets(clip)
+    settings = Settings().merged({"engine": {"name": "selfie"},
+                                  "background": parse_background(args.background)})
+    from live.io.worker import limit_threads
+
+    limit_threads(1)  # as a server worker runs its sessions (server.worker_threads)
+    paths = {layout: Path(layout, settings, (w, h)) for layout in ("bgr", "i420")}
+    for i in range(args.frames):
+        for layout in (("bgr", "i420") if i % 2 else ("i420", "bgr")):
+            paths[layout].frame(packets[i % len(packets)])
+    skip = min(30, args.frames // 4)  # model load and first allocations
+    out: dict[str, Any] = {"width": w, "height": h, "frames": args.frames,
+                           "background": settings.background.mode}
+    for layout, path in paths.items():
+        out[layout] = path.summary(skip)
+    out["i420_over_bgr"] = round(out["i420"]["cpu_ms_per_frame_p50"]
+                                 / out["bgr"]["cpu_ms_per_frame_p50"], 3)
+    out["saved_ms_p50"] = round(out["bgr"]["cpu_ms_per_frame_p50"]
+                                - out["i420"]["cpu_ms_per_frame_p50"], 3)
+    return out
+
+
+if __name__ == "__main__":
+    report(measure)
