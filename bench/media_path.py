@@ -9,14 +9,17 @@ picture through the whole pipeline, as ``TrackSource`` now reads it. The two
 paths take turns frame by frame in one process (a burst of load on the
 machine hits both alike), each with its own processor, decoder and encoder,
 on the packets of a real clip encoded once as a browser would send it (VP8,
-2.5 Mbps). Times are this thread's CPU time (``time.thread_time``), the
-server's cost per processed frame minus aiortc's RTP and SRTP work. Prints
-one JSON object as its last line.
+2.5 Mbps). The encoder is aiortc's own, set up as ``live serve`` sets it up
+(``fast_encoders``, ``bound_encoders``: its return-video bitrate). Times are
+this thread's CPU time (``time.thread_time``): the server's cost per
+processed frame minus aiortc's RTP and SRTP work. Prints one JSON object as
+its last line.
 """
 
 from __future__ import annotations
 
 import argparse
+import fractions
 import time
 from typing import Any, Callable
 
@@ -52,16 +55,15 @@ class Path:
     """One session's frame path in one layout, each stage timed in thread CPU time."""
 
     def __init__(self, layout: str, settings: Settings, size: tuple[int, int]):
-        from live.io.rtc_media import VP8_OPTIONS
+        from aiortc.codecs import get_encoder
+        from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
         self.layout = layout
         self.processor = FrameProcessor(settings)
         self.processor.segmenter.load(*size)
         self.decoder = av.CodecContext.create("libvpx", "r")
-        self.encoder = av.CodecContext.create("libvpx", "w")
-        self.encoder.width, self.encoder.height = size
-        self.encoder.bit_rate, self.encoder.pix_fmt = 2_500_000, "yuv420p"
-        self.encoder.options = {"deadline": "realtime", "lag-in-frames": "0", **VP8_OPTIONS}
+        self.encoder = get_encoder(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90_000,
+                                                         payloadType=96))
         self.ms: dict[str, list[float]] = {s: [] for s in STAGES}
         self.index = 0
 
@@ -81,8 +83,8 @@ class Path:
         self.index += 1
         result = self._timed("process", lambda: self.processor.process(frame))
         out = self._timed("encoder_frame", lambda: encoder_frame(result.image))
-        out.pts = frame.index
-        self._timed("encode", lambda: [bytes(p) for p in self.encoder.encode(out)])
+        out.pts, out.time_base = frame.index * 3000, fractions.Fraction(1, 90_000)
+        self._timed("encode", lambda: self.encoder.encode(out))
 
     def summary(self, skip: int) -> dict[str, Any]:
         per = {s: round(float(np.median(v[skip:])), 3) for s, v in self.ms.items()}
@@ -102,9 +104,12 @@ def measure() -> dict:
     packets = browser_packets(clip)
     settings = Settings().merged({"engine": {"name": "selfie"},
                                   "background": parse_background(args.background)})
+    from live.io.rtc_media import bound_encoders, fast_encoders
     from live.io.worker import limit_threads
 
     limit_threads(1)  # as a server worker runs its sessions (server.worker_threads)
+    fast_encoders()
+    bound_encoders(settings.webrtc)
     paths = {layout: Path(layout, settings, (w, h)) for layout in ("bgr", "i420")}
     for i in range(args.frames):
         for layout in (("bgr", "i420") if i % 2 else ("i420", "bgr")):

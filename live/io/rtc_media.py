@@ -14,8 +14,9 @@ WebRTC applications widen both with the same tools, gathered here:
   ``x-google-min/start/max-bitrate`` on each video codec: Chrome's sender starts
   at the ceiling and never estimates below the floor, so the resolution holds
   (``tune_answer``); the page adds its own sender limits (web_client/app.js);
-* aiortc's encoders start at the ceiling and follow the browser's REMB only
-  between floor and ceiling (``bound_encoders``);
+* aiortc's encoders start at the return video's ceiling (60 % of the
+  camera's by default: the composited picture needs fewer bits) and follow the
+  browser's REMB only between floor and that ceiling (``bound_encoders``);
 * its H.264 encoder runs x264 at a realtime preset rather than x264's default
   (a quarter of the CPU, same PSNR), its VP8 encoder libvpx at a faster speed
   without the denoiser (two thirds of the CPU, no lower PSNR): ``fast_encoders``.
@@ -100,8 +101,8 @@ def tune_answer(answer_sdp: str, rtc: WebRTCSettings) -> str:
 
 
 def bound_encoders(rtc: WebRTCSettings) -> None:
-    """aiortc's VP8 and H.264 encoders: start at the ceiling, follow REMB between
-    floor and ceiling.
+    """aiortc's VP8 and H.264 encoders: start at the return video's ceiling, follow
+    REMB between floor and that ceiling.
 
     aiortc has no per-sender API for this (its maintainer, aiortc#402): the
     codec modules' constants are the knob, so the bounds hold for the whole
@@ -110,9 +111,10 @@ def bound_encoders(rtc: WebRTCSettings) -> None:
     from aiortc.codecs import h264, vpx
 
     rtc = rtc.resolved()
+    back = rtc.return_bitrate_kbps * 1000  # type: ignore[operator]
     for module in (vpx, h264):
-        module.MIN_BITRATE = rtc.min_bitrate_kbps * 1000
-        module.MAX_BITRATE = module.DEFAULT_BITRATE = rtc.max_bitrate_kbps * 1000
+        module.MIN_BITRATE = min(rtc.min_bitrate_kbps * 1000, back)  # type: ignore[operator]
+        module.MAX_BITRATE = module.DEFAULT_BITRATE = back
 
 
 #: x264's preset for the video sent back. aiortc leaves x264 at its default,
