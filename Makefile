@@ -67,6 +67,7 @@ bench: $(STAMP) models browser cluster
 	$(PY) -m bench.browser
 	$(PY) -m bench.overload
 	$(PY) -m bench.capacity
+	$(PY) -m bench.media_path
 	$(PY) -m bench.stream
 	$(PY) -m bench.stream --sessions 4
 	$(PY) -m bench.stream --serve 4

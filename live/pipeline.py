@@ -101,7 +101,7 @@ class StageTimes:
 
 @dataclass
 class Processed:
-    image: np.ndarray
+    image: np.ndarray | I420  # in the frame's layout (BGRA in transparent mode)
     alpha: np.ndarray
     frame: Frame
     timings: dict[str, float] = field(default_factory=dict)

@@ -22,14 +22,17 @@ def encoder_frame(image: np.ndarray | I420) -> av.VideoFrame:
     """``image`` (I420, or BGR/BGRA) as the I420 frame both of aiortc's encoders take as is.
 
     A browser's frames stay I420 through the pipeline and go out as they are,
-    the frame wrapping the picture's buffer (a fresh one per frame; a copy
-    cost 0.18 ms at 720p). A BGR picture is converted by OpenCV: handing BGR to the encoders made
-    each convert with swscale, 3.9 ms per 1280x720 frame here against 0.7 ms
-    (1.5 vs 0.2 ms at 640x480), same BT.601 limited-range matrix. I420 needs
-    an even size; an odd one (never from a browser) keeps the old path.
+    copied into the frame (0.18 ms at 720p). Wrapping the buffer instead
+    (``VideoFrame.from_numpy_buffer``) added a frame of latency in Chromium
+    (glass to glass +33 ms p50 in ``bench.browser``, none with an aiortc
+    receiver; the cause was not found), so it is not used. A BGR picture is
+    converted by OpenCV: handing BGR to the encoders made each convert with
+    swscale, 3.9 ms per 1280x720 frame here against 0.7 ms (1.5 vs 0.2 ms at
+    640x480), same BT.601 limited-range matrix. I420 needs an even size; an
+    odd one (never from a browser) keeps the old path.
     """
     if isinstance(image, I420):
-        return av.VideoFrame.from_numpy_buffer(image.buffer, format="yuv420p")
+        return av.VideoFrame.from_ndarray(image.buffer, format="yuv420p")
     bgr = flatten_alpha(image)
     h, w = bgr.shape[:2]
     if h % 2 or w % 2:
