@@ -230,7 +230,8 @@ class WebRTCSettings:
     max_height: int = _f(720, "tallest video asked of the browser's camera and sent back",
                          lo=90, hi=2160)
     max_bitrate_kbps: int | None = _f(
-        None, "video bitrate ceiling each way; lower it for a slow link (default: sized to "
+        None, "bitrate ceiling of the browser's camera video (the video sent back: "
+        "return_bitrate_kbps); lower it for a slow link (default: sized to "
         "max_width x max_height, 0.09 bits per pixel at 30 fps: 2488 at 1280x720)",
         lo=100, hi=50_000)
     min_bitrate_kbps: int | None = _f(
