@@ -149,6 +149,7 @@ class Pyramid:
         self.height, self.width = image.shape[:2]
         self._halvings = [image]
         self._shrunk: dict[tuple[int, int], np.ndarray] = {}
+        self._gray: dict[tuple[int, int], np.ndarray] = {}
 
     @staticmethod
     def of(frame: "np.ndarray | I420 | Pyramid") -> "Pyramid":
@@ -188,7 +189,15 @@ class Pyramid:
         return k
 
     def gray(self, width: int, height: int) -> np.ndarray:
-        """The luminance at width x height: float32, OpenCV's BGR2GRAY scale (0-255)."""
+        """The luminance at width x height: float32, OpenCV's BGR2GRAY scale (0-255).
+        Made once (the selfie engine and the matte both want it), read-only."""
+        key = (width, height)
+        if key not in self._gray:
+            self._gray[key] = self._luminance(width, height)
+            self._gray[key].flags.writeable = False
+        return self._gray[key]
+
+    def _luminance(self, width: int, height: int) -> np.ndarray:
         return cv2.cvtColor(self.shrunk(width, height), cv2.COLOR_BGR2GRAY).astype(np.float32)
 
     @property
@@ -223,6 +232,7 @@ class I420Pyramid(Pyramid):
         self._planes = [picture.planes]
         self._bgr: dict[int, np.ndarray] = {}
         self._shrunk = {}
+        self._gray = {}
 
     @property  # type: ignore[override]
     def image(self) -> np.ndarray:
@@ -248,7 +258,7 @@ class I420Pyramid(Pyramid):
                 self._bgr[times] = halve(self.halved(times - 1))
         return self._bgr[times]
 
-    def gray(self, width: int, height: int) -> np.ndarray:
+    def _luminance(self, width: int, height: int) -> np.ndarray:
         y = _bilinear(self.planes(self._level_for(width, height))[0], width, height)
         return (y.astype(np.float32) - 16.0) * np.float32(255.0 / 219.0)
 
@@ -263,8 +273,9 @@ class I420Pyramid(Pyramid):
         """An odd-sized ``small`` is padded by a pixel for its chroma planes: a
         stretch of one small pixel in the chroma, on a blurred background."""
         sh, sw = small.shape[:2]
-        even = cv2.copyMakeBorder(small, 0, sh % 2, 0, sw % 2, cv2.BORDER_REPLICATE)
-        yuv = I420.from_bgr(even)
+        if sh % 2 or sw % 2:
+            small = cv2.copyMakeBorder(small, 0, sh % 2, 0, sw % 2, cv2.BORDER_REPLICATE)
+        yuv = I420.from_bgr(small)
         out = I420.empty(self.width, self.height)
         for src, dst in ((yuv.y[:sh, :sw], out.y), (yuv.u, out.u), (yuv.v, out.v)):
             cv2.resize(src, dst.shape[::-1], dst=dst, interpolation=cv2.INTER_LINEAR)

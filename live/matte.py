@@ -336,8 +336,7 @@ class Matte:
         # The guide is the luminance of the frame shrunk to the grid (a small image: the
         # full-resolution luminance is only ever computed inside the person boxes). With
         # the default grid it is the selfie model's input, already made.
-        guide = frame.gray(gw, gh)
-        guide *= 1.0 / 255.0
+        guide = frame.gray(gw, gh) * (1.0 / 255.0)
         temporal_guide = None
         if s.smoothing == "adaptive" and s.adaptive_motion > 0:
             temporal_guide = guide if guide.shape == alpha.shape else \

@@ -248,8 +248,7 @@ class SelfieSegmenter:
         s = self.settings
         box = self.tracks.union() if s.selfie_crop else None
         plan = plan_crop(box, grid, s.selfie_model, self._motion) if box else None
-        gray = pyramid.gray(*grid)
-        gray *= 1.0 / 255.0
+        gray = pyramid.gray(*grid) * (1.0 / 255.0)
         whole = None
         if plan is None or self._full_next or self._refresh_due(gray, plan[0]):
             whole = self._whole(pyramid, grid)
