@@ -2,6 +2,7 @@
 segment, matte, composite → encoder frame → encode, in both layouts.
 
     python -m bench.media_path [--size 1280x720] [--frames 300] [--background blur]
+                               [--return-kbps 2488,1493]
 
 ``bgr``: the decoded frame converted to BGR for the pipeline and back to I420
 for the encoder (the path before 2026-11-30). ``i420``: the decoder's I420
@@ -12,8 +13,13 @@ on the packets of a real clip encoded once as a browser would send it (VP8,
 2.5 Mbps). The encoder is aiortc's own, set up as ``live serve`` sets it up
 (``fast_encoders``, ``bound_encoders``: its return-video bitrate). Times are
 this thread's CPU time (``time.thread_time``): the server's cost per
-processed frame minus aiortc's RTP and SRTP work. Prints one JSON object as
-its last line.
+processed frame minus aiortc's RTP and SRTP work. Each path also reports
+what it sends: its bitrate, its largest frame, and the PSNR of the luma a
+receiver decodes against the composited picture.
+
+``--return-kbps A,B``: the I420 path at each return-video ceiling instead
+(``webrtc.return_bitrate_kbps``), interleaved the same way. Prints one JSON
+object as its last line.
 """
 
 from __future__ import annotations
@@ -51,8 +57,11 @@ def browser_packets(frames: list[np.ndarray], bitrate: int = 2_500_000) -> list[
     return packets
 
 
-class Path:
-    """One session's frame path in one layout, each stage timed in thread CPU time."""
+class FramePath:
+    """One session's frame path in one layout, each stage timed in thread CPU time.
+
+    The encoder is made with aiortc's encoder bounds as they are when this is
+    built (``bound_encoders``)."""
 
     def __init__(self, layout: str, settings: Settings, size: tuple[int, int]):
         from aiortc.codecs import get_encoder
@@ -64,7 +73,10 @@ class Path:
         self.decoder = av.CodecContext.create("libvpx", "r")
         self.encoder = get_encoder(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90_000,
                                                          payloadType=96))
+        self.receiver = av.CodecContext.create("libvpx", "r")  # what the page would decode
         self.ms: dict[str, list[float]] = {s: [] for s in STAGES}
+        self.sent: list[int] = []  # bytes per frame
+        self.psnr: list[float] = []
         self.index = 0
 
     def _timed(self, stage: str, fn: Callable[[], Any]) -> Any:
@@ -84,13 +96,28 @@ class Path:
         result = self._timed("process", lambda: self.processor.process(frame))
         out = self._timed("encoder_frame", lambda: encoder_frame(result.image))
         out.pts, out.time_base = frame.index * 3000, fractions.Fraction(1, 90_000)
-        self._timed("encode", lambda: self.encoder.encode(out))
+        payloads, _ = self._timed("encode", lambda: self.encoder.encode(out))
+        self._received(payloads, result.image)
+
+    def _received(self, payloads: list[bytes], shown: np.ndarray | I420) -> None:
+        """Bytes sent, and the decoded luma's PSNR against the picture that was sent."""
+        from aiortc.codecs.vpx import VpxPayloadDescriptor
+
+        data = b"".join(VpxPayloadDescriptor.parse(p)[1] for p in payloads)
+        self.sent.append(len(data))
+        luma = shown.y if isinstance(shown, I420) else I420.from_bgr(shown).y
+        for vf in self.receiver.decode(av.Packet(data)):
+            err = np.mean((vf.to_ndarray()[:vf.height].astype(np.float32) - luma) ** 2)
+            self.psnr.append(10 * np.log10(255.0 ** 2 / max(float(err), 1e-9)))
 
     def summary(self, skip: int) -> dict[str, Any]:
         per = {s: round(float(np.median(v[skip:])), 3) for s, v in self.ms.items()}
         total = np.sum([v[skip:] for v in self.ms.values()], axis=0)
         return {"stage_cpu_ms_p50": per, "cpu_ms_per_frame_p50": round(float(np.median(total)), 3),
-                "cpu_ms_per_frame_mean": round(float(np.mean(total)), 3)}
+                "cpu_ms_per_frame_mean": round(float(np.mean(total)), 3),
+                "sent_kbps": round(float(np.mean(self.sent[skip:])) * 8 * 30 / 1000),
+                "max_frame_kb": round(max(self.sent[skip:]) / 1000, 1),
+                "psnr_y_db": round(float(np.mean(self.psnr[skip:])), 2)}
 
 
 def measure() -> dict:
@@ -98,6 +125,9 @@ def measure() -> dict:
     parser.add_argument("--size", default="1280x720")
     parser.add_argument("--frames", type=int, default=300)
     parser.add_argument("--background", default="blur")
+    parser.add_argument("--return-kbps", default=None,
+                        help="compare the I420 path at these return-video ceilings, e.g. "
+                        "2488,1493 (default: BGR against I420 at the setting's default)")
     args = parser.parse_args()
     w, h = (int(v) for v in args.size.lower().split("x"))
     clip = [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in clip_frames(DATA, 90)]
@@ -109,20 +139,27 @@ def measure() -> dict:
 
     limit_threads(1)  # as a server worker runs its sessions (server.worker_threads)
     fast_encoders()
-    bound_encoders(settings.webrtc)
-    paths = {layout: Path(layout, settings, (w, h)) for layout in ("bgr", "i420")}
-    for i in range(args.frames):
-        for layout in (("bgr", "i420") if i % 2 else ("i420", "bgr")):
-            paths[layout].frame(packets[i % len(packets)])
+    paths: dict[str, FramePath] = {}
+    if args.return_kbps:
+        for kbps in args.return_kbps.split(","):
+            bound_encoders(settings.merged({"webrtc": {"return_bitrate_kbps": int(kbps)}}).webrtc)
+            paths[f"i420_{kbps}kbps"] = FramePath("i420", settings, (w, h))
+    else:
+        bound_encoders(settings.webrtc)
+        paths = {layout: FramePath(layout, settings, (w, h)) for layout in ("bgr", "i420")}
+    names = list(paths)
+    for i in range(args.frames):  # take turns, the first one alternating
+        for name in (names if i % 2 else names[::-1]):
+            paths[name].frame(packets[i % len(packets)])
     skip = min(30, args.frames // 4)  # model load and first allocations
     out: dict[str, Any] = {"width": w, "height": h, "frames": args.frames,
                            "background": settings.background.mode}
-    for layout, path in paths.items():
-        out[layout] = path.summary(skip)
-    out["i420_over_bgr"] = round(out["i420"]["cpu_ms_per_frame_p50"]
-                                 / out["bgr"]["cpu_ms_per_frame_p50"], 3)
-    out["saved_ms_p50"] = round(out["bgr"]["cpu_ms_per_frame_p50"]
-                                - out["i420"]["cpu_ms_per_frame_p50"], 3)
+    for name, path in paths.items():
+        out[name] = path.summary(skip)
+    first, last = out[names[0]], out[names[-1]]
+    out[f"{names[-1]}_over_{names[0]}"] = round(last["cpu_ms_per_frame_p50"]
+                                                / first["cpu_ms_per_frame_p50"], 3)
+    out["saved_ms_p50"] = round(first["cpu_ms_per_frame_p50"] - last["cpu_ms_per_frame_p50"], 3)
     return out
 
 

@@ -1,7 +1,8 @@
 """Matte quality on DAVIS: does our matte beat the peers' recipes?
 
 ``python -m bench.quality [--data DIR] [--engine selfie] [--out DIR]
-[--sequences a,b] [--max-frames N] [--subjects all|main] [--timing-frames N]``
+[--sequences a,b] [--max-frames N] [--subjects all|main] [--timing-frames N]
+[--layout bgr|i420]``
 
 Every ``davis-*`` folder under the data directory (``frames/*.jpg`` plus a
 ground-truth ``masks/*.png`` for every frame) is run through one segmenter;
@@ -20,7 +21,9 @@ the picture stood still; no ground truth needed, so it is also counted on
 every video in ``clips/``). Every sequence is measured with both subjects
 modes (``all``: everyone the engine finds; ``main``: the main subject only,
 which is what the DAVIS ground truth marks) from one pass of the engine;
-``rows`` holds one flat row per sequence, mode and method. Speed: median ms of the matte and
+``rows`` holds one flat row per sequence, mode and method. ``--layout i420`` feeds
+the engine and the recipes each frame as the I420 picture a browser sends
+(the ground truth, dropouts and pictures stay on the BGR frames). Speed: median ms of the matte and
 of the compositor per background mode at 1280x720. The last stdout line is
 one JSON object; PNG plots go to ``--out``.
 """
@@ -40,7 +43,7 @@ import numpy as np
 from bench import DATA, load_frames, report
 from bench.data import load_davis
 from live.config import EngineSettings, MatteSettings
-from live.frames import Pyramid
+from live.frames import I420, Pyramid
 from live.matte import Matte
 from live.segment.auto_prompt import mask_iou
 from live.segment.selfie import output_grid
@@ -421,32 +424,35 @@ def plot_curves(out: Path, seq: str, series: dict[str, dict[str, list]]) -> None
 # ---------------------------------------------------------------- main
 
 def evaluate_sequence(seq: Path, segmenter, max_frames: int | None, out: Path | None,
-                      n_examples: int = 3) -> dict[str, dict]:
+                      n_examples: int = 3, layout: str = "bgr") -> dict[str, dict]:
     """{subjects mode: {method: {metric: mean over the frames}}} for one sequence.
 
     The engine runs once; each subjects mode then selects from the same alphas."""
     clip = load_davis(seq, max_frames)
     frames, gts = clip.frames, clip.masks
+    inputs = [I420.from_bgr(f) for f in frames] if layout == "i420" else frames
     segmenter.reset()
-    engine_out = [segmenter.step(f) for f in frames]
+    engine_out = [segmenter.step(f) for f in inputs]
     result = {}
     for subjects in SUBJECTS:
         selector = SubjectSelector(subjects)  # the pipeline's step between segment and matte
         lows = [selector.apply(a) for a in engine_out]
         result[subjects] = evaluate_methods(
-            seq.name, frames, gts, lows, out if subjects == "all" else None, n_examples)
+            seq.name, frames, gts, lows, out if subjects == "all" else None, n_examples, inputs)
     return result
 
 
 def evaluate_methods(name: str, frames: list[np.ndarray], gts: list[np.ndarray],
-                     lows: list[np.ndarray], out: Path | None, n_examples: int) -> dict:
-    """Every method on the same low-resolution alphas: {method: {metric: value}}."""
+                     lows: list[np.ndarray], out: Path | None, n_examples: int,
+                     inputs: list | None = None) -> dict:
+    """Every method on the same low-resolution alphas: {method: {metric: value}}.
+    ``inputs``: the frames as the methods get them (default ``frames``)."""
     example_at = set(np.linspace(len(frames) // 4, len(frames) - 1, n_examples).astype(int))
     series, outputs, table = {}, {}, {}
     for method_name, make in make_methods().items():
         method = make()
         method.reset()
-        outputs[method_name] = [method.apply(low, f) for low, f in zip(lows, frames)]
+        outputs[method_name] = [method.apply(low, f) for low, f in zip(lows, inputs or frames)]
         series[method_name] = sequence_metrics(outputs[method_name], gts)
         table[method_name] = {m: mean_defined(series[method_name][m]) for m in METRICS
                               if m != "dropouts"}
@@ -502,6 +508,9 @@ def measure(argv: list[str] | None = None) -> dict:
                         "is applied before every method alike)")
     parser.add_argument("--timing-frames", type=int, default=60,
                         help="1280x720 frames in each speed measurement")
+    parser.add_argument("--layout", choices=("bgr", "i420"), default="bgr",
+                        help="the frames as a camera or file gives them (bgr) or as a browser "
+                        "peer's decoder does (i420)")
     args = parser.parse_args(argv)
 
     from live.segment import create_segmenter
@@ -512,7 +521,8 @@ def measure(argv: list[str] | None = None) -> dict:
     by_subjects: dict[str, dict] = {mode: {"sequences": {}} for mode in SUBJECTS}
     rows = []
     for seq in seqs:
-        for mode, table in evaluate_sequence(seq, segmenter, args.max_frames, args.out).items():
+        for mode, table in evaluate_sequence(seq, segmenter, args.max_frames, args.out,
+                                             layout=args.layout).items():
             by_subjects[mode]["sequences"][seq.name] = table
             for method, r in table.items():
                 rows.append({"sequence": seq.name, "subjects": mode, "method": method, **r})
@@ -528,7 +538,7 @@ def measure(argv: list[str] | None = None) -> dict:
         res["live_flicker_vs_raw"] = {s: per_seq[s]["live"]["flicker"] / per_seq[s]["raw"]["flicker"]
                                       for s in per_seq}
     primary = by_subjects[args.subjects]
-    result = {"engine": args.engine, "subjects": args.subjects,
+    result = {"engine": args.engine, "subjects": args.subjects, "layout": args.layout,
               "sequences": primary["sequences"], "mean": primary["mean"],
               "by_subjects": by_subjects, "rows": rows,
               "clips_dropouts": clip_dropouts(args.data, segmenter, args.max_frames)}

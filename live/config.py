@@ -238,10 +238,10 @@ class WebRTCSettings:
         None, "video bitrate floor each way: the bandwidth estimate never goes below it, so "
         "the resolution holds (default: 40 % of the ceiling)", lo=50, hi=50_000)
     # The processed picture needs fewer bits than the camera's: its background is
-    # blurred or still. On real clips composited at 1280x720 (VP8, 2026-11-30),
-    # 1.5 Mbps gave 48.0 dB PSNR against the composited frames, 2.5 Mbps 49.8 (the
-    # raw camera at 2.5: 44.5), for 0.5 ms less encoding a frame and smaller frames
-    # on the wire (10 KB at most against 15).
+    # blurred or still. `python -m bench.media_path --return-kbps 2488,1493`
+    # (2026-11-30, 1280x720 VP8): 49.5 dB PSNR against the composited frames at
+    # 1.5 Mbps, 51.1 at 2.5 (the raw camera at 2.5: 44.5), for 0.44 ms less
+    # encoding a frame and smaller frames on the wire (16 KB at most against 25).
     return_bitrate_kbps: int | None = _f(
         None, "bitrate ceiling of the processed video sent back (default: 60 % of the "
         "ceiling, never under the floor: 1493 at 1280x720)", lo=100, hi=50_000)
