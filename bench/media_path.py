@@ -2,7 +2,7 @@
 segment, matte, composite → encoder frame → encode, in both layouts.
 
     python -m bench.media_path [--size 1280x720] [--frames 300] [--background blur]
-                               [--return-kbps 2488,1493]
+                               [--return-kbps 2488,1493] [--static-thresh 1,250]
 
 ``bgr``: the decoded frame converted to BGR for the pipeline and back to I420
 for the encoder (the path before 2026-11-30). ``i420``: the decoder's I420
@@ -18,8 +18,10 @@ what it sends: its bitrate, its largest frame, and the PSNR of the luma a
 receiver decodes against the composited picture.
 
 ``--return-kbps A,B``: the I420 path at each return-video ceiling instead
-(``webrtc.return_bitrate_kbps``), interleaved the same way. Prints one JSON
-object as its last line.
+(``webrtc.return_bitrate_kbps``), interleaved the same way.
+``--static-thresh A,B``: the I420 path with libvpx's static threshold at each
+value (``VP8_OPTIONS``; aiortc's own is 1), interleaved the same way. Prints
+one JSON object as its last line.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from __future__ import annotations
 import argparse
 import fractions
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import cv2  # noqa: F401  (before av: the other order can make OpenCV spin, PyAV #978)
 import av
 import numpy as np
 
-from bench import DATA, report
+from bench import DATA, load_frames, report
 from bench.quality import clip_frames
 from live.config import Settings, parse_background
 from live.frames import I420, Frame
@@ -63,16 +66,21 @@ class FramePath:
     The encoder is made with aiortc's encoder bounds as they are when this is
     built (``bound_encoders``)."""
 
-    def __init__(self, layout: str, settings: Settings, size: tuple[int, int]):
+    def __init__(self, layout: str, settings: Settings, size: tuple[int, int],
+                 vp8_options: dict[str, str] | None = None):
         from aiortc.codecs import get_encoder
+        from aiortc.codecs.vpx import Vp8Encoder
         from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+        from live.io.rtc_media import with_options
 
         self.layout = layout
         self.processor = FrameProcessor(settings)
         self.processor.segmenter.load(*size)
         self.decoder = av.CodecContext.create("libvpx", "r")
         self.encoder = get_encoder(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90_000,
-                                                         payloadType=96))
+                                                         payloadType=96)) \
+            if vp8_options is None else with_options(Vp8Encoder, vp8_options)()
         self.receiver = av.CodecContext.create("libvpx", "r")  # what the page would decode
         self.ms: dict[str, list[float]] = {s: [] for s in STAGES}
         self.sent: list[int] = []  # bytes per frame
@@ -128,13 +136,24 @@ def measure() -> dict:
     parser.add_argument("--return-kbps", default=None,
                         help="compare the I420 path at these return-video ceilings, e.g. "
                         "2488,1493 (default: BGR against I420 at the setting's default)")
+    parser.add_argument("--clip", default=None,
+                        help="a video file, or a name in the data's clips/ (default: "
+                        "06_pingpong.mp4)")
+    parser.add_argument("--static-thresh", default=None,
+                        help="compare the I420 path at these libvpx static thresholds, e.g. "
+                        "1,250")
     args = parser.parse_args()
     w, h = (int(v) for v in args.size.lower().split("x"))
-    clip = [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA) for f in clip_frames(DATA, 90)]
+    if args.clip:
+        path = Path(args.clip) if Path(args.clip).is_file() else DATA / "clips" / args.clip
+        clip = load_frames(path, 90, (w, h))
+    else:
+        clip = [cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA)
+                for f in clip_frames(DATA, 90)]
     packets = browser_packets(clip)
     settings = Settings().merged({"engine": {"name": "selfie"},
                                   "background": parse_background(args.background)})
-    from live.io.rtc_media import bound_encoders, fast_encoders
+    from live.io.rtc_media import VP8_OPTIONS, bound_encoders, fast_encoders
     from live.io.worker import limit_threads
 
     limit_threads(1)  # as a server worker runs its sessions (server.worker_threads)
@@ -144,6 +163,11 @@ def measure() -> dict:
         for kbps in args.return_kbps.split(","):
             bound_encoders(settings.merged({"webrtc": {"return_bitrate_kbps": int(kbps)}}).webrtc)
             paths[f"i420_{kbps}kbps"] = FramePath("i420", settings, (w, h))
+    elif args.static_thresh:
+        bound_encoders(settings.webrtc)
+        for value in args.static_thresh.split(","):
+            paths[f"i420_static{value}"] = FramePath(
+                "i420", settings, (w, h), {**VP8_OPTIONS, "static-thresh": value})
     else:
         bound_encoders(settings.webrtc)
         paths = {layout: FramePath(layout, settings, (w, h)) for layout in ("bgr", "i420")}
@@ -153,6 +177,7 @@ def measure() -> dict:
             paths[name].frame(packets[i % len(packets)])
     skip = min(30, args.frames // 4)  # model load and first allocations
     out: dict[str, Any] = {"width": w, "height": h, "frames": args.frames,
+                           "clip": args.clip or "06_pingpong.mp4",
                            "background": settings.background.mode}
     for name, path in paths.items():
         out[name] = path.summary(skip)

@@ -154,7 +154,7 @@ def test_h264_answers_encode_at_the_fast_preset():
 
 
 def vp8_controls(encoder_class: type) -> dict[str, str]:
-    """The speed and denoiser controls libvpx was opened with, from FFmpeg's own
+    """The speed, denoiser and static-threshold controls libvpx was opened with, from FFmpeg's own
     debug log of each control it sets (VP8's bitstream does not carry them)."""
     import av.logging
 
@@ -169,7 +169,8 @@ def vp8_controls(encoder_class: type) -> dict[str, str]:
     controls = {}
     for _, _, line in logs:
         name, _, value = line.strip().partition(":")
-        if name in ("VP8E_SET_CPUUSED", "VP8E_SET_NOISE_SENSITIVITY"):
+        if name in ("VP8E_SET_CPUUSED", "VP8E_SET_NOISE_SENSITIVITY",
+                    "VP8E_SET_STATIC_THRESHOLD"):
             controls[name] = value.strip()
     return controls
 
@@ -179,8 +180,10 @@ def test_vp8_encodes_at_the_fast_speed_without_the_denoiser():
     from aiortc.codecs.vpx import Vp8Encoder
 
     assert vp8_controls(Vp8Encoder) == {"VP8E_SET_CPUUSED": "-6",  # aiortc's own
-                                        "VP8E_SET_NOISE_SENSITIVITY": "4"}
+                                        "VP8E_SET_NOISE_SENSITIVITY": "4",
+                                        "VP8E_SET_STATIC_THRESHOLD": "1"}
     rtc_media.fast_encoders()
     fast = aiortc.codecs.Vp8Encoder  # what aiortc's get_encoder builds from now on
     assert vp8_controls(fast) == {"VP8E_SET_CPUUSED": rtc_media.VP8_OPTIONS["cpu-used"],
-                                  "VP8E_SET_NOISE_SENSITIVITY": "0"}
+                                  "VP8E_SET_NOISE_SENSITIVITY": "0",
+                                  "VP8E_SET_STATIC_THRESHOLD": "250"}
