@@ -3,7 +3,7 @@
     python -m bench.stream [--image-size 256] [--frames 300] [--model tiny]
                            [--checkpoint PATH] [--data DIR_OR_CLIP] [--device auto]
                            [--precision auto|fp32|bf16]
-    python -m bench.stream --sessions K [--frames 12] [--rounds 3] [--image-size 256] ...
+    python -m bench.stream --sessions K [--frames 12] [--rounds 3] [--lanes N] ...
     python -m bench.stream --serve K [--frames 12] [--rounds 3] [--image-size 256] ...
 
 
@@ -18,11 +18,12 @@ those. Prints one JSON object as its last line.
 With ``--sessions K`` it measures instead K sessions on one shared model (each
 its own DAVIS sequence and click): frames per second with their stateless steps
 batched (K threads, as K pipelines step, taking turns on the model's compute
-lane; live.segment.sam2_batch) vs the same K sessions stepped one after the
-other in one (other) thread, in interleaved rounds (the order flips each round, so
-machine load hits both alike), and the max |logit difference| of every
-session's frames between the two. Only one thread computes at a time in both
-modes, so a loaded machine's scheduler favours neither.
+lanes; live.segment.sam2_batch: by default a lane per torch thread, each lane
+batching its sessions on its share of the threads; ``--lanes 1``: one lane on
+all of them) vs the same K sessions stepped one after the other in one (other)
+thread on all of torch's threads, in interleaved rounds (the order flips each
+round, so machine load hits both alike), and the max |logit difference| of
+every session's frames between the two.
 
 With ``--serve K`` the same K sessions run through the Ray Serve deployment
 (live.serve.sam2_serve) on a Ray head of its own started here (one replica
@@ -113,6 +114,9 @@ def measure(argv: list[str] | None = None) -> dict:
                     help="K sessions on one model: batched vs one after the other")
     ap.add_argument("--serve", type=int, default=None, metavar="K",
                     help="K sessions through a Ray Serve deployment vs one after the other here")
+    ap.add_argument("--lanes", type=int, default=None,
+                    help="with --sessions: the batcher's compute lanes (default: its own, a "
+                    "lane per torch thread on the CPU)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="with --sessions or --serve: interleaved rounds")
     args = ap.parse_args(argv)
@@ -303,7 +307,8 @@ def measure_sessions(args: argparse.Namespace) -> dict:
     batchers: list[SAM2Batcher] = []
 
     def batched(frames_n: int) -> tuple[float, list[list[torch.Tensor]]]:
-        batcher = SAM2Batcher(model, precision=precision, max_batch=k, idle_s=60.0)
+        batcher = SAM2Batcher(model, precision=precision, max_batch=k, idle_s=60.0,
+                              lanes=args.lanes)
         batchers.append(batcher)
         streams = clicked_streams(model, clips, args, precision, batcher)
         logits: list[list[torch.Tensor]] = [[] for _ in range(k)]
@@ -326,8 +331,8 @@ def measure_sessions(args: argparse.Namespace) -> dict:
             cpu[mode] += time.process_time() - c0
         seq_fps.append(k * n / runs["sequential"][0])
         bat_fps.append(k * n / runs["batched"][0])
-        for alone, together in zip(runs["sequential"][1], runs["batched"][1]):
-            for a, b in zip(alone, together):
+        for one_by_one, together in zip(runs["sequential"][1], runs["batched"][1]):
+            for a, b in zip(one_by_one, together):
                 worst = max(worst, float((a - b).abs().max()))
     steps = {step for b in batchers for step in b.counts}
     mean_batch = {step: round(sum(b.counts[step][1] for b in batchers)
@@ -348,6 +353,7 @@ def measure_sessions(args: argparse.Namespace) -> dict:
         "fps_batched_median": round(statistics.median(bat_fps), 3),
         "fps_sequential_median": round(statistics.median(seq_fps), 3),
         "speedup_median": round(statistics.median(b / s for b, s in zip(bat_fps, seq_fps)), 3),
+        "lanes": len(batchers[0].lanes),
         "mean_batch": mean_batch,
         # process CPU seconds per frame (both cores count): what load cannot skew
         "cpu_s_per_frame_batched": round(cpu["batched"] / (args.rounds * k * n), 3),

@@ -60,18 +60,20 @@ def max_diff(a: dict[int, torch.Tensor], b: dict[int, torch.Tensor]) -> float:
     return max(float((a[i] - b[i]).abs().max()) for i in a)
 
 
-@pytest.mark.parametrize("k", [2, 4])
-def test_batched_sessions_equal_each_alone(model, data_dir, tmp_path, k):
+@pytest.mark.parametrize("k, lanes", [(2, 1), (4, 1), (4, 2)])
+def test_batched_sessions_equal_each_alone(model, data_dir, tmp_path, k, lanes):
+    """On one lane every step batches all k sessions; on two, each lane batches its
+    half, the lanes computing side by side on one torch thread each."""
     clips = [make_clip(data_dir, tmp_path, seq, FRAMES) for seq in SEQUENCES[:k]]
     events = [[Event(0, "next", Prompt(obj_id=1, points=(inside_point(c.masks[0]),)))]
               for c in clips]
-    batcher = SAM2Batcher(model, max_batch=k, **PATIENT)
+    batcher = SAM2Batcher(model, max_batch=k, lanes=lanes, **PATIENT)
     streams = [StreamingSAM2(model, precision="fp32", batcher=batcher) for _ in clips]
     together = run_batched(streams, clips, events, FRAMES)
-    # really batched: every step of every frame ran once for all k sessions
-    assert batcher.counts["encoder"] == [FRAMES, k * FRAMES]
-    assert batcher.counts["memory_attention"] == [FRAMES - 1, k * (FRAMES - 1)]
-    assert batcher.counts["memory_encoder"] == [FRAMES, k * FRAMES]
+    # really batched: every step of every frame ran once for each lane's k / lanes sessions
+    assert batcher.counts["encoder"] == [lanes * FRAMES, k * FRAMES]
+    assert batcher.counts["memory_attention"] == [lanes * (FRAMES - 1), k * (FRAMES - 1)]
+    assert batcher.counts["memory_encoder"] == [lanes * FRAMES, k * FRAMES]
     for clip, ev, got in zip(clips, events, together):
         alone = run_alone(model, clip, ev, FRAMES)
         assert max_diff(got, alone) <= TOLERANCE
@@ -106,12 +108,30 @@ def test_a_stalled_session_does_not_block_the_others(model, data_dir, tmp_path):
     at most max_wait_ms per step: they go on alone, with the same outputs."""
     clip = make_clip(data_dir, tmp_path, "hike", 2)
     events = [Event(0, "next", Prompt(obj_id=1, points=(inside_point(clip.masks[0]),)))]
-    batcher = SAM2Batcher(model, max_batch=2, max_wait_ms=1, idle_s=600)
+    batcher = SAM2Batcher(model, max_batch=2, max_wait_ms=1, idle_s=600, lanes=1)
     stalled = StreamingSAM2(model, precision="fp32", batcher=batcher)  # never steps
     active = StreamingSAM2(model, precision="fp32", batcher=batcher)
     got = run_stream(active, clip, events, 2)[0]
     assert batcher.counts["encoder"] == [2, 2] and stalled.frame_idx == -1
     assert max_diff(got, run_alone(model, clip, events, 2)) <= TOLERANCE
+
+
+def test_lanes_share_the_threads_while_several_have_sessions(model):
+    """Sessions are spread over the lanes; a lane computes on its share of torch's
+    threads while another lane has a live session, and on all of them alone."""
+    threads = torch.get_num_threads()
+    batcher = SAM2Batcher(model, lanes=2, idle_s=600)
+    a, b, c = (type("Session", (), {})() for _ in range(3))  # weakly referenced, as streams
+    for session in (a, b, c):
+        batcher.register(session)
+    assert batcher.lane_of(a) is batcher.lane_of(c) is not batcher.lane_of(b)
+    with batcher.serving(a):
+        assert torch.get_num_threads() == max(1, threads // 2)
+    assert torch.get_num_threads() == threads  # put back for threads started later
+    batcher.unregister(b)
+    with batcher.serving(a):
+        assert torch.get_num_threads() == threads
+    assert batcher.stats()["lanes"] == 2 and batcher.stats()["sessions"] == 2
 
 
 def test_a_failing_step_reaches_its_caller_and_the_batcher_recovers(model):
