@@ -473,7 +473,7 @@ def press(keysym):
 
 async def main():
     sink = PreviewSink("live-test")
-    written = 0
+    written, pressed = 0, False
     for i in range(150):
         img = np.zeros((240, 320, 4 if i % 2 else 3), np.uint8)
         img[..., -1] = i
@@ -484,8 +484,9 @@ async def main():
             break
         written += 1
         await asyncio.sleep(0.01)
-        if i == 10:
+        if not pressed and i >= 10 and sink.frames >= 5:  # the window is up and showing
             press(sys.argv[1])
+            pressed = True
     await sink.close()
     await sink.close()
     print(json.dumps({"written": written, "frames": sink.frames, "dropped": sink.dropped,
