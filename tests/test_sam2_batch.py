@@ -163,3 +163,16 @@ def test_factory_loads_the_model_once_for_many_sessions(model, tmp_path):
     assert not [k for k in model_cache.live_keys() if str(ckpt.resolve()) in k]
     create_segmenter(settings)
     assert sum(model_cache.builds.values()) == before + 3
+
+
+def test_the_sessions_benchmark_runs_its_rounds_and_compares_the_logits(data_dir):
+    """``bench.stream --sessions`` (the README's figures): every round of both modes,
+    and the batched sessions' logits within the bound of the same sessions in turn."""
+    from bench.stream import measure
+
+    out = measure(["--sessions", "2", "--frames", "2", "--rounds", "2", "--image-size", "128",
+                   "--data", str(data_dir / "davis-hike")])
+    assert len(out["fps_batched"]) == len(out["fps_sequential"]) == 2
+    assert min(out["fps_batched"] + out["fps_sequential"]) > 0
+    assert out["max_abs_logit_diff"] <= TOLERANCE
+    assert out["lanes"] == torch.get_num_threads()  # the default: a lane per torch thread
