@@ -339,14 +339,14 @@ class InLayout:
 
     def __init__(self) -> None:
         self._bgr: np.ndarray | None = None
-        self._converted: np.ndarray | I420 | None = None
+        self._converted: I420 | None = None
 
     def __call__(self, frame: Pyramid, bgr: np.ndarray) -> np.ndarray | I420:
         if not isinstance(frame, I420Pyramid):
             return bgr
-        if self._bgr is not bgr:
-            self._bgr, self._converted = bgr, frame.like(bgr)
-        return self._converted  # type: ignore[return-value]
+        if self._bgr is not bgr or self._converted is None:
+            self._bgr, self._converted = bgr, I420.from_bgr(bgr)
+        return self._converted
 
 
 def file_stamp(path: str) -> tuple:

@@ -140,8 +140,7 @@ class Pyramid:
 
     Stages see the frame only through it, whatever its layout: BGR copies
     (``image``, ``halved``, ``shrunk``), its luminance (``gray``, ``luma``), and
-    the way back to full size in the frame's own layout (``like``,
-    ``enlarged``). ``I420Pyramid`` is the same for a frame that came as I420.
+    the way back to full size in the frame's own layout (``enlarged``). ``I420Pyramid`` is the same for a frame that came as I420.
     """
 
     def __init__(self, image: np.ndarray):
@@ -207,10 +206,6 @@ class Pyramid:
         converts only inside the boxes around the person."""
         return self.image, 0.0, 255.0
 
-    def like(self, bgr: np.ndarray) -> np.ndarray | I420:
-        """A BGR picture of the frame's size in the frame's layout."""
-        return bgr
-
     def enlarged(self, small: np.ndarray) -> np.ndarray | I420:
         """``small`` (BGR, the frame's aspect) at the frame's size, in its layout."""
         return _bilinear(small, self.width, self.height)
@@ -265,9 +260,6 @@ class I420Pyramid(Pyramid):
     @property
     def luma(self) -> tuple[np.ndarray, float, float]:
         return self.picture.y, 16.0, 219.0
-
-    def like(self, bgr: np.ndarray) -> np.ndarray | I420:
-        return I420.from_bgr(bgr)
 
     def enlarged(self, small: np.ndarray) -> np.ndarray | I420:
         """An odd-sized ``small`` is padded by a pixel for its chroma planes: a
