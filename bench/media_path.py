@@ -143,6 +143,10 @@ def measure() -> dict:
                         help="compare the I420 path at these libvpx static thresholds, e.g. "
                         "1,250")
     args = parser.parse_args()
+    for option, values in (("--return-kbps", args.return_kbps),
+                           ("--static-thresh", args.static_thresh)):
+        if values and not all(v.isdigit() for v in values.split(",")):
+            parser.error(f"{option} takes whole numbers separated by commas, got {values!r}")
     w, h = (int(v) for v in args.size.lower().split("x"))
     if args.clip:
         path = Path(args.clip) if Path(args.clip).is_file() else DATA / "clips" / args.clip

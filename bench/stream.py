@@ -318,8 +318,8 @@ def measure_sessions(args: argparse.Namespace) -> dict:
             raise RuntimeError("a batched session failed (see the traceback above)")
         return elapsed, logits
 
-    alone(2)  # warm-up: first-call allocations and kernel choices
-    batched(2)
+    alone(min(2, n))  # warm-up: first-call allocations and kernel choices
+    batched(min(2, n))
     batchers.clear()
     seq_fps, bat_fps, worst = [], [], 0.0
     cpu = {"sequential": 0.0, "batched": 0.0}
