@@ -73,6 +73,52 @@ def cpu_seconds(procs: list[Any]) -> float:
     return total
 
 
+#: A session worker's threads by the names ``live.io.worker.name_os_threads`` shows
+#: the OS (first matching prefix). The worker's main thread runs its event loop.
+THREAD_ROLES = (("live-peer", "processing"), ("asyncio_", "encoder"),
+                ("video-decoder", "decoder"), ("audio-decoder", "decoder"))
+
+
+def thread_cpu(root: Any) -> dict[tuple[int, int], tuple[str, float]]:
+    """(pid, tid) → (role, CPU seconds) for every thread of ``root`` (psutil.Process,
+    a ``live serve``) and its workers: ``control server`` for all of the root's
+    threads, then the worker's ``event loop``, ``processing``, ``encoder``
+    (aiortc encodes on the loop's executor), ``decoder`` and ``other`` (a thread
+    not yet named, a library's own). Linux only; empty elsewhere."""
+    import psutil
+
+    out = {}
+    for proc in process_tree(root):
+        try:
+            threads = proc.threads()
+        except psutil.Error:
+            continue
+        for t in threads:
+            if proc.pid == root.pid:
+                role = "control server"
+            elif t.id == proc.pid:
+                role = "event loop"
+            else:
+                try:
+                    comm = Path(f"/proc/{proc.pid}/task/{t.id}/comm").read_text().strip()
+                except OSError:
+                    continue
+                role = next((r for prefix, r in THREAD_ROLES if comm.startswith(prefix)),
+                            "other")
+            out[proc.pid, t.id] = (role, t.user_time + t.system_time)
+    return out
+
+
+def cpu_by_role(before: dict[tuple[int, int], tuple[str, float]],
+                after: dict[tuple[int, int], tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds spent between two ``thread_cpu`` snapshots, by role (a thread that
+    started in between counts from zero; one that ended is lost)."""
+    spent: dict[str, float] = {}
+    for key, (role, cpu) in after.items():
+        spent[role] = spent.get(role, 0.0) + cpu - before.get(key, (role, 0.0))[1]
+    return spent
+
+
 def process_tree(proc: Any) -> list[Any]:
     """``proc`` and its descendants: a server's CPU includes its session workers'."""
     import psutil

@@ -35,7 +35,10 @@ pessimistic; the CPU per frame is not.
 
 Last line: one JSON object, ``steps`` (processed) and ``passthrough_steps``,
 each a list of {size, codec, peers, fps_min, rtt_p50, rtt_p95,
-server_cpu_percent, server_cpu_ms_per_frame, client_cpu_percent, held};
+server_cpu_percent, server_cpu_ms_per_frame, server_thread_ms_per_frame (the
+same split by thread: the control server, and each worker's event loop,
+processing, encoder, decoder and other threads, read by the names the
+workers give them in /proc), client_cpu_percent, held};
 ``clients`` (what the clients do); ``capacity`` {size: the
 largest N that held with the first codec}; ``server_cpu_ms_per_frame``
 {size: at one processed peer, first codec}.
@@ -56,7 +59,8 @@ from typing import Any
 
 import numpy as np
 
-from bench import DATA, cpu_seconds, load_frames, process_tree, report
+from bench import DATA, cpu_by_role, cpu_seconds, load_frames, process_tree, report, \
+    thread_cpu
 from live.serve.admission import WINDOW_S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -264,6 +268,9 @@ class Server:
     def cpu_seconds(self) -> float:
         return cpu_seconds(process_tree(self.ps))
 
+    def thread_cpu(self) -> dict[tuple[int, int], tuple[str, float]]:
+        return thread_cpu(self.ps)
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -327,9 +334,9 @@ def measure_step(server: Server, args: argparse.Namespace, size: tuple[int, int]
         except (BrokenPipeError, OSError):
             pass  # it failed while preparing: its output says why
     time.sleep(max(0.0, start - time.monotonic()))
-    cpu0, t0 = server.cpu_seconds(), time.monotonic()
+    threads0, cpu0, t0 = server.thread_cpu(), server.cpu_seconds(), time.monotonic()
     time.sleep(max(0.0, end - time.monotonic()))
-    cpu1, t1 = server.cpu_seconds(), time.monotonic()
+    cpu1, t1, threads1 = server.cpu_seconds(), time.monotonic(), server.thread_cpu()
     results = []
     for proc in procs:
         out, _ = proc.communicate(timeout=60)
@@ -346,6 +353,10 @@ def measure_step(server: Server, args: argparse.Namespace, size: tuple[int, int]
             "rtt_p50": pct(rtts, 50), "rtt_p95": pct(rtts, 95),
             "server_cpu_percent": round(cpu_ms / (t1 - t0) / 10, 1),
             "server_cpu_ms_per_frame": round(cpu_ms / delivered, 2) if delivered else None,
+            "server_thread_ms_per_frame": {
+                role: round(seconds * 1e3 / delivered, 2)
+                for role, seconds in sorted(cpu_by_role(threads0, threads1).items())
+            } if delivered else None,
             "client_cpu_percent": round(sum(r.get("cpu_s", 0.0) for r in results) * 100
                                         / (end - start) / peers, 1),
             "late_peers": sum(bool(r.get("first_frame_late")) for r in results),

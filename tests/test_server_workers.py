@@ -8,9 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
+from pathlib import Path
 
 import psutil
+
+from bench import thread_cpu
+from live.io.worker import name_os_threads
 
 from live.serve.client import ControlClient
 from server_helpers import ClipTrack, load_clip, recv_frames, running_server, test_settings, \
@@ -28,6 +33,33 @@ async def turns(track, background, bgr, frames: int = 90) -> bool:
         if near(got, bgr)[background].mean() > 0.9:
             return True
     return False
+
+
+def worker_roles(pids: set[int]) -> dict[str, float]:
+    """CPU seconds so far of the workers ``pids``, by the role of each thread."""
+    roles: dict[str, float] = {}
+    for (pid, _), (role, cpu) in thread_cpu(psutil.Process()).items():
+        if pid in pids:
+            roles[role] = roles.get(role, 0.0) + cpu
+    return roles
+
+
+def test_threads_are_named_for_the_os_but_the_process_keeps_its_name():
+    done = threading.Event()
+    thread = threading.Thread(target=done.wait, name="live-peer-0123456789_0")
+    thread.start()
+    try:
+        main_before = Path("/proc/self/comm").read_text()
+        name_os_threads()
+        task = Path(f"/proc/self/task/{thread.native_id}/comm")
+        assert task.read_text().strip() == "live-peer-01234"  # Linux keeps 15 characters
+        assert Path("/proc/self/comm").read_text() == main_before
+        roles = {role for (pid, tid), (role, _) in thread_cpu(psutil.Process()).items()
+                 if tid == thread.native_id}
+        assert roles == {"control server"}  # every thread of the server process itself
+    finally:
+        done.set()
+        thread.join()
 
 
 @asynctest
@@ -84,6 +116,12 @@ async def test_two_workers_run_and_steer_their_sessions_independently(clip_path)
             before = time.process_time()
             counted = server.workers.admission_load()["cpu_seconds"]()
             assert counted - before >= server.workers.cpu_seconds()
+            # each worker shows the OS its threads' names (top -H), so the CPU of a
+            # stage can be told from outside: bench.capacity splits it by these roles
+            await wait_until(lambda: {"processing", "decoder", "encoder"}
+                             <= set(worker_roles(pids)), 15, "the workers' named threads")
+            roles = worker_roles(pids)
+            assert all(roles[r] > 0 for r in ("processing", "decoder", "event loop")), roles
         await wait_until(lambda: not server.sessions, 15, "both sessions to end")
         workers = [w for w in server.workers.slots if w is not None]
         assert all(not w.sessions for w in workers)

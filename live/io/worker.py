@@ -4,7 +4,9 @@ blocking work on: the one threading style of ``live``."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Callable
 
 import cv2
@@ -26,6 +28,33 @@ def limit_threads(threads: int) -> None:
     global FRAME_THREADS
     FRAME_THREADS = threads
     cv2.setNumThreads(threads)
+
+
+def name_os_threads() -> None:
+    """Show this process's threads under their Python names in the OS (``top -H``,
+    ``ps -L``, ``/proc/PID/task/TID/comm``), cut to Linux's 15 characters.
+
+    Python names its threads only for itself; to the OS every thread of a
+    session worker is "python", so which stage burns a core (processing
+    ``live-peer-…``, aiortc's ``video-decoder``, the encoder on the loop's
+    executor ``asyncio_…``) could not be seen from outside. ``bench.capacity``
+    reads these names to split a worker's CPU by stage. The main thread keeps
+    its name: it is the process's name (``ps``, ``killall``). A process may
+    rename its own threads; anywhere else (not Linux, no /proc) this does
+    nothing. Cheap enough to call every second: a name is written only when
+    it differs.
+    """
+    tasks = Path("/proc/self/task")
+    for thread in threading.enumerate():
+        if thread.native_id is None or thread is threading.main_thread():
+            continue
+        comm = tasks / str(thread.native_id) / "comm"
+        name = thread.name.encode("utf-8", "replace")[:15]
+        try:
+            if comm.read_bytes().rstrip(b"\n") != name:
+                comm.write_bytes(name)
+        except OSError:  # not Linux, or the thread has just ended
+            continue
 
 
 class Worker:

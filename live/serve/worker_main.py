@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from live.config import Settings
-from live.io.worker import limit_threads
+from live.io.worker import limit_threads, name_os_threads
 from live.segment import Prompt
 from live.serve import protocol
 
@@ -88,6 +88,7 @@ class WorkerHost:
         try:
             events = [await asyncio.wait_for(self.events.get(), timeout)]
         except asyncio.TimeoutError:
+            name_os_threads()  # so top -H (and bench.capacity) tell the stages apart
             return [{"event": "stats", "stats": self.stats(), "cpu": time.process_time()}]
         while not self.events.empty():
             events.append(self.events.get_nowait())
