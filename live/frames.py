@@ -144,9 +144,13 @@ class Pyramid:
     """
 
     def __init__(self, image: np.ndarray):
+        self._start(image.shape[1], image.shape[0])
         self.image = image
-        self.height, self.width = image.shape[:2]
         self._halvings = [image]
+
+    def _start(self, width: int, height: int) -> None:
+        """What every pyramid has, whatever its layout: its size and the caches."""
+        self.width, self.height = width, height
         self._shrunk: dict[tuple[int, int], np.ndarray] = {}
         self._gray: dict[tuple[int, int], np.ndarray] = {}
 
@@ -221,13 +225,11 @@ class I420Pyramid(Pyramid):
     it is enlarged, plane by plane.
     """
 
-    def __init__(self, picture: I420):
+    def __init__(self, picture: I420):  # not Pyramid's: ``image`` is made only when asked for
+        self._start(picture.width, picture.height)
         self.picture = picture
-        self.width, self.height = picture.width, picture.height
         self._planes = [picture.planes]
         self._bgr: dict[int, np.ndarray] = {}
-        self._shrunk = {}
-        self._gray = {}
 
     @property  # type: ignore[override]
     def image(self) -> np.ndarray:

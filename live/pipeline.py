@@ -17,6 +17,7 @@ benchmarks. ``Pipeline`` is the asynchronous shell around it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -29,6 +30,7 @@ import numpy as np
 from live.composite import Compositor
 from live.config import Settings, needs_new_engine
 from live.frames import I420, EndOfStream, Frame, Pyramid
+from live.io.base import takes_i420
 from live.io.worker import Worker
 from live.matte import Matte
 from live.segment import Prompt, PromptError, Segmenter, create_segmenter
@@ -281,11 +283,12 @@ class Pipeline:
             t0 = time.perf_counter()
             processing_ms = sum(result.timings.values())
             failed = False
-            as_bgr = _BGROnce(result.image)
+            # an I420 picture is converted once, and only if a sink wants BGR
+            image = result.image
+            as_bgr = functools.cache(lambda: image.to_bgr() if isinstance(image, I420) else image)
             for sink in list(self.sinks):
                 try:
-                    await sink.write(result.image if getattr(sink, "takes_i420", False)
-                                     else as_bgr(), frame)
+                    await sink.write(image if takes_i420(sink) else as_bgr(), frame)
                 except EndOfStream:  # an output its user closed (the preview window)
                     self.sinks.remove(sink)
                     await _quiet_close(sink)
@@ -332,18 +335,6 @@ class Pipeline:
             "running": self.running,
             **self.source.stats(),
         }
-
-
-class _BGROnce:
-    """The picture for sinks that take BGR: an I420 one converted once, for all of them."""
-
-    def __init__(self, image: np.ndarray | I420):
-        self._image = image
-
-    def __call__(self) -> np.ndarray:
-        if isinstance(self._image, I420):
-            self._image = self._image.to_bgr()
-        return self._image
 
 
 async def _quiet_close(sink: Any) -> None:

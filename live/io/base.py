@@ -64,9 +64,18 @@ class SinkError(RuntimeError):
 
 
 class Sink(Protocol):
+    """An output. It is written BGR (BGRA in transparent mode), unless it declares
+    ``takes_i420 = True``: then a picture that came as I420 reaches it as it is
+    (the WebRTC track, whose encoder wants I420)."""
+
     async def write(self, image: np.ndarray, frame: Frame) -> None: ...
 
     async def close(self) -> None: ...
+
+
+def takes_i420(sink: Sink) -> bool:
+    """Whether ``sink`` takes an I420 picture as it is (see ``Sink``)."""
+    return bool(getattr(sink, "takes_i420", False))
 
 
 # --------------------------------------------------------------------------- helpers
