@@ -42,12 +42,12 @@ GRID = 256  # long side of the returned alpha, in cells (2x the model's: crops a
 # Context around the tracked people, as a share of their box's long side, and how many
 # frames of their latest motion the crop allows for. The crop is planned from the last
 # frame's mask, so one frame of motion is where they are now; anyone who still runs into
-# the crop's side gets a whole-frame pass on the next frame (``_touches_edge``). Tighter
-# crops show the model a larger person, closer to the selfies it was made for: on DAVIS,
-# 0.1 and 1 frame instead of 0.2 and 2 raised the mean IoU 0.705 -> 0.727 and boundary F
-# 0.715 -> 0.738, every sequence's IoU up, at the same model cost on the webcam clips
-# (2026-11-30, python -m bench.quality).
-CROP_MARGIN = 0.1
+# the crop's side gets a whole-frame pass on the next frame (``_touches_edge``). One frame
+# instead of two showed the model a larger person: on DAVIS the mean IoU went 0.705 ->
+# 0.718 and boundary F 0.715 -> 0.728, no sequence worse. A margin of 0.1 scored higher
+# still there (0.727 / 0.738) but left out more of what people hold (a magician's staff,
+# a juggled ball) on the webcam clips (2026-11-30, python -m bench.quality).
+CROP_MARGIN = 0.2
 MIN_CROP = 0.35  # a crop is at least this share of the frame's height (context, and no
 #                  blown-up specks)
 MIN_GAIN = 1.3  # crop only when it shows the model the people this much larger
