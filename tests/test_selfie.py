@@ -103,12 +103,14 @@ def test_a_corrupt_model_file_is_fetched_again_and_verified(tmp_path: Path, monk
     assert not list(tmp_path.glob("*.part"))
 
 
-# Measured on 2026-11-29 over the 100 frames of davis-parkour (854x480; a man runs across
-# the frame, about a third of its height, shrinking as he goes): the model's own mask
-# scores a mean IoU of 0.717 on whole frames and 0.81-0.82 on crops around him. The floor
-# sits 4 points under the crops' score and 6 over the whole frame's: losing the track (a
-# crop that stays behind, or no crop at all) lands under it.
-PARKOUR_CROP_FLOOR = 0.77
+# Measured over the 100 frames of davis-parkour (854x480; a man runs across the frame,
+# about a third of its height, shrinking as he goes): the model's own mask scores a mean
+# IoU of 0.717 on whole frames (2026-11-29) and 0.839 on crops around him that allow for
+# one frame of his motion (2026-11-30; 0.807 with the two frames allowed before). The
+# floor sits 2 points under the crops' score and over the two-frame one: losing the
+# track (a crop that stays behind, or no crop at all), or a crop grown back to the old
+# allowance, lands under it.
+PARKOUR_CROP_FLOOR = 0.82
 
 
 def test_crops_follow_a_person_running_across_the_frame(data_dir: Path) -> None:
