@@ -338,15 +338,14 @@ class InLayout:
     the same picture is shown (a still image: until the frame size changes)."""
 
     def __init__(self) -> None:
-        self._bgr: np.ndarray | None = None
-        self._converted: I420 | None = None
+        self._last: tuple[np.ndarray, I420] | None = None  # (picture, its conversion)
 
     def __call__(self, frame: Pyramid, bgr: np.ndarray) -> np.ndarray | I420:
         if not isinstance(frame, I420Pyramid):
             return bgr
-        if self._bgr is not bgr or self._converted is None:
-            self._bgr, self._converted = bgr, I420.from_bgr(bgr)
-        return self._converted
+        if self._last is None or self._last[0] is not bgr:
+            self._last = bgr, I420.from_bgr(bgr)
+        return self._last[1]
 
 
 def file_stamp(path: str) -> tuple:

@@ -140,7 +140,8 @@ class Pyramid:
 
     Stages see the frame only through it, whatever its layout: BGR copies
     (``image``, ``halved``, ``shrunk``), its luminance (``gray``, ``luma``), and
-    the way back to full size in the frame's own layout (``enlarged``). ``I420Pyramid`` is the same for a frame that came as I420.
+    the way back to full size in the frame's own layout (``enlarged``).
+    ``I420Pyramid`` is the same for a frame that came as I420.
     """
 
     def __init__(self, image: np.ndarray):

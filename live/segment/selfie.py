@@ -48,10 +48,10 @@ GRID = 256  # long side of the returned alpha, in cells (2x the model's: crops a
 # still there (0.727 / 0.738) but left out more of what people hold (a magician's staff,
 # a juggled ball) on the webcam clips (2026-11-30, python -m bench.quality).
 CROP_MARGIN = 0.2
+MOTION_FRAMES = 1.0
 MIN_CROP = 0.35  # a crop is at least this share of the frame's height (context, and no
 #                  blown-up specks)
 MIN_GAIN = 1.3  # crop only when it shows the model the people this much larger
-MOTION_FRAMES = 1.0
 # The whole-frame refresh is put off while the picture outside the crop stands still: a
 # cell "moved" when its luminance (0-1) changed by more than STILL_CELL since the last
 # whole pass (sensor noise and compression stay under it), and the picture "stood still"
