@@ -116,7 +116,7 @@ class MatteSettings:
     ema: float = _f(0.5, "weight of the new mask in ema mode (1 = no smoothing; at least 0.05, "
                          "so an old mask always fades)", lo=0.05, hi=1.0)
     adaptive_min_weight: float = _f(
-        0.15, "adaptive mode: weight of the new mask where it agrees with history "
+        0.05, "adaptive mode: weight of the new mask where it agrees with history "
         "(lower = steadier, more lag on slow edges; at least 0.05, so an old mask always "
         "fades)", lo=0.05, hi=1.0)
     adaptive_change_lo: float = _f(
@@ -140,6 +140,10 @@ class MatteSettings:
         0.7, "adaptive mode: where the new mask says background (below 0.3) and is lower than "
         "history, its weight is at least this, so a moving arm leaves no ghost behind even "
         "where the picture changed little (0 = drops are smoothed like rises)", lo=0.0, hi=1.0)
+    motion_compensation: bool = _f(
+        True, "adaptive mode: carry the smoothed mask along the picture's motion (optical "
+        "flow around the people, ~0.3 ms) before blending, so a moving edge is smoothed "
+        "with where it moved to, not where it was: less lag and flicker")
 
 
 @dataclass(frozen=True)

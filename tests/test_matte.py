@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import cv2
 import numpy as np
 import pytest
 
@@ -290,3 +291,43 @@ def test_history_decays_to_exactly_zero() -> None:
     assert matte.temporal.state.max() == 0.0
     assert out.max() == 0.0
     assert tiny[0, 0] == np.float32(1e-39)  # the caller's array is left alone
+
+
+def _textured_walker(x0: int) -> tuple[np.ndarray, np.ndarray]:
+    """A textured person on a textured background, and the model's soft-edged alpha
+    (edges 3 cells wide, as the selfie model's are)."""
+    rng = np.random.default_rng(7)
+    background = np.clip(np.linspace(40, 120, W)[None, :, None]
+                         + rng.normal(0, 20, (H, W, 3)), 0, 255).astype(np.uint8)
+    person = np.clip(rng.normal(190, 30, (260, 160, 3)), 0, 255).astype(np.uint8)
+    frame = cv2.GaussianBlur(background, (5, 5), 0)
+    frame[60:320, x0:x0 + 160] = cv2.GaussianBlur(person, (5, 5), 0)
+    centres = (np.arange(AW) + 0.5) * 5
+    alpha = np.zeros((AH, AW), np.float32)
+    alpha[12:64] = np.clip(np.minimum(centres - x0, x0 + 160 - centres) / 15 + 0.5, 0, 1)
+    return frame, alpha
+
+
+@pytest.mark.parametrize("speed", [3, 5])  # px per frame: under a model cell (5 px)
+def test_motion_compensation_removes_the_lag_of_a_slow_moving_edge(speed: int) -> None:
+    """A slow edge changes the mask by less than ``adaptive_change_hi`` a frame, so the
+    filter smooths it; without compensation that blends it with where it was (lag).
+    Measured on the smoothed mask itself, where the edge moved this frame."""
+    errors = {}
+    for compensate in (False, True):
+        matte = Matte(MatteSettings(motion_compensation=compensate))
+        noise = np.random.default_rng(1)
+        errs = []
+        previous = None
+        for i in range(14):
+            frame, alpha = _textured_walker(100 + speed * i)
+            noisy = np.clip(alpha + noise.normal(0, 0.05, alpha.shape), 0, 1)
+            matte.apply(noisy.astype(np.float32), frame)
+            if previous is not None and i > 2:
+                moved = np.abs(alpha - previous) > 0.02
+                errs.append(np.abs(matte.temporal.state - alpha)[moved].mean())
+            previous = alpha
+        errors[compensate] = float(np.mean(errs))
+    # measured: 0.17 -> 0.047 at 3 px, 0.18 -> 0.039 at 5 px
+    assert errors[True] < 0.5 * errors[False]
+
