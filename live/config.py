@@ -97,7 +97,7 @@ class EngineSettings:
 
 @dataclass(frozen=True)
 class MatteSettings:
-    feather: int = _f(6, "edge feather radius in full-resolution pixels (guided filter); "
+    feather: int = _f(3, "edge feather radius in full-resolution pixels (guided filter); "
                          "0 = plain bilinear upsampling. Whatever the radius, the edge moves "
                          "at most one pixel of the model's mask (5 px at 720p) from the model's",
                       lo=0, hi=64, flag="--feather")
