@@ -48,8 +48,8 @@ def test_bad_values_name_the_setting(patch: dict, message: str) -> None:
 
 def test_merge_returns_a_new_object() -> None:
     base = Settings()
-    new = base.merged({"matte": {"feather": 3}, "source": {"loop": True}})
-    assert new.matte.feather == 3 and new.source.loop is True
+    new = base.merged({"matte": {"feather": 9}, "source": {"loop": True}})
+    assert new.matte.feather == 9 and new.source.loop is True
     assert new is not base and base == Settings()  # the original is left as it was
     assert new.server.allow_remote is False
     assert Settings().merged({"server": {"host": "0.0.0.0", "allow_remote": True}}).server.host \

@@ -36,7 +36,7 @@ async def test_sessions_run_in_ray_actors_and_a_dead_actors_page_starts_again(ra
             actor_b = server.sessions[b.session].worker
             assert actor_a is not actor_b and "ray actor" in actor_a.name
             assert os.getpid() not in (actor_a.pid, actor_b.pid)
-            reply = await b.request("settings.set", settings={"matte": {"feather": 3}})
+            reply = await b.request("settings.set", settings={"matte": {"feather": 9}})
             assert reply["type"] == "ok", reply
 
             os.kill(actor_a.pid, signal.SIGKILL)

@@ -95,10 +95,10 @@ def test_every_message_type_round_trips(st_server, frames):
         # Before any video, settings apply to this connection's next session.
         changed = ask(ws, {"type": "settings.set", "id": 2,
                            "settings": {"background": {"mode": "color", "color": "#123456"},
-                                        "matte": {"feather": 3}}})
+                                        "matte": {"feather": 9}}})
         assert changed["type"] == "ok", changed
         assert changed["settings"]["background"]["color"] == "#123456"
-        assert changed["settings"]["matte"]["feather"] == 3
+        assert changed["settings"]["matte"]["feather"] == 9
 
         upload = ask(ws, {"type": "background.upload", "id": 3,
                           "data": "data:image/png;base64," + png_b64(frames[0])})

@@ -97,10 +97,10 @@ async def test_two_workers_run_and_steer_their_sessions_independently(clip_path)
             reply = await a.request("prompt", points=[[10, 10, 1]])
             assert reply["type"] == "error" and "selfie" in reply["error"], reply
             assert (await a.request("reset"))["type"] == "ok"
-            reply = await a.request("settings.set", settings={"matte": {"feather": 3}})
+            reply = await a.request("settings.set", settings={"matte": {"feather": 9}})
             assert reply["type"] == "ok"
-            assert (await a.request("settings.get"))["settings"]["matte"]["feather"] == 3
-            assert (await b.request("settings.get"))["settings"]["matte"]["feather"] != 3
+            assert (await a.request("settings.get"))["settings"]["matte"]["feather"] == 9
+            assert (await b.request("settings.get"))["settings"]["matte"]["feather"] != 9
 
             await wait_until(lambda: any(s.get("frames", 0) > 0 and s.get("worker")
                                          for m in a.stats for s in m["sessions"]), 15,
