@@ -169,7 +169,8 @@ def test_full_resolution_step_is_only_computed_around_the_person() -> None:
 
 @pytest.mark.parametrize("alpha_shape,frame_shape", [((256, 256), (1280, 720)),  # portrait
                                                      ((144, 256), (7, 5)),  # tiny frame
-                                                     ((16, 16), (481, 853))])  # odd sizes
+                                                     ((16, 16), (481, 853)),  # odd sizes
+                                                     ((6, 6), (48, 48))])  # under the flow's patch
 def test_any_alpha_and_frame_size(alpha_shape: tuple[int, int],
                                   frame_shape: tuple[int, int]) -> None:
     rng = np.random.default_rng(5)
