@@ -10,7 +10,7 @@ Three steps, in this order:
    on a still background is exactly a mask change without an image change, so
    flicker drops sharply while a moving edge is followed without a trail.
    History is first carried along the picture's own motion (optical flow on
-   the grid, around where the mask changed), so a slowly moving edge, whose
+   the grid, applied where the mask changed), so a slowly moving edge, whose
    mask changes too little a frame to pass the gate, is blended with where
    it is now rather than where it was.
 2. Edge contrast: the model's edge is blurry (it runs at 256x144); it is
@@ -215,6 +215,7 @@ RELEASE_BELOW = 0.3  # a new alpha under this counts as "background now" for ada
 # scored the same on DAVIS to within 0.003 IoU, 0.01 flicker and 0.3 lag, and a box that
 # changes size from frame to frame made DIS slower, not faster.
 FLOW_MIN_SIDE = 8  # DIS's patches are 8 px
+
 
 class TemporalFilter:
     """Per-pixel smoothing of successive alphas at the model's resolution."""
