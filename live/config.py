@@ -142,8 +142,9 @@ class MatteSettings:
         "where the picture changed little (0 = drops are smoothed like rises)", lo=0.0, hi=1.0)
     motion_compensation: bool = _f(
         True, "adaptive mode: carry the smoothed mask along the picture's motion (optical "
-        "flow on the model's grid, ~0.5 ms) before blending, so a moving edge is smoothed "
-        "with where it moved to, not where it was: less lag and flicker")
+        "flow on the selfie engine's grid, ~0.5 ms; not on SAM 2's larger one) before "
+        "blending, so a moving edge is smoothed with where it moved to, not where it was: "
+        "less lag and flicker")
 
 
 @dataclass(frozen=True)

@@ -331,3 +331,15 @@ def test_motion_compensation_removes_the_lag_of_a_slow_moving_edge(speed: int) -
         errors[compensate] = float(np.mean(errs))
     # measured (deterministic): 0.168 -> 0.049 at 3 px, 0.183 -> 0.044 at 5 px
     assert errors[True] < 0.5 * errors[False]
+
+
+def test_motion_compensation_runs_on_the_selfie_grid_only() -> None:
+    """SAM 2's alpha is 512 or 1024 cells a side: a flow and a move there would cost
+    3-11 ms a frame, so its matte smooths without them."""
+    frame, _ = _textured_walker(100)
+    for shape, flows in (((144, 256), True), ((512, 512), False)):
+        matte = Matte()
+        rng = np.random.default_rng(2)
+        for _ in range(3):
+            matte.apply(rng.random(shape, dtype=np.float32), frame)
+        assert (matte.temporal._flow is not None) == flows, shape
