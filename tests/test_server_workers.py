@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from bench import thread_cpu
+from bench import cpu_by_role, thread_cpu
 from live.io.worker import name_os_threads
 
 from live.serve.client import ControlClient
@@ -37,11 +37,8 @@ async def turns(track, background, bgr, frames: int = 90) -> bool:
 
 def worker_roles(pids: set[int]) -> dict[str, float]:
     """CPU seconds so far of the workers ``pids``, by the role of each thread."""
-    roles: dict[str, float] = {}
-    for (pid, _), (role, cpu) in thread_cpu(psutil.Process()).items():
-        if pid in pids:
-            roles[role] = roles.get(role, 0.0) + cpu
-    return roles
+    threads = thread_cpu(psutil.Process())
+    return cpu_by_role({}, {key: v for key, v in threads.items() if key[0] in pids})
 
 
 def test_threads_are_named_for_the_os_but_the_process_keeps_its_name():
