@@ -96,7 +96,7 @@ class FramePath:
     def frame(self, packet: bytes) -> None:
         (vf,) = self._timed("decode", lambda: self.decoder.decode(av.Packet(packet)))
         if self.layout == "i420":
-            image = self._timed("picture", lambda: I420(vf.to_ndarray(), vf.width, vf.height))
+            image = self._timed("picture", lambda: I420.of_video_frame(vf))
         else:
             image = self._timed("picture", lambda: vf.to_ndarray(format="bgr24"))
         frame = Frame(image, self.index, self.index / 30)

@@ -129,6 +129,55 @@ def test_odd_boxes_blend_each_chroma_sample_once() -> None:
     assert out.y[2, 3] == 100 and out.y[0, 0] == 0
 
 
+def decoded(p: I420, width: int | None = None) -> "av.VideoFrame":  # noqa: F821
+    """``p`` as a decoder hands it on: a PyAV frame, rows padded where FFmpeg pads them."""
+    import av
+
+    frame = av.VideoFrame(p.width, p.height, "yuv420p")
+    for plane, src in zip(frame.planes, p.planes):
+        rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
+        rows[:, :plane.width] = src
+        rows[:, plane.width:] = 255  # padding a reader must never take for picture
+    return frame
+
+
+def test_a_decoded_frame_is_read_in_place_and_never_written() -> None:
+    """854x480: FFmpeg pads its rows (864 and 432 bytes), so the planes are strided views."""
+    p = I420.from_bgr(SyntheticSource(854, 480).render(3))
+    frame = decoded(p)
+    assert frame.planes[0].line_size > 854
+    seen = I420.of_video_frame(frame)
+    for a, b, plane in zip(seen.planes, p.planes, frame.planes):
+        assert np.array_equal(a, b)
+        assert np.shares_memory(a, np.frombuffer(plane, np.uint8))  # not copied
+    assert np.array_equal(seen.buffer, p.buffer)  # one buffer, padding left out
+    assert seen.video_frame is None  # not a frame the encoder may take as it is
+    with pytest.raises(ValueError, match="read-only"):
+        seen.y[0, 0] = 1  # the decoder may predict its next frame from this one
+    copy = seen.copy()
+    copy.y[0, 0] = 1 - int(p.y[0, 0] > 0)
+    assert seen.y[0, 0] == p.y[0, 0] and copy.video_frame is not None
+    # the whole pipeline on the strided views gives what it gives on one buffer
+    a = FrameProcessor(SELFIE).process(Frame(seen, 0, 0.0))
+    b = FrameProcessor(SELFIE).process(Frame(p, 0, 0.0))
+    assert np.array_equal(a.alpha, b.alpha)
+    assert np.array_equal(a.image.buffer, b.image.buffer)
+
+
+def test_the_composited_picture_is_drawn_into_the_frame_the_encoder_takes() -> None:
+    import av
+
+    result = FrameProcessor(SELFIE).process(Frame(I420.of_video_frame(decoded(picture())), 0, 0.0))
+    out = encoder_frame(result.image)
+    assert out is result.image.video_frame  # no copy on the way out
+    assert np.array_equal(out.to_ndarray(), result.image.buffer)
+    # a picture that is not its own frame's (a pass-through) is copied, not shared
+    passed = I420.of_video_frame(decoded(picture()))
+    sent = encoder_frame(passed)
+    assert isinstance(sent, av.VideoFrame) and np.array_equal(sent.to_ndarray(), passed.buffer)
+    assert not np.shares_memory(np.frombuffer(sent.planes[0], np.uint8), passed.y)
+
+
 def test_a_processed_i420_frame_reaches_an_i420_sink_as_is_and_a_bgr_sink_converted() -> None:
     processor = FrameProcessor(SELFIE)
     result = processor.process(Frame(picture(), 0, 0.0))

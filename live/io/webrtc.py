@@ -21,18 +21,17 @@ from live.io.base import check_image, flatten_alpha
 def encoder_frame(image: np.ndarray | I420) -> av.VideoFrame:
     """``image`` (I420, or BGR/BGRA) as the I420 frame both of aiortc's encoders take as is.
 
-    A browser's frames stay I420 through the pipeline and go out as they are,
-    copied into the frame (0.18 ms at 720p). Wrapping the buffer instead
-    (``VideoFrame.from_numpy_buffer``) added a frame of latency in Chromium
-    (glass to glass +33 ms p50 in ``bench.browser``, none with an aiortc
-    receiver; the cause was not found), so it is not used. A BGR picture is
-    converted by OpenCV: handing BGR to the encoders made each convert with
-    swscale, 3.9 ms per 1280x720 frame here against 0.7 ms (1.5 vs 0.2 ms at
-    640x480), same BT.601 limited-range matrix. I420 needs an even size; an
-    odd one (never from a browser) keeps the old path.
+    A browser's frames stay I420 through the pipeline, and the composited
+    picture is drawn into a PyAV frame of its own (``I420.empty``): it goes out
+    as it is. Any other I420 picture (the decoder's own frame, passed through)
+    is copied into a new frame. A BGR picture is converted by OpenCV: handing
+    BGR to the encoders made each convert with swscale, 3.9 ms per 1280x720
+    frame here against 0.7 ms (1.5 vs 0.2 ms at 640x480), same BT.601
+    limited-range matrix. I420 needs an even size; an odd one (never from a
+    browser) keeps the old path.
     """
     if isinstance(image, I420):
-        return av.VideoFrame.from_ndarray(image.buffer, format="yuv420p")
+        return (image if image.video_frame is not None else image.copy()).video_frame
     bgr = flatten_alpha(image)
     h, w = bgr.shape[:2]
     if h % 2 or w % 2:
@@ -160,7 +159,7 @@ class TrackSource:
                 break
         pts = float(vf.pts * time_base) if vf.pts is not None else time.monotonic()
         if vf.format.name == "yuv420p" and vf.width % 2 == 0 and vf.height % 2 == 0:
-            image: np.ndarray | I420 = I420(vf.to_ndarray(), vf.width, vf.height)
+            image: np.ndarray | I420 = I420.of_video_frame(vf)  # read in place
             self.picture = "I420"
         else:
             image = vf.to_ndarray(format="bgr24")
