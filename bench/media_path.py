@@ -3,6 +3,7 @@ segment, matte, composite → encoder frame → encode, in both layouts.
 
     python -m bench.media_path [--size 1280x720] [--frames 300] [--background blur]
                                [--return-kbps 2488,1493] [--static-thresh 1,250]
+                               [--decoders libvpx,vp8]
 
 ``bgr``: the decoded frame converted to BGR for the pipeline and back to I420
 for the encoder (the path before 2026-11-30). ``i420``: the decoder's I420
@@ -11,7 +12,7 @@ paths take turns frame by frame in one process (a burst of load on the
 machine hits both alike), each with its own processor, decoder and encoder,
 on the packets of a real clip encoded once as a browser would send it (VP8,
 2.5 Mbps). The encoder is aiortc's own, set up as ``live serve`` sets it up
-(``fast_encoders``, ``bound_encoders``: its return-video bitrate). Times are
+(``fast_codecs``, ``bound_encoders``: its return-video bitrate). Times are
 this thread's CPU time (``time.thread_time``): the server's cost per
 processed frame minus aiortc's RTP and SRTP work. Each path also reports
 what it sends: its bitrate, its largest frame, and the PSNR of the luma a
@@ -20,8 +21,12 @@ receiver decodes against the composited picture.
 ``--return-kbps A,B``: the I420 path at each return-video ceiling instead
 (``webrtc.return_bitrate_kbps``), interleaved the same way.
 ``--static-thresh A,B``: the I420 path with libvpx's static threshold at each
-value (``VP8_OPTIONS``; aiortc's own is 1), interleaved the same way. Prints
-one JSON object as its last line.
+value (``VP8_OPTIONS``; aiortc's own is 1), interleaved the same way.
+``--decoders A,B``: the I420 path with each FFmpeg VP8 decoder (``libvpx``,
+aiortc's; ``vp8``, FFmpeg's own, the server's since ``fast_codecs``), on one
+thread, interleaved the same way; each path also reports whether its
+pictures equal the first path's, bit for bit. Otherwise the paths decode as
+the server does. Prints one JSON object as its last line.
 """
 
 from __future__ import annotations
@@ -67,17 +72,23 @@ class FramePath:
     built (``bound_encoders``)."""
 
     def __init__(self, layout: str, settings: Settings, size: tuple[int, int],
-                 vp8_options: dict[str, str] | None = None):
+                 vp8_options: dict[str, str] | None = None, decoder: str | None = None):
         from aiortc.codecs import get_encoder
         from aiortc.codecs.vpx import Vp8Encoder
         from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-        from live.io.rtc_media import with_options
+        from live.io.rtc_media import ffmpeg_vp8_decoder, with_options
 
         self.layout = layout
         self.processor = FrameProcessor(settings)
         self.processor.segmenter.load(*size)
-        self.decoder = av.CodecContext.create("libvpx", "r")
+        if decoder is None:
+            self.decoder = ffmpeg_vp8_decoder().codec  # as live serve decodes (fast_codecs)
+        else:
+            self.decoder = av.CodecContext.create(decoder, "r")
+            self.decoder.thread_count = 1
+        self.compare_pictures = decoder is not None
+        self.pictures: list[int] = []  # a hash of each decoded picture (--decoders)
         self.encoder = get_encoder(RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90_000,
                                                          payloadType=96)) \
             if vp8_options is None else with_options(Vp8Encoder, vp8_options)()
@@ -95,6 +106,8 @@ class FramePath:
 
     def frame(self, packet: bytes) -> None:
         (vf,) = self._timed("decode", lambda: self.decoder.decode(av.Packet(packet)))
+        if self.compare_pictures:
+            self.pictures.append(hash(vf.to_ndarray().tobytes()))
         if self.layout == "i420":
             image = self._timed("picture", lambda: I420.of_video_frame(vf))
         else:
@@ -142,7 +155,11 @@ def measure() -> dict:
     parser.add_argument("--static-thresh", default=None,
                         help="compare the I420 path at these libvpx static thresholds, e.g. "
                         "1,250")
+    parser.add_argument("--decoders", default=None,
+                        help="compare the I420 path with these VP8 decoders: libvpx,vp8")
     args = parser.parse_args()
+    if args.decoders and not set(args.decoders.split(",")) <= {"libvpx", "vp8"}:
+        parser.error(f"--decoders takes libvpx and/or vp8, got {args.decoders!r}")
     for option, values in (("--return-kbps", args.return_kbps),
                            ("--static-thresh", args.static_thresh)):
         if values and not all(v.isdigit() for v in values.split(",")):
@@ -157,11 +174,11 @@ def measure() -> dict:
     packets = browser_packets(clip)
     settings = Settings().merged({"engine": {"name": "selfie"},
                                   "background": parse_background(args.background)})
-    from live.io.rtc_media import VP8_OPTIONS, bound_encoders, fast_encoders
+    from live.io.rtc_media import VP8_OPTIONS, bound_encoders, fast_codecs
     from live.io.worker import limit_threads
 
     limit_threads(1)  # as a server worker runs its sessions (server.worker_threads)
-    fast_encoders()
+    fast_codecs()
     paths: dict[str, FramePath] = {}
     if args.return_kbps:
         for kbps in args.return_kbps.split(","):
@@ -172,6 +189,10 @@ def measure() -> dict:
         for value in args.static_thresh.split(","):
             paths[f"i420_static{value}"] = FramePath(
                 "i420", settings, (w, h), {**VP8_OPTIONS, "static-thresh": value})
+    elif args.decoders:
+        bound_encoders(settings.webrtc)
+        for name in args.decoders.split(","):
+            paths[f"i420_{name}"] = FramePath("i420", settings, (w, h), decoder=name)
     else:
         bound_encoders(settings.webrtc)
         paths = {layout: FramePath(layout, settings, (w, h)) for layout in ("bgr", "i420")}
@@ -185,6 +206,9 @@ def measure() -> dict:
                            "background": settings.background.mode}
     for name, path in paths.items():
         out[name] = path.summary(skip)
+    if args.decoders:
+        for name, path in paths.items():
+            out[name]["same_pictures"] = path.pictures == paths[names[0]].pictures
     first, last = out[names[0]], out[names[-1]]
     out[f"{names[-1]}_over_{names[0]}"] = round(last["cpu_ms_per_frame_p50"]
                                                 / first["cpu_ms_per_frame_p50"], 3)

@@ -45,7 +45,7 @@ async def open_peer_session(settings: Settings, offer_sdp: str, *, passthrough: 
     processor = await asyncio.to_thread(FrameProcessor, settings)  # may load a model
     processor.passthrough = passthrough
     rtc_media.bound_encoders(settings.webrtc)
-    rtc_media.fast_encoders()
+    rtc_media.fast_codecs()
     offer_sdp = rtc_media.prefer_codec(offer_sdp, settings.webrtc.codec)
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     session = Session(processor, kind="webrtc", pc=pc, output=VideoOutputTrack(),
