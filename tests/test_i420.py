@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
+import av  # after cv2 (PyAV #978)
 import numpy as np
 import pytest
 
@@ -129,10 +130,8 @@ def test_odd_boxes_blend_each_chroma_sample_once() -> None:
     assert out.y[2, 3] == 100 and out.y[0, 0] == 0
 
 
-def decoded(p: I420, width: int | None = None) -> "av.VideoFrame":  # noqa: F821
+def decoded(p: I420) -> av.VideoFrame:
     """``p`` as a decoder hands it on: a PyAV frame, rows padded where FFmpeg pads them."""
-    import av
-
     frame = av.VideoFrame(p.width, p.height, "yuv420p")
     for plane, src in zip(frame.planes, p.planes):
         rows = np.frombuffer(plane, np.uint8).reshape(plane.height, plane.line_size)
@@ -154,8 +153,8 @@ def test_a_decoded_frame_is_read_in_place_and_never_written() -> None:
     assert seen.video_frame is None  # not a frame the encoder may take as it is
     with pytest.raises(ValueError, match="read-only"):
         seen.y[0, 0] = 1  # the decoder may predict its next frame from this one
-    copy = seen.copy()
-    copy.y[0, 0] = 1 - int(p.y[0, 0] > 0)
+    copy = seen.copy()  # writable, in a frame of its own
+    copy.y[0, 0] = p.y[0, 0] ^ 1
     assert seen.y[0, 0] == p.y[0, 0] and copy.video_frame is not None
     # the whole pipeline on the strided views gives what it gives on one buffer
     a = FrameProcessor(SELFIE).process(Frame(seen, 0, 0.0))
@@ -165,8 +164,6 @@ def test_a_decoded_frame_is_read_in_place_and_never_written() -> None:
 
 
 def test_the_composited_picture_is_drawn_into_the_frame_the_encoder_takes() -> None:
-    import av
-
     result = FrameProcessor(SELFIE).process(Frame(I420.of_video_frame(decoded(picture())), 0, 0.0))
     out = encoder_frame(result.image)
     assert out is result.image.video_frame  # no copy on the way out
