@@ -179,22 +179,20 @@ def measure() -> dict:
 
     limit_threads(1)  # as a server worker runs its sessions (server.worker_threads)
     fast_codecs()
+    bound_encoders(settings.webrtc)  # the server's bounds, unless --return-kbps sets each
     paths: dict[str, FramePath] = {}
     if args.return_kbps:
         for kbps in args.return_kbps.split(","):
             bound_encoders(settings.merged({"webrtc": {"return_bitrate_kbps": int(kbps)}}).webrtc)
             paths[f"i420_{kbps}kbps"] = FramePath("i420", settings, (w, h))
     elif args.static_thresh:
-        bound_encoders(settings.webrtc)
         for value in args.static_thresh.split(","):
             paths[f"i420_static{value}"] = FramePath(
                 "i420", settings, (w, h), {**VP8_OPTIONS, "static-thresh": value})
     elif args.decoders:
-        bound_encoders(settings.webrtc)
         for name in args.decoders.split(","):
             paths[f"i420_{name}"] = FramePath("i420", settings, (w, h), decoder=name)
     else:
-        bound_encoders(settings.webrtc)
         paths = {layout: FramePath(layout, settings, (w, h)) for layout in ("bgr", "i420")}
     names = list(paths)
     for i in range(args.frames):  # take turns, the first one alternating
