@@ -306,6 +306,8 @@ def test_when_the_server_stops_the_page_says_so_and_start_does_nothing(browser):
     page, errors = open_page(browser, st.server.url)
     try:
         page.wait_for_selector("#status[data-state='connected']", timeout=10_000)
+        # "connected" shows on the socket's open; the panel unlocks after the hello reply
+        page.wait_for_selector("#connect:enabled", timeout=10_000)
         assert not page.is_disabled("#connect")
         assert page.input_value("#bg-blur") == str(st.server.settings.background.blur)
         # slider bounds are the settings schema's (live/config.py), not copies in the HTML
