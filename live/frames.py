@@ -73,7 +73,7 @@ class I420:
         """A new picture to draw on, in a frame an encoder takes without a copy."""
         import av  # here, not at the top: cv2 must be imported first (PyAV #978)
 
-        _check_size(width, height)
+        _check_size(width, height)  # first: PyAV takes a negative size for an OverflowError
         return cls.of_video_frame(av.VideoFrame(width, height, "yuv420p"), writable=True)
 
     @classmethod
