@@ -145,6 +145,16 @@ class MatteSettings:
         "flow on the selfie engine's grid, ~0.5 ms; not on SAM 2's larger one) before "
         "blending, so a moving edge is smoothed with where it moved to, not where it was: "
         "less lag and flicker")
+    guide_memory: int = _f(
+        32, "with smoothing on, the guided filter fits its edges on the picture averaged "
+        "like the smoothed mask, at most this many grey levels (of 255) from the current "
+        "frame, then applies them to the current frame: moving edges land where they are "
+        "now (less lag; 0 = fit on the current frame)", lo=0, hi=255)
+    steady: float = _f(
+        0.38, "steady edges: at the person's edge, a full-resolution pixel whose alpha "
+        "changes by much less than this from one frame to the next moves only part of the "
+        "way ((change/steady)^4 + 2 %), so edge wobble stays put while real motion "
+        "passes at once (less flicker; 0 = off; needs feather and smoothing)", lo=0.0, hi=1.0)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The matte stage: a low-resolution person alpha in, a clean full-resolution alpha out.
 
-Three steps, in this order:
+Four steps, in this order:
 
 1. Temporal smoothing, at the model's resolution (cheap). A plain EMA trails
    every moving edge (ghosting). The default *adaptive* mode is a per-pixel,
@@ -21,7 +21,13 @@ Three steps, in this order:
    a small grid, then upsampled and applied to the full-resolution frame, so
    the edge follows the frame's real edges (hair, shoulders) instead of the
    model's coarse blocks. Snapping to the current frame's edges also removes
-   most of the lag the smoothing would otherwise leave on moving edges.
+   most of the lag the smoothing would otherwise leave on moving edges, the
+   more so as the coefficients are fitted on the picture averaged like the
+   smoothed mask (``Matte._guide_for_fit``), so that the two agree.
+4. Steady edges, at full resolution inside the edge band: a pixel that
+   changes by much less than ``steady`` from one frame to the next moves only
+   part of the way (``steady_take``), so the wobble the guided filter adds
+   from frame to frame stays put while real motion passes at once.
 
 Benchmarked choices (``python -m bench.quality``, DAVIS, selfie engine): the
 image-motion gate without dilation won over a confidence weighting (|2a-1|),
@@ -47,9 +53,9 @@ became a plain box blur on flat dark areas (a 20-40 px dark fringe beside a
 dark jacket), and with a large radius averaged the whole body (a
 see-through person at feather 64).
 
-Speed: everything but the last step runs on the model-sized grid; the last
-step (the only full-resolution one) runs only inside boxes around the blobs
-the mask contains, as float32 OpenCV calls; nothing per-pixel in Python.
+Speed: everything but the last two steps runs on the model-sized grid; they
+(the only full-resolution work) run only inside boxes around the blobs the
+mask contains, as float32 OpenCV calls; nothing per-pixel in Python.
 ``reset`` forgets history (new stream, engine switch, seek); ``update``
 changes parameters between two frames and keeps history.
 """
@@ -74,7 +80,8 @@ def grid_size(width: int, height: int, long_side: int) -> tuple[int, int]:
 def guided_upsample(alpha: np.ndarray, gray: np.ndarray, guide: np.ndarray,
                     radius: float, eps: float, reach: int | None = None,
                     boxes_out: list | None = None,
-                    black: float = 0.0, span: float = 255.0) -> np.ndarray:
+                    black: float = 0.0, span: float = 255.0,
+                    prev: np.ndarray | None = None, steady: float = 0.0) -> np.ndarray:
     """Fast guided filter: fit q = a*I + b on the grid, apply it to the full-res frame.
 
     ``alpha`` is any resolution; ``gray`` is the frame's uint8 luminance (or the BGR frame),
@@ -89,6 +96,9 @@ def guided_upsample(alpha: np.ndarray, gray: np.ndarray, guide: np.ndarray,
     nearby image edge (that is its job) but no further, and it cannot change
     alpha away from the edge (see the module docstring for what it did
     unclamped).
+
+    ``prev`` and ``steady``: the last frame's result, and ``steady_take``'s
+    threshold (see ``apply_coefficients``).
     """
     gh, gw = guide.shape
     p = cv2.resize(alpha, (gw, gh), interpolation=cv2.INTER_LINEAR)
@@ -109,7 +119,7 @@ def guided_upsample(alpha: np.ndarray, gray: np.ndarray, guide: np.ndarray,
     square = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * reach + 1, 2 * reach + 1))
     np.clip(p, 0.0, 1.0, out=p)
     return apply_coefficients(a, b, gray, cv2.erode(p, square), cv2.dilate(p, square),
-                              boxes_out)
+                              boxes_out, prev, steady)
 
 
 ZERO = 1e-4  # coefficients below this (in alpha units) count as "no person here"
@@ -153,7 +163,8 @@ def blob_boxes(mask: np.ndarray, margin: int = 1, coarse: int = 4,
 
 def apply_coefficients(a: np.ndarray, b: np.ndarray, gray: np.ndarray,
                        lo: np.ndarray | None = None, hi: np.ndarray | None = None,
-                       boxes_out: list | None = None) -> np.ndarray:
+                       boxes_out: list | None = None, prev: np.ndarray | None = None,
+                       steady: float = 0.0) -> np.ndarray:
     """q = a * gray + b at full resolution, with a and b bilinearly upsampled,
     clipped to [lo, hi] (grid maps, upsampled the same way; default [0, 1]).
     ``gray`` is the uint8 luminance, or the BGR frame (converted box by box).
@@ -165,6 +176,14 @@ def apply_coefficients(a: np.ndarray, b: np.ndarray, gray: np.ndarray,
     empty cells of margin, so when the frame is a whole multiple of the grid
     (720p on the default grid) its pixels equal those of a whole-frame resize.
     The full-resolution boxes are appended to ``boxes_out`` when given.
+
+    With ``prev`` (the last result, the same size) and ``steady`` > 0, each
+    box is first moved back towards ``prev`` by ``steady_take``, then
+    clamped: only the band between ``lo`` and ``hi``, where the edge may
+    move, is held back. Elsewhere the alpha is what the mask says at once:
+    where hi is 0 (no person, as outside the boxes) a drop, where lo is 1
+    (inside the person) a rise. Held back everywhere, a moving arm left
+    streaks of alpha 0.8-0.9 across the body that took a second to fill in.
     """
     gh, gw = a.shape
     h, w = gray.shape[:2]
@@ -198,6 +217,8 @@ def apply_coefficients(a: np.ndarray, b: np.ndarray, gray: np.ndarray,
             crop = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
         cv2.multiply(up(a), crop, dst=box, dtype=cv2.CV_32F)
         cv2.add(box, up(b), dst=box)
+        if prev is not None and steady > 0:
+            steady_take(box, prev[y0:y1, x0:x1], steady)
         if hi is None:
             cv2.threshold(box, 1.0, 1.0, cv2.THRESH_TRUNC, dst=box)  # clip to [0, 1], in place
             cv2.threshold(box, 0.0, 0.0, cv2.THRESH_TOZERO, dst=box)
@@ -205,6 +226,36 @@ def apply_coefficients(a: np.ndarray, b: np.ndarray, gray: np.ndarray,
             cv2.max(box, up(lo), dst=box)
             cv2.min(box, up(hi), dst=box)
     return q
+
+
+GUIDE_AVERAGE = 0.2  # weight of the new frame in the guided filter's fitting luminance
+STEADY_MIN = 0.02  # steady_take moves a pixel at least this share of its change
+
+
+def steady_take(new: np.ndarray, old: np.ndarray, threshold: float) -> None:
+    """Move ``new`` back towards ``old``, in place: to old + w * (new - old), with
+    w = (change / threshold) ** 4 + ``STEADY_MIN``, at most 1.
+
+    Most of the flicker the temporal filter leaves is made at full resolution:
+    the guided filter's coefficients, fitted anew each frame, wobble an edge by
+    a few hundredths (smoothing the 256x144 mask more, or holding it, does not
+    reach it). A change of a pixel well under ``threshold`` is that wobble and
+    barely moves it; a change near or over it is an edge moving and is taken
+    (almost) whole. The weight is a smooth function of the change, so
+    neighbouring pixels that change alike move alike: a hard hold (keep a
+    pixel while it changes less than the threshold) drew faint contour lines
+    and banding on webcam clips where neighbours were held on different
+    frames. The floor lets an old value fade out (in tens of frames, never
+    stuck). Six float32 OpenCV passes over the box.
+    """
+    change = cv2.subtract(new, old)
+    weight = cv2.multiply(change, change, scale=1.0 / (threshold * threshold))
+    cv2.multiply(weight, weight, dst=weight)
+    # w - 1, in [STEADY_MIN - 1, 0]: new + (w - 1) * change = old + w * change, which
+    # OpenCV does in one pass (the floor is added rather than a max taken: half the time)
+    cv2.addWeighted(weight, 1.0, weight, 0.0, STEADY_MIN - 1.0, dst=weight)
+    cv2.threshold(weight, 0.0, 0.0, cv2.THRESH_TRUNC, dst=weight)
+    cv2.accumulateProduct(weight, change, new)
 
 
 TINY = 1e-4  # alpha under this is 0 (invisible: a fortieth of a grey level)
@@ -372,6 +423,8 @@ class Matte:
     def __init__(self, settings: MatteSettings | None = None):
         self.settings = settings or MatteSettings()
         self.temporal = TemporalFilter(self.settings)
+        self._fit_guide: np.ndarray | None = None  # see ``_guide_for_fit``
+        self._prev: np.ndarray | None = None  # the last alpha, for ``steady_take``
 
     def update(self, settings: MatteSettings) -> None:
         """New parameters from the next frame on; history is kept so nothing jumps."""
@@ -381,6 +434,7 @@ class Matte:
     def reset(self) -> None:
         """Forget history: the next frame's mask is taken as is."""
         self.temporal.reset()
+        self._fit_guide = self._prev = None
 
     def apply(self, alpha_lowres: np.ndarray, frame: np.ndarray | I420 | Pyramid) -> Matted:
         """Float32 alpha in [0, 1] at the frame's size (a new array each call), and its boxes.
@@ -415,9 +469,47 @@ class Matte:
         if s.feather <= 0:
             out = cv2.resize(smoothed, (w, h), interpolation=cv2.INTER_LINEAR)
             np.clip(out, 0.0, 1.0, out=out)
+            self._prev = None
             return Matted(out, None)
+        # steady edges hold back the band where the guided filter may move the edge; with
+        # smoothing off there is no history at all
+        steady = s.steady if s.smoothing != "off" else 0.0
+        prev = self._prev if steady > 0 and self._prev is not None \
+            and self._prev.shape == (h, w) else None
         boxes: list[Box] = []
         luma, black, span = frame.luma
-        out = guided_upsample(smoothed, luma, guide, s.feather * gw / w, s.feather_eps,
-                              boxes_out=boxes, black=black, span=span)
+        out = guided_upsample(smoothed, luma, self._guide_for_fit(guide), s.feather * gw / w,
+                              s.feather_eps, boxes_out=boxes, black=black, span=span,
+                              prev=prev, steady=steady)
+        self._prev = out  # the stages after the matte only read it
         return Matted(out, boxes)
+
+    def _guide_for_fit(self, guide: np.ndarray) -> np.ndarray:
+        """The luminance the guided filter fits its coefficients on: the frame's own,
+        or, with smoothing, the frame's averaged over the last few frames
+        (weight ``GUIDE_AVERAGE`` on the new one) and never more than
+        ``guide_memory`` grey levels from it.
+
+        The filter fits alpha ~ a * luminance + b in each window and applies it
+        to the full-resolution frame. The smoothed mask describes the last few
+        frames, not this one: fitted against this frame's luminance, a moving
+        edge sits in different places in the two, the fit finds little
+        relation (a -> 0), and the result falls back to the smoothed mask's
+        blurry, trailing edge. Fitted against a luminance averaged like the
+        mask, the two agree, the fit keeps its edge, and applied to the
+        current frame it puts the edge where the picture has it now. DAVIS
+        (``python -m bench.quality``): lag 33.3 -> 31.3 with flicker
+        unchanged; the bound keeps a change of the light from leaving the
+        fit on a picture that is no longer there.
+        """
+        s = self.settings
+        avg = self._fit_guide
+        if s.smoothing == "off" or s.guide_memory <= 0 or avg is None \
+                or avg.shape != guide.shape:
+            self._fit_guide = guide.copy() if s.smoothing != "off" else None
+            return guide
+        cv2.addWeighted(guide, GUIDE_AVERAGE, avg, 1.0 - GUIDE_AVERAGE, 0.0, dst=avg)
+        bound = np.float32(s.guide_memory / 255.0)
+        cv2.max(avg, guide - bound, dst=avg)
+        cv2.min(avg, guide + bound, dst=avg)
+        return avg

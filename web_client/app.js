@@ -401,7 +401,7 @@ function showSettings(settings, { remember = true } = {}) {
     if (value !== undefined && value !== null && document.activeElement !== el) el.value = value;
   }
   updateModeChoices();
-  for (const id of ["bg-blur", "matte-feather", "matte-ema"]) $(`${id}-value`).textContent = $(id).value;
+  for (const id of ["bg-blur", "matte-feather", "matte-ema", "matte-steady"]) $(`${id}-value`).textContent = $(id).value;
   if (settings.background.video) $("bg-video").value = settings.background.video;
   if (settings.background.mode !== "image") $("bg-image").value = "";
   showRelevantControls(settings);
