@@ -161,3 +161,28 @@ def test_engine_knobs_that_need_no_new_model_reach_the_running_engine() -> None:
     with pytest.raises(ModelMissingError):  # a new model is built (and needs a checkpoint)
         processor.update_settings(settings.merged({"engine": {"max_cond_frames": 8}}))
     assert processor.segmenter is engine
+
+
+def test_pipeline_benchmark_reports_its_ratios_to_the_blend_floor(data_dir) -> None:
+    """The design's speed targets are ratios to one full-frame blend in the same run:
+    the JSON carries them, and they are what the times say."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-m", "bench.pipeline", "--frames", "40",
+                           "--size", "640x360"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["frames"] == 40 and result["dropped"] == 0
+    floor = result["blend_floor_ms_p50"]
+    assert floor > 0
+    assert result["whole_frame_vs_floor"] == pytest.approx(
+        result["ms_per_frame_p50"] / floor, rel=0.02)
+    assert result["matte_plus_composite_vs_floor"] == pytest.approx(
+        result["matte_plus_composite_ms_p50"] / floor, rel=0.02)
