@@ -313,6 +313,9 @@ def test_when_the_server_stops_the_page_says_so_and_start_does_nothing(browser):
         # slider bounds are the settings schema's (live/config.py), not copies in the HTML
         assert page.get_attribute("#matte-ema", "min") == "0.05"
         assert page.get_attribute("#bg-blur", "max") == "200"
+        # the steady-edges slider shows the setting as it is (its step does not round it)
+        assert page.get_attribute("#matte-steady", "max") == "1"
+        assert float(page.input_value("#matte-steady")) == st.server.settings.matte.steady
         st.close()
         page.wait_for_selector("#status[data-state='error']", timeout=10_000)
         status = page.text_content("#status")
