@@ -389,6 +389,20 @@ def test_steady_edges_lower_the_flicker_of_a_wobbling_edge_and_keep_the_body_fil
     assert results[MatteSettings().steady] < 0.3 * results[0.0], results
 
 
+def test_steady_edges_leave_no_streaks_behind_a_moving_person() -> None:
+    """Held back everywhere, a moving edge left a trail of alpha 0.8-0.9 inside the
+    body that took a second to fill in: steady edges only hold the band where the
+    edge may move, so a frame's inside is opaque and its far outside empty at once."""
+    matte = Matte()
+    for i in range(12):
+        x0 = 100 + 12 * i  # more than two model pixels a frame
+        frame, alpha = _textured_walker(x0)
+        out = matte.apply(alpha, frame).alpha
+        inside = out[100:280, x0 + 30:x0 + 130]
+        assert inside.min() == 1.0, (i, float(inside.min()))
+        assert out[:, :max(0, x0 - 30)].max() == 0.0, i  # where it was: empty
+
+
 def test_guide_memory_lowers_the_lag_of_a_moving_edge() -> None:
     """The filter fits its edges on a picture averaged like the smoothed mask, then
     applies them to the current frame: the edge lands where the picture has it now.
