@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,12 +171,6 @@ def test_engine_knobs_that_need_no_new_model_reach_the_running_engine() -> None:
 def test_pipeline_benchmark_reports_its_ratios_to_the_blend_floor(data_dir) -> None:
     """The design's speed targets are ratios to one full-frame blend in the same run:
     the JSON carries them, and they are what the times say."""
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root)}
     done = subprocess.run([sys.executable, "-m", "bench.pipeline", "--frames", "40",
