@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +149,20 @@ def test_a_failing_benchmark_still_ends_with_a_json_line(tmp_path, capsys) -> No
     assert exit_info.value.code == 1
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "no davis-*/ folders" in last["error"]
+
+
+def test_the_rvm_reference_is_never_run_in_lives_environment(tmp_path) -> None:
+    """RVM (GPL-3.0) is measured in an environment of its own: here the script ends at
+    once, with a message that says so, and still a JSON last line."""
+    model = tmp_path / "rvm.onnx"
+    model.write_bytes(b"not a model")
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-m", "bench.rvm_reference", "--model", str(model),
+                           "--data", str(tmp_path)], cwd=root, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1
+    error = json.loads(done.stdout.strip().splitlines()[-1])["error"]
+    if importlib.util.find_spec("onnxruntime") is None:  # live never installs it
+        assert "environment of its own" in error
+    else:
+        assert error  # no davis-* folders here, or a file that is no model
