@@ -25,9 +25,9 @@ import cv2
 import numpy as np
 
 from bench import DATA, load_frames, report
-from bench.quality import load_davis, mean_defined, sequence_metrics
+from bench.quality import METRICS, load_davis, mean_defined, sequence_metrics
 
-SCORES = ("iou", "boundary_f", "flicker", "lag")
+SCORES = tuple(m for m in METRICS if m != "dropouts")  # dropouts need the engine's tracks
 
 
 class Rvm:

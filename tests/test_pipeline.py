@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import subprocess
-import sys
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +14,7 @@ from live.pipeline import FrameProcessor, Mailbox, Pipeline
 from live.io import NullSink
 from live.segment import Prompt, PromptError
 from live.io.synthetic import SyntheticSource
-from utils import asynctest
+from utils import asynctest, run_bench
 
 SELFIE = Settings().merged({"engine": {"name": "selfie"}})
 
@@ -171,13 +166,8 @@ def test_engine_knobs_that_need_no_new_model_reach_the_running_engine() -> None:
 def test_pipeline_benchmark_reports_its_ratios_to_the_blend_floor(data_dir) -> None:
     """The design's speed targets are ratios to one full-frame blend in the same run:
     the JSON carries them, and they are what the times say."""
-    root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    done = subprocess.run([sys.executable, "-m", "bench.pipeline", "--frames", "40",
-                           "--size", "640x360"], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    status, result, stderr = run_bench("bench.pipeline", "--frames", "40", "--size", "640x360")
+    assert status == 0, stderr[-2000:]
     assert result["frames"] == 40 and result["dropped"] == 0
     floor = result["blend_floor_ms_p50"]
     assert floor > 0

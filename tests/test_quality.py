@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bench.quality import (METHODS, METRICS, SUBJECTS, ObsRecipe, boundary_f, dropouts, flicker,
                            iou, lag, main)
+from utils import run_bench
 
 
 def square(h: int = 100, w: int = 100, y0: int = 20, x0: int = 20, size: int = 40) -> np.ndarray:
@@ -156,12 +154,10 @@ def test_the_rvm_reference_is_never_run_in_lives_environment(tmp_path) -> None:
     once, with a message that says so, and still a JSON last line."""
     model = tmp_path / "rvm.onnx"
     model.write_bytes(b"not a model")
-    root = Path(__file__).resolve().parent.parent
-    done = subprocess.run([sys.executable, "-m", "bench.rvm_reference", "--model", str(model),
-                           "--data", str(tmp_path)], cwd=root, capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 1
-    error = json.loads(done.stdout.strip().splitlines()[-1])["error"]
+    status, result, _ = run_bench("bench.rvm_reference", "--model", str(model),
+                                  "--data", str(tmp_path), timeout=120)
+    assert status == 1
+    error = result["error"]
     if importlib.util.find_spec("onnxruntime") is None:  # live never installs it
         assert "environment of its own" in error
     else:
