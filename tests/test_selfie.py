@@ -287,6 +287,58 @@ def test_someone_coming_in_beside_the_tracked_person_is_found() -> None:
     assert found is not None and found <= interval, found
 
 
+class PhantomModel(CountingModel):
+    """The colour-key model whose whole-frame passes, while ``phantom`` is set, also
+    find a person at the far left, where nobody is: a false positive of the refresh."""
+
+    phantom = False
+
+    def _whole(self, pyramid: Pyramid, grid: tuple[int, int]) -> np.ndarray:
+        alpha = super()._whole(pyramid, grid)
+        if self.phantom:
+            alpha[grid[1] // 4: 3 * grid[1] // 4, : grid[0] // 8] = 1.0
+        return alpha
+
+
+def left_area(alpha: np.ndarray) -> int:
+    return person_area(alpha[:, : alpha.shape[1] // 4])
+
+
+def first_refresh(engine: PhantomModel, frame: np.ndarray) -> np.ndarray:
+    """Step until a whole-frame pass runs; its frame's alpha."""
+    for _ in range(4 * EngineSettings().selfie_refresh_frames):
+        wholes = engine.wholes
+        alpha = engine.step(frame)
+        if engine.wholes > wholes:
+            return alpha
+    raise AssertionError("no whole-frame refresh")
+
+
+@pytest.mark.parametrize("lasting", [False, True])
+def test_someone_new_outside_the_crop_is_shown_from_their_second_sighting(
+        lasting: bool) -> None:
+    """A false positive of one refresh never flashes into the picture; someone the
+    next frame sees again is shown from that frame on (the refresh is repeated at
+    once to look)."""
+    engine = PhantomModel()
+    frame = scene(True)
+    for _ in range(12):
+        engine.step(frame)
+    assert engine.crops > 0 and left_area(engine.step(frame)) == 0
+    engine.phantom = True
+    assert left_area(first_refresh(engine, frame)) == 0  # seen once: not shown
+    engine.phantom = lasting
+    wholes = engine.wholes
+    alpha = engine.step(frame)
+    assert engine.wholes == wholes + 1  # looked again at once
+    if lasting:
+        assert left_area(alpha) > 0
+    else:
+        assert left_area(alpha) == 0
+        assert all(left_area(engine.step(frame)) == 0 for _ in range(5))
+    assert person_area(alpha) > left_area(alpha)  # the tracked person stayed throughout
+
+
 def test_a_closed_segmenter_lends_its_interpreters_to_the_next(data_dir: Path) -> None:
     """Sessions reuse the selfie interpreters (a server built two per session and kept
     ~3 MB of each session's native memory); a reused one answers as a new one does,

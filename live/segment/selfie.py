@@ -292,7 +292,10 @@ class SelfieSegmenter:
                         np.maximum(alpha[y0:y1, x0:x1], again[y0:y1, x0:x1],
                                    out=alpha[y0:y1, x0:x1])
                 self._full_next = True
-        alpha = self.tracks.update(alpha, gray, s.selfie_hold_frames)
+        alpha = self.tracks.update(alpha, gray, s.selfie_hold_frames,
+                                   crop=plan[0] if plan is not None else None)
+        if self.tracks.pending:  # someone new outside the crop: look there again
+            self._full_next = True
         self._follow(self.tracks.union())
         return alpha
 

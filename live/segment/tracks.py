@@ -16,6 +16,13 @@ since the trusted frame, the engine re-checks (another pass of the model)
 and, if the person is still missing, holds the trusted mask. A hold lasts at
 most ``hold_frames`` frames: a drop that persists, or any real change of the
 picture there, is believed, so a person who leaves is gone within a few frames.
+
+The other way round, someone new whom only the engine's whole-frame refresh saw,
+outside the crop where the tracked people are, is shown from their second sighting
+on (``pending``). The refresh runs every few frames; a false positive it finds
+there (a railing on DAVIS parkour) used to flash into the picture for the one
+frame before the crop looked away from it again. A person really coming in is
+seen again on the next frame and shown one frame (33 ms) later.
 """
 
 from __future__ import annotations
@@ -54,10 +61,15 @@ class Track:
     held: int = 0  # frames in a row this track's mask was held
 
     def region(self, shape: tuple[int, int]) -> Box:
-        """The box grown by ``PAD`` (where to look for the person now), inside the grid."""
-        x0, y0, x1, y1 = self.box
-        px, py = int((x1 - x0) * PAD) + 1, int((y1 - y0) * PAD) + 1
-        return max(0, x0 - px), max(0, y0 - py), min(shape[1], x1 + px), min(shape[0], y1 + py)
+        """Where to look for the person now (``grown``)."""
+        return grown(self.box, shape)
+
+
+def grown(box: Box, shape: tuple[int, int]) -> Box:
+    """``box`` grown by ``PAD`` of its size on each side, inside a grid of ``shape``."""
+    x0, y0, x1, y1 = box
+    px, py = int((x1 - x0) * PAD) + 1, int((y1 - y0) * PAD) + 1
+    return max(0, x0 - px), max(0, y0 - py), min(shape[1], x1 + px), min(shape[0], y1 + py)
 
 
 def area_in(fg: np.ndarray, box: Box) -> int:
@@ -70,9 +82,11 @@ class PersonTracks:
 
     def __init__(self) -> None:
         self.tracks: list[Track] = []
+        self.pending: list[Box] = []  # someone new seen once, outside the crop: not shown yet
 
     def reset(self) -> None:
         self.tracks = []
+        self.pending = []
 
     def union(self) -> Box | None:
         """One box around every tracked person (None: nobody is tracked)."""
@@ -100,9 +114,15 @@ class PersonTracks:
         fg = alpha > THRESHOLD
         return [t for t in self.tracks if self._dropped(t, fg, gray)]
 
-    def update(self, alpha: np.ndarray, gray: np.ndarray, hold_frames: int) -> np.ndarray:
+    def update(self, alpha: np.ndarray, gray: np.ndarray, hold_frames: int,
+               crop: Box | None = None) -> np.ndarray:
         """The alpha with dropped-out people held (``hold_frames`` at most), and the
-        tracks moved to this frame's people. ``gray``: luminance in [0, 1] at alpha's size."""
+        tracks moved to this frame's people. ``gray``: luminance in [0, 1] at alpha's size.
+
+        ``crop``: where this frame's crop pass looked (None: the whole frame was
+        the pass). Someone new wholly outside it, while others are tracked, is
+        taken out of the alpha and left ``pending``, unless they were pending
+        already: then they are shown."""
         if alpha.shape != gray.shape:
             raise ValueError(f"alpha {alpha.shape} and gray {gray.shape} differ in size")
         shape = alpha.shape
@@ -137,11 +157,20 @@ class PersonTracks:
             track.box = _bounds(stats[mine])
             self._trust(track, alpha, fg, gray)
             kept.append(track)
+        pending: list[Box] = []
         for label in np.flatnonzero(big & ~claimed):  # someone new
-            track = Track(_bounds(stats[[label]]))
+            box = _bounds(stats[[label]])
+            if crop is not None and self.tracks and not _overlaps(box, crop) and not any(
+                    _overlaps(box, grown(p, shape)) for p in self.pending):
+                pending.append(box)
+                blocks = np.repeat(np.repeat(labels == label, BLOCK, 0), BLOCK, 1)
+                alpha[blocks[:shape[0], :shape[1]]] = 0.0
+                continue
+            track = Track(box)
             self._trust(track, alpha, fg, gray)
             kept.append(track)
         self.tracks = kept
+        self.pending = pending
         return alpha
 
     @staticmethod
@@ -169,6 +198,10 @@ def _blobs(fg: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     stats[:, cv2.CC_STAT_HEIGHT] = np.minimum(stats[:, cv2.CC_STAT_HEIGHT],
                                               h - stats[:, cv2.CC_STAT_TOP])
     return n, labels, stats
+
+
+def _overlaps(a: Box, b: Box) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _bounds(stats: np.ndarray) -> Box:
