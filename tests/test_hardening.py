@@ -200,6 +200,41 @@ def test_a_full_disk_is_a_failure_and_leaves_a_playable_file(tmp_path: Path) -> 
     assert decodable_frames(out) > 10  # playable up to the last fragment written
 
 
+@asynctest
+async def test_a_recording_cut_anywhere_is_cut_back_to_a_whole_fragment(tmp_path: Path) -> None:
+    """Wherever a full disk cuts the last write, ``cut_after_last_fragment`` leaves a
+    file FFmpeg opens and plays up to its last whole frame (a moof cut short at the
+    end could make the whole file unopenable)."""
+    import av
+
+    from live.frames import Frame
+    from live.io.files import RecorderSink, cut_after_last_fragment
+    from live.io.synthetic import SyntheticSource
+
+    full = tmp_path / "full.mp4"
+    sink, source = RecorderSink(full, 30.0), SyntheticSource(320, 240)
+    for i in range(40):
+        await sink.write(source.render(i), Frame(source.render(i), i, i / 30))
+    await sink.close()
+    data = full.read_bytes()
+    unopenable, frames = 0, []
+    for n in range(2_000, len(data), 997):  # a cut inside boxes of every kind
+        cut = tmp_path / f"cut{n}.mp4"
+        cut.write_bytes(data[:n])
+        try:
+            av.open(str(cut)).close()
+        except av.FFmpegError:
+            unopenable += 1
+        cut_after_last_fragment(cut)
+        assert cut.stat().st_size <= n
+        frames.append(decodable_frames(cut))
+        cut.unlink()
+    assert frames == sorted(frames) and frames[-1] >= 35, frames  # every cut plays
+    assert unopenable > 0  # what the cut is for: some of these did not open before
+    cut_after_last_fragment(full)
+    assert full.read_bytes() == data  # a whole file is left alone
+
+
 def test_a_killed_recording_plays_up_to_its_last_frames(tmp_path: Path) -> None:
     import signal
     import time

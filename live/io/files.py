@@ -268,6 +268,7 @@ class RecorderSink:
         self._pending: collections.deque[asyncio.Future[Any]] = collections.deque()
         self._resizing = False
         self._closed = False
+        self._failed = False  # an encode or a write failed: cut the file to whole fragments
 
     async def write(self, image: np.ndarray, frame: Frame) -> None:
         check_image(image)
@@ -319,7 +320,11 @@ class RecorderSink:
             for packet in self._stream.encode(vf):
                 self._container.mux(packet)
         except av.FFmpegError as exc:
+            self._failed = True
             raise SinkError(f"recording to {self.path} failed: {exc}") from exc
+        except OSError:  # the disk is full (or gone): the file is cut when closed
+            self._failed = True
+            raise
         self.frames += 1
 
     def _open(self, width: int, height: int) -> None:
@@ -366,7 +371,11 @@ class RecorderSink:
             try:
                 container.close()
             finally:
-                self._file.close()
+                try:
+                    self._file.close()
+                finally:
+                    if self._failed and self.path.suffix.lower() in (".mp4", ".mov"):
+                        cut_after_last_fragment(self.path)
 
     async def close(self) -> None:
         """Encode what is queued, flush the encoder, finalise the file; safe to call twice."""
@@ -386,3 +395,34 @@ class RecorderSink:
             raise SinkError(f"finalising {self.path} failed: {results[-1]}") from results[-1]
         if errors:
             raise errors[0]
+
+
+def cut_after_last_fragment(path: Path) -> None:
+    """Cut a fragmented MP4/MOV after its last whole fragment (a moof and its mdat).
+
+    A write that fails part-way (a full disk) leaves a box cut short at the end,
+    and FFmpeg, so every player built on it, may then refuse to open the file at
+    all (a moof cut after 47 of its 104 bytes did). Everything before it is whole:
+    cut there, and the file plays up to its last complete frame. Shrinking a file
+    needs no free space. Nothing is cut from a file that ends on a whole box."""
+    try:
+        with open(path, "r+b") as f:
+            size = f.seek(0, os.SEEK_END)
+            pos = whole = 0
+            while pos + 8 <= size:
+                f.seek(pos)
+                head = f.read(16)
+                length, kind = int.from_bytes(head[:4], "big"), head[4:8]
+                if length == 1 and len(head) == 16:  # a 64-bit size follows the type
+                    length = int.from_bytes(head[8:16], "big")
+                if length < 8 or pos + length > size:
+                    break  # cut short (or "to the end of the file": not written by us)
+                pos += length
+                if kind != b"moof":  # a moof without its mdat holds no frame
+                    whole = pos
+            if whole < size:
+                f.truncate(whole)
+                log.warning("%s: cut after its last whole fragment (%d of %d bytes)",
+                            path, whole, size)
+    except OSError as exc:
+        log.warning("%s: could not cut it to its last whole fragment: %s", path, exc)
