@@ -200,6 +200,8 @@ def run_phase(browser: Any, args: argparse.Namespace, passthrough: bool,
         while time.monotonic() - started < args.duration:
             time.sleep(1.0)
             rtc.append(page.evaluate(RTC_STATS_JS) or {})
+            # what the page's own stats line says it shows (frames presented, last second)
+            rtc[-1]["page_fps"] = page.evaluate("window.liveClient.shown.fps")
             if cpu0 is None and time.monotonic() - started >= args.warmup:
                 cpu0 = (cpu_seconds(process_tree(server_proc[0])), cpu_seconds(chromium_processes()),
                         time.monotonic())
@@ -241,6 +243,7 @@ def summarise(m: dict[str, Any], rtc: list[dict[str, Any]], server: dict[str, An
     recv_bits = [b - a for a, b in zip([s.get("recv_bytes") or 0 for s in later],
                                        [s.get("recv_bytes") or 0 for s in later][1:])]
     last = rtc[-1] if rtc else {}
+    page_fps = [round(s["page_fps"], 1) for s in later if s.get("page_fps") is not None]
     return {
         "received_width": statistics.median(f[1] for f in frames),
         "received_height": statistics.median(f[2] for f in frames),
@@ -276,6 +279,9 @@ def summarise(m: dict[str, Any], rtc: list[dict[str, Any]], server: dict[str, An
                                       / ((later[-1]["t"] - later[0]["t"]) / 1000), 1)
         if len(later) > 1 and later[-1].get("recv_frames") is not None else None,
         "browser_keyframes_received": last.get("recv_keyframes"),
+        # the fps the page's stats line showed, read once a second after the warm-up
+        "page_stats_fps_median": statistics.median(page_fps) if page_fps else None,
+        "page_stats_fps_min": min(page_fps) if page_fps else None,
         "server_frames_dropped": server.get("dropped"),
         "server_fps": server.get("fps"),
         "server_stage_ms_p50": {k: v["p50"] for k, v in server.get("stage_ms", {}).items()},
