@@ -11,7 +11,8 @@ here differ ~2x in absolute speed): one full-frame ``cv2.blendLinear`` of a
 frame over a background, the floor of any compositor, timed just before and
 just after the pipeline run (``blend_floor_ms_p50``: the mean of the two
 medians). ``whole_frame_vs_floor`` (target <= 6) and
-``matte_plus_composite_vs_floor`` (target <= 2.5) divide the p50s by it. Prints one JSON object as its last line.
+``matte_plus_composite_vs_floor`` (target <= 2.5) divide the p50s by it.
+Prints one JSON object as its last line.
 """
 
 from __future__ import annotations

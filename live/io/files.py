@@ -364,6 +364,13 @@ class RecorderSink:
         if self._container is None:
             return
         try:
+            self._flush_and_close()
+        finally:
+            if self._failed and CONTAINER_OPTIONS[self.path.suffix.lower()] is _FRAGMENTED_MP4:
+                cut_after_last_fragment(self.path)
+
+    def _flush_and_close(self) -> None:  # worker thread
+        try:
             for packet in self._stream.encode(None):
                 self._container.mux(packet)
         finally:
@@ -371,11 +378,7 @@ class RecorderSink:
             try:
                 container.close()
             finally:
-                try:
-                    self._file.close()
-                finally:
-                    if self._failed and self.path.suffix.lower() in (".mp4", ".mov"):
-                        cut_after_last_fragment(self.path)
+                self._file.close()
 
     async def close(self) -> None:
         """Encode what is queued, flush the encoder, finalise the file; safe to call twice."""
