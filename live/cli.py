@@ -17,6 +17,7 @@ import os
 import sys
 from typing import Any
 
+from live import __version__
 from live.config import (SAM2_SIZES, EngineSettings, Settings, SettingsError,
                          add_cli_arguments, settings_from_args)
 from live.signals import install_stop_signals
@@ -25,6 +26,7 @@ from live.signals import install_stop_signals
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="live", description="Real-time virtual background.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"live {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="process a camera or file into a virtual camera, "

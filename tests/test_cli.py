@@ -171,6 +171,13 @@ def test_sam2_without_its_extra_names_the_command_that_installs_it(tmp_path: Pat
     assert "Traceback" not in proc.stderr
 
 
+def test_version_is_printed_without_a_command() -> None:
+    proc = subprocess.run([sys.executable, "-m", "live.cli", "--version"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    assert re.fullmatch(r"live \d+\.\d+\.\d+\n", proc.stdout), proc.stdout
+
+
 @pytest.mark.parametrize("command", ["run", "serve", "config"])
 def test_every_command_prints_its_help(command: str) -> None:
     """Help texts come from the schema; one with a "%" in it broke argparse's help."""
