@@ -10,7 +10,7 @@ from pathlib import Path
 import av
 import pytest
 
-from bench.capacity import LOOP_FRAMES, client_track, encoded_loop, run_peer
+from bench.capacity import LOOP_FRAMES, client_track, encoded_loop, median_of, run_peer
 from bench.webrtc import read_stamp
 from server_helpers import running_server
 from utils import asynctest
@@ -38,3 +38,15 @@ async def test_pre_encoded_frames_come_back_matched_through_a_real_server(clip_p
     assert all(0 < ms < 5000 for ms in result["rtt_ms"])
     # sends past the first loop came back: matched by RTP time (the stamp repeats)
     assert result["last_sent"] >= LOOP_FRAMES
+
+
+def test_repeated_one_peer_steps_are_reported_by_their_median_run():
+    runs = [{"server_cpu_ms_per_frame": ms, "rtt_p95": rtt}
+            for ms, rtt in ((17.8, 91.0), (15.3, 84.0), (16.0, 86.0), (19.1, 95.0))]
+    chosen = median_of(runs)
+    assert chosen["server_cpu_ms_per_frame"] == 16.0 and chosen["rtt_p95"] == 86.0  # lower middle
+    assert chosen["server_cpu_ms_per_frame_runs"] == [17.8, 15.3, 16.0, 19.1]  # in run order
+    assert "server_cpu_ms_per_frame_runs" not in runs[2]  # the run itself is left as it was
+    odd = median_of(runs[:3] + [{"server_cpu_ms_per_frame": None, "rtt_p95": None}])
+    assert odd["server_cpu_ms_per_frame"] == 16.0  # a run that delivered nothing is not a median
+
