@@ -49,4 +49,3 @@ def test_repeated_one_peer_steps_are_reported_by_their_median_run():
     assert "server_cpu_ms_per_frame_runs" not in runs[2]  # the run itself is left as it was
     odd = median_of(runs[:3] + [{"server_cpu_ms_per_frame": None, "rtt_p95": None}])
     assert odd["server_cpu_ms_per_frame"] == 16.0  # a run that delivered nothing is not a median
-

@@ -176,6 +176,12 @@ def test_version_is_printed_without_a_command() -> None:
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-500:]
     assert re.fullmatch(r"live \d+\.\d+\.\d+\n", proc.stdout), proc.stdout
+    # the installed package's version is read from the same place (pyproject's dynamic attr)
+    import importlib.metadata
+
+    import live
+    installed = importlib.metadata.version("live")
+    assert proc.stdout == f"live {live.__version__}\n" == f"live {installed}\n"
 
 
 @pytest.mark.parametrize("command", ["run", "serve", "config"])
