@@ -166,6 +166,11 @@ def halve(image: np.ndarray, times: int = 1) -> np.ndarray:
     return image
 
 
+def boxes_overlap(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Whether two (x0, y0, x1, y1) boxes, ends exclusive, share any pixel."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def any_blocks(mask: np.ndarray, block: int) -> np.ndarray:
     """``mask`` (bool, or 0/1) on ``block`` x ``block`` blocks: a uint8 map, non-zero
     wherever any cell of the block is set (the last blocks padded with unset cells).

@@ -69,7 +69,7 @@ import cv2
 import numpy as np
 
 from live.config import MatteSettings
-from live.frames import I420, Pyramid, any_blocks
+from live.frames import I420, Pyramid, any_blocks, boxes_overlap
 
 def grid_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     """The coefficient grid: ``long_side`` on the longer axis, never finer than the frame."""
@@ -148,7 +148,7 @@ def blob_boxes(mask: np.ndarray, margin: int = 1, coarse: int = 4,
         for i in range(len(boxes)):
             for j in range(i + 1, len(boxes)):
                 a, b = boxes[i], boxes[j]
-                if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                if boxes_overlap(a, b):
                     boxes[i] = (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]),
                                 max(a[3], b[3]))
                     del boxes[j]

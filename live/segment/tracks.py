@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from live.frames import any_blocks
+from live.frames import any_blocks, boxes_overlap
 from live.subjects import MIN_AREA_FRACTION, THRESHOLD
 
 DROP_RATIO = 0.3  # a mask under this share of its running median has "dropped out"
@@ -142,10 +142,8 @@ class PersonTracks:
         claimed = np.zeros(n, bool)
         kept: list[Track] = []
         for track in held + [t for t in self.tracks if t not in held]:  # held ones claim first
-            x0, y0, x1, y1 = track.region(shape)
-            mine = np.flatnonzero(np.bincount(
-                labels[y0 // BLOCK:-(-y1 // BLOCK), x0 // BLOCK:-(-x1 // BLOCK)].ravel(),
-                minlength=n))
+            mine = np.flatnonzero(np.bincount(_labels_over(labels, track.region(shape)).ravel(),
+                                              minlength=n))
             mine = mine[big[mine] & ~claimed[mine]]
             if track in held:
                 claimed[mine] = True
@@ -160,11 +158,13 @@ class PersonTracks:
         pending: list[Box] = []
         for label in np.flatnonzero(big & ~claimed):  # someone new
             box = _bounds(stats[[label]])
-            if crop is not None and self.tracks and not _overlaps(box, crop) and not any(
-                    _overlaps(box, grown(p, shape)) for p in self.pending):
+            if crop is not None and self.tracks and not boxes_overlap(box, crop) and not any(
+                    boxes_overlap(box, grown(p, shape)) for p in self.pending):
                 pending.append(box)
-                blocks = np.repeat(np.repeat(labels == label, BLOCK, 0), BLOCK, 1)
-                alpha[blocks[:shape[0], :shape[1]]] = 0.0
+                x0, y0, x1, y1 = box  # the blob's own cells, in its box, out of the alpha
+                theirs = np.repeat(np.repeat(_labels_over(labels, box) == label, BLOCK, 0),
+                                   BLOCK, 1)
+                alpha[y0:y1, x0:x1][theirs[:y1 - y0, :x1 - x0]] = 0.0
                 continue
             track = Track(box)
             self._trust(track, alpha, fg, gray)
@@ -200,8 +200,10 @@ def _blobs(fg: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
     return n, labels, stats
 
 
-def _overlaps(a: Box, b: Box) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+def _labels_over(labels: np.ndarray, box: Box) -> np.ndarray:
+    """The block labels (``_blobs``) of the blocks that cover ``box`` (in cells)."""
+    x0, y0, x1, y1 = box
+    return labels[y0 // BLOCK:-(-y1 // BLOCK), x0 // BLOCK:-(-x1 // BLOCK)]
 
 
 def _bounds(stats: np.ndarray) -> Box:
