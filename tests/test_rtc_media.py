@@ -141,15 +141,18 @@ def encode_with(mime: str, frames: list[np.ndarray]) -> list[bytes]:
     return out
 
 
-def test_h264_answers_encode_at_the_fast_preset():
+def test_h264_answers_encode_at_the_fast_preset_with_deblocking():
     rtc_media.fast_codecs()
     rtc_media.fast_codecs()  # twice is once
     (stream,) = encode_with("video/H264", [np.full((240, 320, 3), 90, np.uint8)])
     assert stream, "no H.264 came out"
-    # x264 writes its settings into the first keyframe: superfast's motion search
-    # (me=dia, subme=1) rather than medium's (me=hex, subme=7), and aiortc's own
+    # x264 writes its settings into the first keyframe: ultrafast's motion search
+    # (me=dia, subme=0) rather than medium's (me=hex, subme=7), but with the
+    # deblocking filter that ultrafast alone turns off (deblock=0:...), the 4x4
+    # intra partitions in P frames (analyse=<intra>:0x1), and aiortc's own
     # zero-latency tune still there (sliced threads, no B-frames)
-    assert b"me=dia subme=1" in stream, stream[:800]
+    assert b"me=dia subme=0" in stream, stream[:800]
+    assert b"deblock=1:0:0" in stream and b"analyse=0:0x1" in stream, stream[:800]
     assert b"sliced_threads=1" in stream and b"bframes=0" in stream
 
 

@@ -18,7 +18,7 @@ WebRTC applications widen both with the same tools, gathered here:
   camera's by default: the composited picture needs fewer bits) and follow the
   browser's REMB only between floor and that ceiling (``bound_encoders``);
 * its H.264 encoder runs x264 at a realtime preset rather than x264's default
-  (a quarter of the CPU, same PSNR), its VP8 encoder libvpx at a faster speed
+  (a sixth of the CPU, same SSIM), its VP8 encoder libvpx at a faster speed
   without the denoiser (two thirds of the CPU, no lower PSNR), and the VP8
   coming in is decoded by FFmpeg's own decoder (the same pictures, a fifth
   less CPU): ``fast_codecs``.
@@ -119,14 +119,19 @@ def bound_encoders(rtc: WebRTCSettings) -> None:
         module.MAX_BITRATE = module.DEFAULT_BITRATE = back
 
 
-#: x264's preset for the video sent back. aiortc leaves x264 at its default,
+#: x264's settings for the video sent back. aiortc leaves x264 at its default,
 #: "medium": 17 ms per 1280x720 frame at 1 Mbps here (28 ms at 2.5 Mbps).
 #: With aiortc's baseline profile and zerolatency tune every preset gave the
 #: same PSNR on a real clip (34.8-35.0 dB at 1 Mbps, 38.8-39.3 at 2.5), and
-#: "superfast" took 4.2 ms (5.2): a quarter of the CPU. "ultrafast" saves
-#: 1.3 ms more but drops x264's deblocking filter, which PSNR does not see
-#: and eyes do.
-H264_OPTIONS = {"preset": "superfast"}
+#: "superfast" took 4.2 ms (5.2): a quarter of the CPU. "ultrafast" alone
+#: drops x264's deblocking filter, and its blocks show, so the filter is
+#: turned back on, with the 4x4 intra partitions that keep detail at
+#: edges. On the composited 720p picture of the four shared clips at the
+#: return bitrate (1.5 Mbps) that takes 2.7-3.1 ms a frame against
+#: superfast's 4.2-4.7 (1.3-2.0 ms less), at an SSIM higher on three clips
+#: and 0.0002 lower on the fourth; without the filter SSIM falls 0.005-0.016
+#: (``python -m bench.encoders --clip C``, 2026-11-30).
+H264_OPTIONS = {"preset": "ultrafast", "x264-params": "deblock=0,0:partitions=i4x4"}
 
 #: libvpx's VP8 options for the video sent back, over aiortc's. aiortc asks for
 #: speed 6 ("cpu-used" -6) with libvpx's temporal denoiser on
