@@ -10,13 +10,15 @@ the same composited pictures with aiortc's own encoder class, tuned as
 ``fast_codecs`` tunes it (``with_options``) and bounded as ``live serve``
 bounds it (``bound_encoders``: the return video's bitrate). The settings
 take turns in blocks of ``BLOCK`` frames, so a burst of load hits them alike.
-Per setting: the encoder's CPU per frame (the process's CPU time over each
-block, over its frames: x264 encodes slices on threads of its own, whose
-time a clock read around one call misses while they still run; median of
-the blocks), the bitrate it sent, and the luma a receiver decodes against the picture
-that was sent (PSNR, and SSIM with the usual 11-tap Gaussian window, which
-sees blocking and lost detail that PSNR averages away). Prints one JSON object
-as its last line.
+Per setting:
+* the encoder's CPU per frame: the process's CPU time over a block, over its
+  frames, median of the blocks (x264 encodes slices on threads of its own,
+  whose time a clock read around one call misses while they still run);
+* the bitrate it sent;
+* the luma a receiver decodes against the picture that was sent: PSNR, and
+  SSIM with the usual 11-tap Gaussian window, which sees blocking and lost
+  detail that PSNR averages away.
+Prints one JSON object as its last line.
 
 ``vp8`` and ``h264`` are the server's settings (``VP8_OPTIONS``,
 ``H264_OPTIONS``); ``h264-superfast`` is the H.264 setting before 2026-11-30,
