@@ -39,6 +39,7 @@ import av
 import numpy as np
 
 from bench import DATA, load_frames, report
+from bench.media_path import depacketized, psnr
 from live.config import Settings
 from live.frames import I420, Frame
 from live.io.webrtc import encoder_frame
@@ -86,13 +87,14 @@ class Encoded:
 
         from live.io.rtc_media import with_options
 
-        self.vp8 = mime == "video/VP8"
+        self.mime = mime
+        vp8 = mime == "video/VP8"
         if options is None:  # as the server makes it (fast_codecs has run)
             self.encoder = get_encoder(RTCRtpCodecParameters(mimeType=mime, clockRate=90_000,
                                                              payloadType=96))
         else:
-            self.encoder = with_options(Vp8Encoder if self.vp8 else H264Encoder, options)()
-        self.decoder = av.CodecContext.create("vp8" if self.vp8 else "h264", "r")
+            self.encoder = with_options(Vp8Encoder if vp8 else H264Encoder, options)()
+        self.decoder = av.CodecContext.create("vp8" if vp8 else "h264", "r")
         self.cpu_ms: list[float] = []
         self.sent: list[int] = []
         self.psnr: list[float] = []
@@ -110,21 +112,13 @@ class Encoded:
         sent = [self.encoder.encode(vf)[0] for vf in frames]
         self.cpu_ms.append((cpu_seconds() - t0) * 1e3 / len(frames))
         for picture, payloads in zip(pictures, sent):
-            data = self._depacketize(payloads)
+            data = depacketized(self.mime, payloads)
             self.sent.append(len(data))
             for out in self.decoder.decode(av.Packet(data)) if data else []:
                 y = out.to_ndarray()[:out.height]
-                err = np.mean((y.astype(np.float32) - picture.y) ** 2)
-                self.psnr.append(10 * np.log10(255.0 ** 2 / max(float(err), 1e-9)))
+                self.psnr.append(psnr(y, picture.y))
                 if measure_ssim:
                     self.ssim.append(ssim(y, picture.y))
-
-    def _depacketize(self, payloads: list[bytes]) -> bytes:
-        if self.vp8:
-            from aiortc.codecs.vpx import VpxPayloadDescriptor
-            return b"".join(VpxPayloadDescriptor.parse(p)[1] for p in payloads)
-        from aiortc.codecs.h264 import H264PayloadDescriptor
-        return b"".join(H264PayloadDescriptor.parse(p)[1] for p in payloads)
 
     def summary(self) -> dict[str, Any]:
         """The first block (a keyframe, the rate control settling) is not counted."""

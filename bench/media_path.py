@@ -65,6 +65,21 @@ def browser_packets(frames: list[np.ndarray], bitrate: int = 2_500_000) -> list[
     return packets
 
 
+def depacketized(mime: str, payloads: list[bytes]) -> bytes:
+    """One frame's RTP payloads from aiortc's encoder, as the bitstream a decoder takes."""
+    if mime == "video/VP8":
+        from aiortc.codecs.vpx import VpxPayloadDescriptor
+        return b"".join(VpxPayloadDescriptor.parse(p)[1] for p in payloads)
+    from aiortc.codecs.h264 import H264PayloadDescriptor
+    return b"".join(H264PayloadDescriptor.parse(p)[1] for p in payloads)
+
+
+def psnr(decoded: np.ndarray, sent: np.ndarray) -> float:
+    """PSNR (dB) of an 8-bit plane a receiver decoded against the one that was sent."""
+    err = np.mean((decoded.astype(np.float32) - sent) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / max(float(err), 1e-9)))
+
+
 class FramePath:
     """One session's frame path in one layout, each stage timed in thread CPU time.
 
@@ -122,14 +137,11 @@ class FramePath:
 
     def _received(self, payloads: list[bytes], shown: np.ndarray | I420) -> None:
         """Bytes sent, and the decoded luma's PSNR against the picture that was sent."""
-        from aiortc.codecs.vpx import VpxPayloadDescriptor
-
-        data = b"".join(VpxPayloadDescriptor.parse(p)[1] for p in payloads)
+        data = depacketized("video/VP8", payloads)
         self.sent.append(len(data))
         luma = shown.y if isinstance(shown, I420) else I420.from_bgr(shown).y
         for vf in self.receiver.decode(av.Packet(data)):
-            err = np.mean((vf.to_ndarray()[:vf.height].astype(np.float32) - luma) ** 2)
-            self.psnr.append(10 * np.log10(255.0 ** 2 / max(float(err), 1e-9)))
+            self.psnr.append(psnr(vf.to_ndarray()[:vf.height], luma))
 
     def summary(self, skip: int) -> dict[str, Any]:
         per = {s: round(float(np.median(v[skip:])), 3) for s, v in self.ms.items()}
