@@ -2,6 +2,7 @@
 in a real browser.
 
     python -m bench.browser [--duration 40] [--webrtc-codec VP8|H264] [--engine selfie]
+                            [--picture N]
 
 Debian chromium (driven by Playwright) opens the page of a fresh ``live``
 server, presses Start and shows its fake camera: a clip converted at run time
@@ -32,6 +33,12 @@ background mode that keeps the picture (blur, the pass-through server).
   after the warm-up: on two cores the browser's encoder and decoder compete
   with the server.
 
+With ``--picture N`` the pass-through phase also compares N frames that came
+back with the same frames as the preview shows them (``passthrough_picture``:
+PSNR and SSIM of the luma, the stamp rows left out, both read through the
+page's canvas with one formula): what the trip through the codecs, both ways,
+costs the picture the user sees, e.g. VP8 against H.264.
+
 Prints one JSON object as its last line. The first ``--warmup`` seconds (5)
 are left out of the size, fps and latency figures: that is the ramp allowed
 (issue 9). A page screenshot at 1366x768 goes to ``--screenshot``. The default
@@ -41,6 +48,7 @@ run takes about 2 minutes (two servers, 40 s each after their first frame).
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import shutil
 import statistics
@@ -140,6 +148,47 @@ MEASURE_JS = """([bits, loopMs]) => {
   });
   document.getElementById("connect").addEventListener("click",
     () => { m.t0 = performance.now(); }, { capture: true });
+  window.benchRead = read;
+}"""
+
+# Installed after MEASURE_JS with ``--picture N``: after the warm-up, the luma of
+# N source frames (stamp indices a multiple of ``every``) as the preview shows them
+# and as they come back, each converted from the page's RGB with the same BT.601
+# formula, so the comparison sees only what the trip through the codecs lost.
+PICTURE_JS = """([count, every, warmupMs]) => {
+  const canvas = document.createElement("canvas");
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  const p = { preview: new Map(), back: new Map() };
+  window.benchP = p;
+  const luma = (v) => {
+    canvas.width = v.videoWidth; canvas.height = v.videoHeight;
+    ctx.drawImage(v, 0, 0);
+    const d = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+    const y = new Uint8Array(canvas.width * canvas.height);
+    for (let k = 0, j = 0; k < y.length; k++, j += 4) {
+      y[k] = Math.round(16 + (65.481 * d[j] + 128.553 * d[j + 1] + 24.966 * d[j + 2]) / 255);
+    }
+    let s = "";
+    for (let k = 0; k < y.length; k += 32768) s += String.fromCharCode.apply(null, y.subarray(k, k + 32768));
+    return [canvas.width, canvas.height, btoa(s)];
+  };
+  const late = () => window.benchM.first !== null
+    && performance.now() > window.benchM.first + warmupMs;
+  const hook = (id, take) => {
+    const v = document.getElementById(id);
+    const cb = () => { if (late()) take(v); v.requestVideoFrameCallback(cb); };
+    v.requestVideoFrameCallback(cb);
+  };
+  hook("preview", (v) => {
+    const i = window.benchRead(v);
+    if (i !== null && i % every === 0 && !p.preview.has(i) && p.preview.size < count) {
+      p.preview.set(i, luma(v));
+    }
+  });
+  hook("processed", (v) => {
+    const i = window.benchRead(v);
+    if (i !== null && p.preview.has(i) && !p.back.has(i)) p.back.set(i, luma(v));
+  });
 }"""
 
 # Once a second: what the camera's sender does, and what the processed video receives.
@@ -188,6 +237,10 @@ def run_phase(browser: Any, args: argparse.Namespace, passthrough: bool,
         page.goto(url)
         page.wait_for_selector("#status[data-state='connected']", timeout=20_000)
         page.evaluate(MEASURE_JS, [BITS, 1000 * args.loop_frames / args.fps])
+        picture = passthrough and args.picture > 0
+        if picture:
+            every = max(1, args.loop_frames // args.picture)
+            page.evaluate(PICTURE_JS, [args.picture, every, 1000 * args.warmup])
         page.click("#connect")
         deadline = time.monotonic() + 60  # (the page's CSP forbids wait_for_function's eval)
         while page.evaluate("window.benchM.first") is None:
@@ -212,6 +265,8 @@ def run_phase(browser: Any, args: argparse.Namespace, passthrough: bool,
             page.screenshot(path=str(screenshot))
         m = page.evaluate("({t0: benchM.t0, first: benchM.first, frames: benchM.frames, "
                           "misread: benchM.misread})")
+        pairs = page.evaluate("[...benchP.back.keys()].map(i => [benchP.preview.get(i), "
+                              "benchP.back.get(i)])") if picture else None
         page.click("#disconnect")
     finally:
         page.close()
@@ -221,7 +276,37 @@ def run_phase(browser: Any, args: argparse.Namespace, passthrough: bool,
         raise RuntimeError(f"the page raised: {errors[:3]}")
     cpu = None if cpu0 is None else [round(100 * (b - a) / (cpu1[2] - cpu0[2]), 1)
                                      for a, b in zip(cpu0[:2], cpu1[:2])]
-    return summarise(m, rtc, server, args, cpu)
+    out = summarise(m, rtc, server, args, cpu)
+    if pairs is not None:
+        out["picture"] = picture_figures(pairs)
+    return out
+
+
+def picture_figures(pairs: list[list[Any]]) -> dict[str, Any]:
+    """PSNR and SSIM of the luma that came back against the same frames' luma in the
+    preview, the stamp rows left out (``PICTURE_JS``'s pairs: [w, h, base64] each)."""
+    from bench.encoders import ssim
+    from bench.media_path import psnr
+
+    def plane(shot: list[Any]) -> np.ndarray:
+        w, h, data = shot
+        return np.frombuffer(base64.b64decode(data), np.uint8).reshape(h, w)
+
+    scores = []
+    for preview, back in pairs:
+        a, b = plane(preview), plane(back)
+        if a.shape != b.shape:  # a frame that came back smaller is not compared
+            continue
+        rows = slice(a.shape[1] // BITS, a.shape[0] - a.shape[1] // BITS)
+        scores.append((psnr(b[rows], a[rows]), ssim(b[rows], a[rows])))
+    if not scores:
+        return {"frames": 0}
+    return {"frames": len(scores),
+            "psnr_y_db_median": round(statistics.median(s[0] for s in scores), 2),
+            "psnr_y_db_min": round(min(s[0] for s in scores), 2),
+            "ssim_y_median": round(statistics.median(s[1] for s in scores), 4),
+            "ssim_y_min": round(min(s[1] for s in scores), 4),
+            "psnr_y_db": [round(s[0], 2) for s in scores]}
 
 
 def summarise(m: dict[str, Any], rtc: list[dict[str, Any]], server: dict[str, Any],
@@ -315,6 +400,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                duration_s=args.duration, warmup_s=args.warmup)
     base = phases.get("passthrough")
     if base is not None:
+        if "picture" in base:
+            out["passthrough_picture"] = base["picture"]
         for key in ("glass_to_glass_ms_p50", "glass_to_glass_ms_p95", "glass_to_glass_ms_mean",
                     "fps", "first_frame_s",
                     "full_size_share", "full_size_after_s", "received_width", "received_height",
@@ -367,12 +454,15 @@ def main() -> None:
                         help="skip the pass-through baseline (half the time, no added_ms)")
     parser.add_argument("--screenshot", type=Path, default=OUT / "page.png",
                         help="the page at 1366x768 at the end of the processed run")
+    parser.add_argument("--picture", type=int, default=0, metavar="N",
+                        help="compare N frames that came back from the pass-through server "
+                             "with the preview's (PSNR, SSIM of the luma; default 0: off)")
     from live.config import add_cli_arguments, settings_from_args
 
     add_cli_arguments(parser, sections=SERVER_SECTIONS)
     args = parser.parse_args()
     known = {"--duration", "--warmup", "--size", "--fps", "--loop-frames", "--clip",
-             "--no-passthrough", "--screenshot"}
+             "--no-passthrough", "--screenshot", "--picture"}
     args.server_args = _settings_argv(sys.argv[1:], known)
 
     def measure() -> dict[str, Any]:
