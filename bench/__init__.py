@@ -73,6 +73,31 @@ def cpu_seconds(procs: list[Any]) -> float:
     return total
 
 
+
+def psnr(decoded: Any, sent: Any) -> float:
+    """PSNR (dB) of an 8-bit plane a receiver decoded against the one that was sent."""
+    import numpy as np
+
+    err = np.mean((decoded.astype(np.float32) - sent) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / max(float(err), 1e-9)))
+
+
+def ssim(a: Any, b: Any) -> float:
+    """Mean structural similarity of two 8-bit planes (Wang et al. 2004's constants)."""
+    import cv2
+    import numpy as np
+
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+
+    def mean(x: Any) -> Any:
+        return cv2.GaussianBlur(x, (11, 11), 1.5)
+
+    ma, mb = mean(a), mean(b)
+    va, vb, cov = mean(a * a) - ma * ma, mean(b * b) - mb * mb, mean(a * b) - ma * mb
+    return float(np.mean((2 * ma * mb + c1) * (2 * cov + c2)
+                         / ((ma * ma + mb * mb + c1) * (va + vb + c2))))
+
 #: A session worker's threads by the names ``live.io.worker.name_os_threads`` shows
 #: the OS (first matching prefix). The worker's main thread runs its event loop.
 THREAD_ROLES = (("live-peer", "processing"), ("asyncio_", "encoder"),

@@ -63,7 +63,7 @@ import cv2  # noqa: F401  (before av: the other order can make OpenCV spin, PyAV
 import av
 import numpy as np
 
-from bench import DATA, cpu_seconds, load_frames, process_tree, report
+from bench import DATA, cpu_seconds, load_frames, process_tree, psnr, report, ssim
 from bench.webrtc import BITS, pct, stamp, start_server
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -105,7 +105,8 @@ MEASURE_JS = """([bits, loopMs]) => {
   const W = 256, H = 144, B = W / bits, C = B / 2;
   const ctx = Object.assign(document.createElement("canvas"), { width: W, height: H })
     .getContext("2d", { willReadFrequently: true });
-  const m = { t0: null, first: null, preview: new Map(), frames: [], misread: 0 };
+  const m = { t0: null, first: null, preview: new Map(), frames: [], misread: 0,
+              onFrame: null };  // onFrame(id, video, index): a listener of every read
   window.benchM = m;
   const lum = (d, x, y) => {
     let s = 0;
@@ -134,11 +135,13 @@ MEASURE_JS = """([bits, loopMs]) => {
   hook("preview", (v, now, meta) => {
     const i = read(v);
     if (i !== null) m.preview.set(i, meta.expectedDisplayTime);
+    if (m.onFrame) m.onFrame("preview", v, i);
   });
   hook("processed", (v, now, meta) => {
     if (m.first === null) m.first = now;
     const i = read(v);
     if (i === null) m.misread++;
+    if (m.onFrame) m.onFrame("processed", v, i);
     // The camera loops: a preview time older than half a loop is the frame's
     // previous showing (this one was not presented in the preview), not timed.
     const shown = i === null ? undefined : m.preview.get(i);
@@ -154,9 +157,11 @@ MEASURE_JS = """([bits, loopMs]) => {
 # Installed after MEASURE_JS with ``--picture N``: after the warm-up, the luma of
 # N source frames (stamp indices ``every`` apart) as the preview shows them
 # and as they come back, each converted from the page's RGB with the same BT.601
-# formula, so the comparison sees only what the trip through the codecs lost. A
-# capture whose own stamp (read off the full-size luma) is not the frame's is dropped.
-PICTURE_JS = """([count, every, warmupMs, bits]) => {
+# formula, so the comparison sees only what the trip through the codecs lost.
+# It listens to MEASURE_JS's reads (no second read of every frame), and a copy
+# is kept only if the stamp still reads the same after it: the picture did not
+# move on while it was copied.
+PICTURE_JS = """([count, every, warmupMs]) => {
   const canvas = document.createElement("canvas");
   const ctx = canvas.getContext("2d", { willReadFrequently: true });
   const p = { preview: new Map(), back: new Map() };
@@ -166,46 +171,33 @@ PICTURE_JS = """([count, every, warmupMs, bits]) => {
   // webcam makes, and the codecs code the frame after it worse (36.8 dB against
   // 42-45 for VP8's other frames on 10_cloth_magic).
   const half = Math.floor(every / 2);
-  // [w, h, base64 luma] of the frame on show, if its own stamp reads ``index``
+  // [w, h, base64 luma] of the frame on show, if it is still frame ``index``
   const luma = (v, index) => {
     const w = canvas.width = v.videoWidth, h = canvas.height = v.videoHeight;
     ctx.drawImage(v, 0, 0);
     const d = ctx.getImageData(0, 0, w, h).data;
+    if (window.benchRead(v) !== index) return null;
     const y = new Uint8Array(w * h);
     for (let k = 0, j = 0; k < y.length; k++, j += 4) {
       y[k] = Math.round(16 + (65.481 * d[j] + 128.553 * d[j + 1] + 24.966 * d[j + 2]) / 255);
     }
-    const B = Math.floor(w / bits);
-    let seen = 0;
-    for (let bit = 0; bit < bits; bit++) {
-      seen |= (y[Math.floor(B / 2) * w + bit * B + Math.floor(B / 2)] > 127) << bit;
-    }
-    if (seen !== index) return null;  // the picture moved on since the stamp was read
     let s = "";
     for (let k = 0; k < y.length; k += 32768) s += String.fromCharCode.apply(null, y.subarray(k, k + 32768));
     return [w, h, btoa(s)];
   };
-  const late = () => window.benchM.first !== null
-    && performance.now() > window.benchM.first + warmupMs;
-  const hook = (id, take) => {
-    const v = document.getElementById(id);
-    const cb = () => { if (late()) take(v); v.requestVideoFrameCallback(cb); };
-    v.requestVideoFrameCallback(cb);
+  const take = (into, v, i) => {
+    const shot = luma(v, i);
+    if (shot !== null) into.set(i, shot);
   };
-  hook("preview", (v) => {
-    const i = window.benchRead(v);
-    if (i !== null && i % every === half && !p.preview.has(i) && p.preview.size < count) {
-      const shot = luma(v, i);
-      if (shot !== null) p.preview.set(i, shot);
+  window.benchM.onFrame = (id, v, i) => {
+    if (i === null || window.benchM.first === null
+        || performance.now() < window.benchM.first + warmupMs) return;
+    if (id === "preview") {
+      if (i % every === half && !p.preview.has(i) && p.preview.size < count) take(p.preview, v, i);
+    } else if (p.preview.has(i) && !p.back.has(i)) {
+      take(p.back, v, i);
     }
-  });
-  hook("processed", (v) => {
-    const i = window.benchRead(v);
-    if (i !== null && p.preview.has(i) && !p.back.has(i)) {
-      const shot = luma(v, i);
-      if (shot !== null) p.back.set(i, shot);
-    }
-  });
+  };
 }"""
 
 # Once a second: what the camera's sender does, and what the processed video receives.
@@ -257,7 +249,7 @@ def run_phase(browser: Any, args: argparse.Namespace, passthrough: bool,
         picture = passthrough and args.picture > 0
         if picture:
             every = max(1, args.loop_frames // args.picture)
-            page.evaluate(PICTURE_JS, [args.picture, every, 1000 * args.warmup, BITS])
+            page.evaluate(PICTURE_JS, [args.picture, every, 1000 * args.warmup])
         page.click("#connect")
         deadline = time.monotonic() + 60  # (the page's CSP forbids wait_for_function's eval)
         while page.evaluate("window.benchM.first") is None:
@@ -302,9 +294,6 @@ def run_phase(browser: Any, args: argparse.Namespace, passthrough: bool,
 def picture_figures(pairs: list[list[Any]]) -> dict[str, Any]:
     """PSNR and SSIM of the luma that came back against the same frames' luma in the
     preview, the stamp rows left out (``PICTURE_JS``'s pairs: [w, h, base64] each)."""
-    from bench.encoders import ssim
-    from bench.media_path import psnr
-
     def plane(shot: list[Any]) -> np.ndarray:
         w, h, data = shot
         return np.frombuffer(base64.b64decode(data), np.uint8).reshape(h, w)

@@ -38,8 +38,8 @@ import cv2  # noqa: F401  (before av: the other order can make OpenCV spin, PyAV
 import av
 import numpy as np
 
-from bench import DATA, load_frames, report
-from bench.media_path import depacketized, psnr
+from bench import DATA, load_frames, psnr, report, ssim
+from bench.media_path import depacketized
 from live.config import Settings
 from live.frames import I420, Frame
 from live.io.webrtc import encoder_frame
@@ -55,25 +55,14 @@ SETTINGS: dict[str, tuple[str, dict[str, str] | None]] = {
 BLOCK = 10  # frames each setting encodes in its turn
 
 
-def cpu_seconds() -> float:
-    """This process's CPU time, every thread's, once its threads have settled."""
+def own_cpu_seconds() -> float:
+    """This process's CPU time, every thread's, once its threads have settled.
+
+    (Not ``bench.cpu_seconds``: psutil reads /proc in 10 ms clock ticks, the
+    length of a whole block here; getrusage counts the scheduler's own time.)"""
     time.sleep(0.002)  # a helper thread still finishing is counted when it sleeps
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean structural similarity of two 8-bit planes (Wang et al. 2004's constants)."""
-    a, b = a.astype(np.float32), b.astype(np.float32)
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-
-    def mean(x: np.ndarray) -> np.ndarray:
-        return cv2.GaussianBlur(x, (11, 11), 1.5)
-
-    ma, mb = mean(a), mean(b)
-    va, vb, cov = mean(a * a) - ma * ma, mean(b * b) - mb * mb, mean(a * b) - ma * mb
-    return float(np.mean((2 * ma * mb + c1) * (2 * cov + c2)
-                         / ((ma * ma + mb * mb + c1) * (va + vb + c2))))
 
 
 class Encoded:
@@ -108,9 +97,9 @@ class Encoded:
             vf = encoder_frame(picture.copy())
             vf.pts, vf.time_base = (first + i) * 3000, fractions.Fraction(1, 90_000)
             frames.append(vf)
-        t0 = cpu_seconds()
+        t0 = own_cpu_seconds()
         sent = [self.encoder.encode(vf)[0] for vf in frames]
-        self.cpu_ms.append((cpu_seconds() - t0) * 1e3 / len(frames))
+        self.cpu_ms.append((own_cpu_seconds() - t0) * 1e3 / len(frames))
         for picture, payloads in zip(pictures, sent):
             data = depacketized(self.mime, payloads)
             self.sent.append(len(data))

@@ -41,7 +41,7 @@ import cv2  # noqa: F401  (before av: the other order can make OpenCV spin, PyAV
 import av
 import numpy as np
 
-from bench import DATA, load_frames, report
+from bench import DATA, load_frames, psnr, report
 from bench.quality import clip_frames
 from live.config import Settings, parse_background
 from live.frames import I420, Frame
@@ -72,12 +72,6 @@ def depacketized(mime: str, payloads: list[bytes]) -> bytes:
         return b"".join(VpxPayloadDescriptor.parse(p)[1] for p in payloads)
     from aiortc.codecs.h264 import H264PayloadDescriptor
     return b"".join(H264PayloadDescriptor.parse(p)[1] for p in payloads)
-
-
-def psnr(decoded: np.ndarray, sent: np.ndarray) -> float:
-    """PSNR (dB) of an 8-bit plane a receiver decoded against the one that was sent."""
-    err = np.mean((decoded.astype(np.float32) - sent) ** 2)
-    return float(10 * np.log10(255.0 ** 2 / max(float(err), 1e-9)))
 
 
 class FramePath:

@@ -8,7 +8,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench.encoders import SETTINGS, ssim
+from bench import ssim
+from bench.encoders import SETTINGS
 from utils import run_bench
 
 
