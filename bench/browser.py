@@ -472,6 +472,9 @@ def main() -> None:
     args.server_args = _settings_argv(sys.argv[1:], known)
 
     def measure() -> dict[str, Any]:
+        if not 0 <= args.picture <= args.loop_frames // 2:  # frames at least 2 apart
+            sys.exit(f"--picture must be between 0 and {args.loop_frames // 2} "
+                     f"(half of --loop-frames), got {args.picture}")
         if not CHROMIUM.exists():
             sys.exit(f"{CHROMIUM} not found (Debian: apt-get install -y chromium)")
         if not Path(args.clip).is_file():

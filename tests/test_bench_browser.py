@@ -57,3 +57,9 @@ def test_frames_coming_back_are_compared_with_the_preview(clip_path: Path, tmp_p
     # median: a single frame can come back damaged on a loaded machine)
     assert picture["psnr_y_db_median"] > 30 and picture["ssim_y_median"] > 0.9, picture
     assert "picture" not in result  # the processed video is not the preview's picture
+
+
+def test_a_picture_count_the_loop_cannot_hold_is_named_in_the_error() -> None:
+    status, result, _ = run_bench("bench.browser", "--loop-frames", "60", "--picture", "31",
+                                  timeout=120)
+    assert status == 1 and "--picture must be between 0 and 30" in result["error"], result
