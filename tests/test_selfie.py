@@ -15,7 +15,7 @@ from live.checkpoints import SELFIE_FILES, selfie_model_path, sha256_of
 from live.config import EngineSettings
 from live.frames import Pyramid
 from live.matte import Matte
-from live.segment.selfie import SelfieSegmenter, output_grid
+from live.segment.selfie import MODEL_SIZE, Loaded, SelfieSegmenter, output_grid
 from live.segment.tracks import _blobs
 
 # Measured on 2026-11-24 over the 80 frames of davis-hike (854x480): mean IoU 0.801
@@ -130,16 +130,19 @@ class IdentityModel(SelfieSegmenter):
     """A stand-in model whose 'alpha' is the green channel of the image it is shown: what
     comes back from a crop is then the picture itself, and must land where it was cut."""
 
-    def _run(self, variant: str, image_bgr: np.ndarray) -> np.ndarray:
+    def _run(self, loaded: Loaded, image_bgr: np.ndarray) -> np.ndarray:
         return image_bgr[..., 1].astype(np.float32) / 255.0
 
 
+@pytest.mark.parametrize("model", [(256, 256), (160, 256)])
 @pytest.mark.parametrize("size", [(1280, 720), (854, 480), (640, 480)])
-def test_a_crop_comes_back_where_it_was_cut(size: tuple[int, int]) -> None:
+def test_a_crop_comes_back_where_it_was_cut(size: tuple[int, int], model: tuple[int, int]
+                                            ) -> None:
     """The crop is cut on whole pixels of a pyramid level and its alpha mapped back onto
-    the crop's cells. Measured: the picture comes back within 0.003 (mean, 0-1) of the
-    frame shrunk to the grid, at every size and crop below; half a cell off reads
-    0.014-0.033 and a whole cell 0.03-0.07, so the bound (0.008) catches either."""
+    the crop's cells, through the square model's input or a narrower one. Measured: the
+    picture comes back within 0.003 (mean, 0-1) of the frame shrunk to the grid, at
+    every size and crop below; half a cell off reads 0.014-0.033 and a whole cell
+    0.03-0.07, so the bound (0.008) catches either."""
     w, h = size
     rng = np.random.default_rng(1)
     smooth = cv2.resize(rng.random((h // 24, w // 24)).astype(np.float32), (w, h),
@@ -151,7 +154,7 @@ def test_a_crop_comes_back_where_it_was_cut(size: tuple[int, int]) -> None:
     engine = IdentityModel()
     for x0, y0, x1, y1 in [(60, 10, 160, 110), (3, 0, 90, 87), (101, 21, 199, 119)]:
         crop = (x0, y0, min(x1, grid[0]), min(y1, grid[1]))
-        back = engine._cropped(Pyramid(frame), grid, crop, "square")
+        back = engine._cropped(Pyramid(frame), grid, crop, "square", model)
         expected = truth[crop[1]:crop[3], crop[0]:crop[2]]
         assert back.shape == expected.shape
         assert float(np.abs(back - expected).mean()) < 0.008, crop
@@ -183,7 +186,7 @@ class ColourKeyModel(SelfieSegmenter):
 
     blind = False
 
-    def _run(self, variant: str, image_bgr: np.ndarray) -> np.ndarray:
+    def _run(self, loaded: Loaded, image_bgr: np.ndarray) -> np.ndarray:
         b, g, r = (image_bgr[..., i].astype(np.float32) for i in range(3))
         red = np.clip((r - np.maximum(b, g)) / 100.0, 0.0, 1.0)
         return np.zeros_like(red) if self.blind else red
@@ -346,7 +349,7 @@ def test_a_closed_segmenter_lends_its_interpreters_to_the_next(data_dir: Path) -
     frames, _ = sequence(data_dir, "lucia")
     first = SelfieSegmenter(EngineSettings(selfie_crop=False))
     expected = [first.step(f) for f in frames[:3]]
-    lent = first._interpreters[first.last_variant].interpreter
+    lent = first._interpreters[first.last_variant, MODEL_SIZE[first.last_variant]].interpreter
     alongside = SelfieSegmenter(EngineSettings(selfie_crop=False))
     alongside.step(frames[0])
     assert all(v.interpreter is not lent for v in alongside._interpreters.values())

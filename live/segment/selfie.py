@@ -6,8 +6,8 @@ person filling a selfie frame; on a whole 16:9 frame at 256x144 a person a
 third of the frame tall is ~50 model pixels, and the model loses limbs, or the
 person. So the engine looks where the people are: it tracks them
 (``PersonTracks``), runs the model on a crop around them at its full input size
-(the square model for a standing person, the landscape one for a wide group)
-and pastes the result into an alpha of the frame's aspect (``output_grid``).
+(the square model for a person, at a narrower input where they stand and fit
+it whole, ``model_shapes``; the landscape one for a wide group) and pastes the result into an alpha of the frame's aspect (``output_grid``).
 The whole frame is searched again every ``selfie_refresh_frames`` frames (put
 off while nothing moves outside the crop), when the people run into a side of
 the crop, and when nobody is tracked, so people coming in are found. Measured
@@ -35,6 +35,7 @@ from live.config import EngineSettings
 from live.frames import I420, Pyramid
 from live.io import worker
 from live.segment import Prompt, PromptError
+from live.segment.model_shapes import reshaped
 from live.segment.tracks import Box, PersonTracks
 from live.subjects import THRESHOLD
 
@@ -61,6 +62,7 @@ STILL_CELL = 0.06
 MOVED_CELLS = 0.002
 REFRESH_PUT_OFF = 3
 MODEL_SIZE = {"square": (256, 256), "landscape": (256, 144)}  # (w, h) of the model files
+NARROW_WIDTHS = (160,)  # the square model's narrower inputs (model_shapes), 256 high
 
 
 def pick_variant(setting: str, width: float, height: float) -> str:
@@ -68,6 +70,18 @@ def pick_variant(setting: str, width: float, height: float) -> str:
     if setting != "auto":
         return setting
     return "landscape" if width / height > 1.4 else "square"
+
+
+def model_input(variant: str, aspect: float) -> tuple[int, int]:
+    """The model input (w, h) for a crop of this width / height: the model file's own,
+    or for the square model the narrowest input that holds so narrow a crop whole.
+    The person is seen at the same scale; only background beside them is left out."""
+    mw, mh = MODEL_SIZE[variant]
+    if variant == "square":
+        for width in NARROW_WIDTHS:
+            if aspect <= width / mh:
+                return width, mh
+    return mw, mh
 
 
 def output_grid(width: int, height: int) -> tuple[int, int]:
@@ -78,11 +92,12 @@ def output_grid(width: int, height: int) -> tuple[int, int]:
 
 
 def plan_crop(box: Box, grid: tuple[int, int], setting: str, motion: float
-              ) -> tuple[Box, str] | None:
+              ) -> tuple[Box, str, tuple[int, int]] | None:
     """Where to run the model next: ``box`` (grid cells) grown by a margin and a motion
-    allowance, widened to the chosen model's aspect and kept inside the grid; with
-    that model's variant. None where a crop would show the model little more than
-    the whole frame does (people spread over the frame, or filling it)."""
+    allowance, widened to the chosen model input's aspect and kept inside the grid;
+    with that model's variant and input size (w, h). None where a crop would show
+    the model little more than the whole frame does (people spread over the frame,
+    or filling it)."""
     gw, gh = grid
     x0, y0, x1, y1 = box
     side = max(x1 - x0, y1 - y0)
@@ -90,7 +105,7 @@ def plan_crop(box: Box, grid: tuple[int, int], setting: str, motion: float
     cw = max(x1 - x0 + 2 * m, MIN_CROP * gh)
     ch = max(y1 - y0 + 2 * m, MIN_CROP * gh)
     variant = pick_variant(setting, cw, ch)
-    mw, mh = MODEL_SIZE[variant]
+    mw, mh = model_input(variant, cw / ch)
     aspect = mw / mh
     if cw / ch < aspect:
         cw = ch * aspect
@@ -106,7 +121,7 @@ def plan_crop(box: Box, grid: tuple[int, int], setting: str, motion: float
     crop = (int(np.floor(cx - cw / 2)), int(np.floor(cy - ch / 2)),
             int(np.ceil(cx + cw / 2)), int(np.ceil(cy + ch / 2)))
     crop = (max(0, crop[0]), max(0, crop[1]), min(gw, crop[2]), min(gh, crop[3]))
-    return crop, variant
+    return crop, variant, (mw, mh)
 
 
 class Loaded(NamedTuple):
@@ -116,7 +131,8 @@ class Loaded(NamedTuple):
     input_index: int
     output_index: int
     size: tuple[int, int]  # (h, w) of the model's input
-    key: tuple[str, int]  # (model file, threads): what it can stand in for
+    key: tuple[str, int, tuple[int, int]]  # (model file, threads, input w x h): what it
+    #                                        can stand in for
 
 
 class InterpreterPool:
@@ -138,15 +154,23 @@ class InterpreterPool:
         self._free: dict[tuple[str, int], list[Loaded]] = {}
         self._lock = threading.Lock()
 
-    def take(self, variant: str, num_threads: int) -> Loaded:
-        key = (str(selfie_model_path(variant)), num_threads)
+    def take(self, variant: str, num_threads: int, size: tuple[int, int] | None = None
+             ) -> Loaded:
+        """An interpreter of the model ``variant`` taking ``size`` (w, h) pictures
+        (default: the model file's own)."""
+        size = size or MODEL_SIZE[variant]
+        path = selfie_model_path(variant)
+        key = (str(path), num_threads, size)
         with self._lock:
             free = self._free.get(key)
             if free:
                 return free.pop()
         from ai_edge_litert.interpreter import Interpreter
 
-        interp = Interpreter(model_path=key[0], num_threads=num_threads)
+        if size == MODEL_SIZE[variant]:
+            interp = Interpreter(model_path=key[0], num_threads=num_threads)
+        else:
+            interp = Interpreter(model_content=reshaped(path, *size), num_threads=num_threads)
         interp.allocate_tensors()
         inp = interp.get_input_details()[0]
         out = interp.get_output_details()[0]
@@ -170,7 +194,7 @@ class SelfieSegmenter:
     def __init__(self, settings: EngineSettings | None = None, num_threads: int | None = None):
         self.settings = settings or EngineSettings()
         self.num_threads = num_threads or worker.FRAME_THREADS or min(2, os.cpu_count() or 1)
-        self._interpreters: dict[str, Loaded] = {}
+        self._interpreters: dict[tuple[str, tuple[int, int]], Loaded] = {}
         # back to the pool on close(), or when this segmenter is dropped (an engine swap)
         self._release = weakref.finalize(self, INTERPRETERS.give_back, self._interpreters)
         self.last_variant: str | None = None
@@ -183,19 +207,20 @@ class SelfieSegmenter:
         self._motion = 0.0  # how far (cells) that centre moved per frame, smoothed
         self.crops = 0  # frames segmented from a crop (figures for stats)
 
-    def _interpreter(self, variant: str) -> Loaded:
-        if variant not in self._interpreters:
-            self._interpreters[variant] = INTERPRETERS.take(variant, self.num_threads)
-        return self._interpreters[variant]
+    def _interpreter(self, variant: str, size: tuple[int, int] | None = None) -> Loaded:
+        key = (variant, size or MODEL_SIZE[variant])
+        if key not in self._interpreters:
+            self._interpreters[key] = INTERPRETERS.take(variant, self.num_threads, key[1])
+        return self._interpreters[key]
 
     def load(self, width: int = 1280, height: int = 720) -> None:
         """Fetch and open the model now rather than on the first frame."""
         self._interpreter(pick_variant(self.settings.selfie_model, width, height))
 
-    def _run(self, variant: str, image_bgr: np.ndarray) -> np.ndarray:
+    def _run(self, loaded: Loaded, image_bgr: np.ndarray) -> np.ndarray:
         """The model's alpha for an image already at its input size (a view of the
         interpreter's output: use it before the next invoke)."""
-        interp, in_idx, out_idx = self._interpreter(variant)[:3]
+        interp, in_idx, out_idx = loaded[:3]
         rgb = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
         # straight into the input tensor, scaled to [0, 1]: one pass, no copies
         np.multiply(rgb, np.float32(1.0 / 255.0), out=interp.tensor(in_idx)()[0],
@@ -207,13 +232,14 @@ class SelfieSegmenter:
         """The model on the whole frame (stretched to its input, as MediaPipe does)."""
         w, h = pyramid.size
         variant = pick_variant(self.settings.selfie_model, w, h)
-        mh, mw = self._interpreter(variant).size
+        loaded = self._interpreter(variant)
+        mh, mw = loaded.size
         self.last_variant = variant
-        alpha = self._run(variant, pyramid.shrunk(mw, mh))
+        alpha = self._run(loaded, pyramid.shrunk(mw, mh))
         return cv2.resize(alpha, grid, interpolation=cv2.INTER_LINEAR)
 
     def _cropped(self, pyramid: Pyramid, grid: tuple[int, int], crop: Box,
-                 variant: str) -> np.ndarray:
+                 variant: str, size: tuple[int, int]) -> np.ndarray:
         """The model on ``crop`` (grid cells) at its full input size, at the crop's grid size.
 
         The crop is cut from the smallest pyramid level still at least as fine as
@@ -224,7 +250,8 @@ class SelfieSegmenter:
         pixels a level holds beyond the cells are accounted for, not smeared.
         """
         w, h = pyramid.size
-        mh, mw = self._interpreter(variant).size
+        loaded = self._interpreter(variant, size)
+        mh, mw = loaded.size
         x0, y0, x1, y1 = crop
         fx, fy = w / grid[0], h / grid[1]  # frame pixels per cell
         k = 0
@@ -236,7 +263,7 @@ class SelfieSegmenter:
         lx0, ly0 = int(np.floor(x0 * ux)), int(np.floor(y0 * uy))
         lx1, ly1 = min(lw, int(np.ceil(x1 * ux))), min(lh, int(np.ceil(y1 * uy)))
         image = cv2.resize(level[ly0:ly1, lx0:lx1], (mw, mh), interpolation=cv2.INTER_LINEAR)
-        alpha = self._run(variant, image)
+        alpha = self._run(loaded, image)
         # cell centre c -> level coordinate (c + 0.5) * u - 0.5 -> model pixel
         sx, sy = (lx1 - lx0) / mw, (ly1 - ly0) / mh  # level pixels per model pixel
         back = np.float32([[ux / sx, 0, ((x0 + 0.5) * ux - lx0) / sx - 0.5],
@@ -268,10 +295,10 @@ class SelfieSegmenter:
         if plan is None:
             alpha = whole
         else:
-            crop, variant = plan
+            crop, variant, size = plan
             x0, y0, x1, y1 = crop
             alpha = np.zeros(grid[::-1], np.float32) if whole is None else whole
-            inside = self._cropped(pyramid, grid, crop, variant)
+            inside = self._cropped(pyramid, grid, crop, variant, size)
             alpha[y0:y1, x0:x1] = inside
             self.crops += 1
             self._full_next = _touches_edge(inside, crop, grid)
@@ -283,10 +310,11 @@ class SelfieSegmenter:
                 for t in suspects:
                     x0, y0, x1, y1 = t.region(alpha.shape)
                     if again is None:
-                        crop, variant = plan_crop(t.box, grid, s.selfie_model, 0.0) or (
-                            (0, 0, grid[0], grid[1]), pick_variant(s.selfie_model, w, h))
+                        whole_frame = pick_variant(s.selfie_model, w, h)
+                        crop, variant, size = plan_crop(t.box, grid, s.selfie_model, 0.0) or (
+                            (0, 0, grid[0], grid[1]), whole_frame, MODEL_SIZE[whole_frame])
                         cx0, cy0, cx1, cy1 = crop
-                        part = self._cropped(pyramid, grid, crop, variant)
+                        part = self._cropped(pyramid, grid, crop, variant, size)
                         np.maximum(alpha[cy0:cy1, cx0:cx1], part, out=alpha[cy0:cy1, cx0:cx1])
                     else:
                         np.maximum(alpha[y0:y1, x0:x1], again[y0:y1, x0:x1],
