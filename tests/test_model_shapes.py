@@ -92,6 +92,8 @@ def test_a_standing_person_gets_the_narrow_input_at_the_square_crops_scale(
     x0, y0, x1, y1 = crop
     assert x0 <= 110 and x1 >= 140 and y0 <= 30 and y1 >= 110  # the person, whole
     assert abs((x1 - x0) / (y1 - y0) - 160 / 256) < 0.05
+    # running (4 % of their height a frame): the square crop's room beside them
+    assert plan_crop(standing, grid, "auto", 3.2)[1:] == ("square", (256, 256))
     monkeypatch.setattr(selfie, "NARROW_WIDTHS", ())
     square, variant, size = plan_crop(standing, grid, "auto", 0.0)
     assert (variant, size) == ("square", (256, 256))

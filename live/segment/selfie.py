@@ -63,6 +63,11 @@ MOVED_CELLS = 0.002
 REFRESH_PUT_OFF = 3
 MODEL_SIZE = {"square": (256, 256), "landscape": (256, 144)}  # (w, h) of the model files
 NARROW_WIDTHS = (160,)  # the square model's narrower inputs (model_shapes), 256 high
+# ... for people moving less than this share of their height a frame: a runner or a
+# dancer swings limbs into the room a square crop has beside them (on DAVIS, narrow
+# crops for them cost parkour 2 IoU points as a browser's frames; standing, walking and
+# juggling people move 0.5-2 %, the runner and the dancer 4 %)
+NARROW_MOTION = 0.03
 
 
 def pick_variant(setting: str, width: float, height: float) -> str:
@@ -72,12 +77,13 @@ def pick_variant(setting: str, width: float, height: float) -> str:
     return "landscape" if width / height > 1.4 else "square"
 
 
-def model_input(variant: str, aspect: float) -> tuple[int, int]:
+def model_input(variant: str, aspect: float, narrow: bool = True) -> tuple[int, int]:
     """The model input (w, h) for a crop of this width / height: the model file's own,
-    or for the square model the narrowest input that holds so narrow a crop whole.
-    The person is seen at the same scale; only background beside them is left out."""
+    or for the square model (if ``narrow``) the narrowest input that holds so narrow a
+    crop whole. The person is seen at the same scale; only background beside them is
+    left out."""
     mw, mh = MODEL_SIZE[variant]
-    if variant == "square":
+    if variant == "square" and narrow:
         for width in NARROW_WIDTHS:
             if aspect <= width / mh:
                 return width, mh
@@ -105,7 +111,7 @@ def plan_crop(box: Box, grid: tuple[int, int], setting: str, motion: float
     cw = max(x1 - x0 + 2 * m, MIN_CROP * gh)
     ch = max(y1 - y0 + 2 * m, MIN_CROP * gh)
     variant = pick_variant(setting, cw, ch)
-    mw, mh = model_input(variant, cw / ch)
+    mw, mh = model_input(variant, cw / ch, narrow=motion <= NARROW_MOTION * (y1 - y0))
     aspect = mw / mh
     if cw / ch < aspect:
         cw = ch * aspect
