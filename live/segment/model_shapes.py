@@ -4,11 +4,11 @@ A crop around a standing person is taller than it is wide, and the square
 model sees it widened to 1:1: a third of the model's 3.1 ms goes on
 background beside them. The model is fully convolutional but for two kinds of
 constant: its squeeze-and-excitation blocks average a feature map with a pool
-as large as that map, and its decoder resizes to fixed sizes. Rewritten for a
-256-high, 160- or 192-wide input (``reshaped``), it gives the same person at
-the same scale in 2.0 or 2.4 ms, from the same weights. On DAVIS, crops
-narrower than 5:8 (6:8) through these inputs scored as the square model's
-(``python -m bench.quality``, 2026-11-30: README, "Narrower crops").
+as large as that map, and its decoder resizes to fixed sizes (and XNNPACK will
+not reshape it). Rewritten for a 160x256 input (``reshaped``), from the same
+weights, it sees the person of a 5:8 crop at the same scale in 2.0 ms. On
+DAVIS the engine scored as before with it (``python -m bench.quality``,
+2026-11-30: README, "Narrower crops"); a smaller square input did not.
 """
 
 from __future__ import annotations
