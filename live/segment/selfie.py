@@ -6,8 +6,9 @@ person filling a selfie frame; on a whole 16:9 frame at 256x144 a person a
 third of the frame tall is ~50 model pixels, and the model loses limbs, or the
 person. So the engine looks where the people are: it tracks them
 (``PersonTracks``), runs the model on a crop around them at its full input size
-(the square model for a person, at a narrower input where they stand and fit
-it whole, ``model_shapes``; the landscape one for a wide group) and pastes the result into an alpha of the frame's aspect (``output_grid``).
+(the square model for a person, at a narrower input where they stand still
+enough and fit it whole, ``model_shapes``; the landscape one for a wide group)
+and pastes the result into an alpha of the frame's aspect (``output_grid``).
 The whole frame is searched again every ``selfie_refresh_frames`` frames (put
 off while nothing moves outside the crop), when the people run into a side of
 the crop, and when nobody is tracked, so people coming in are found. Measured
@@ -63,10 +64,10 @@ MOVED_CELLS = 0.002
 REFRESH_PUT_OFF = 3
 MODEL_SIZE = {"square": (256, 256), "landscape": (256, 144)}  # (w, h) of the model files
 NARROW_WIDTHS = (160,)  # the square model's narrower inputs (model_shapes), 256 high
-# ... for people moving less than this share of their height a frame: a runner or a
-# dancer swings limbs into the room a square crop has beside them (on DAVIS, narrow
-# crops for them cost parkour 2 IoU points as a browser's frames; standing, walking and
-# juggling people move 0.5-2 %, the runner and the dancer 4 %)
+# The narrow inputs serve people moving less than this share of their height a frame:
+# a runner or a dancer swings limbs into the room a square crop has beside them (on
+# DAVIS, narrow crops for them cost parkour 2 IoU points as a browser's frames;
+# standing, walking and juggling people move 0.5-3 %, the runner and the dancer 4 %).
 NARROW_MOTION = 0.03
 
 
@@ -137,8 +138,7 @@ class Loaded(NamedTuple):
     input_index: int
     output_index: int
     size: tuple[int, int]  # (h, w) of the model's input
-    key: tuple[str, int, tuple[int, int]]  # (model file, threads, input w x h): what it
-    #                                        can stand in for
+    key: tuple[str, int, tuple[int, int]]  # (model file, threads, input w x h)
 
 
 class InterpreterPool:
@@ -157,7 +157,7 @@ class InterpreterPool:
     """
 
     def __init__(self) -> None:
-        self._free: dict[tuple[str, int], list[Loaded]] = {}
+        self._free: dict[tuple[str, int, tuple[int, int]], list[Loaded]] = {}
         self._lock = threading.Lock()
 
     def take(self, variant: str, num_threads: int, size: tuple[int, int] | None = None
