@@ -73,7 +73,6 @@ def cpu_seconds(procs: list[Any]) -> float:
     return total
 
 
-
 def psnr(decoded: Any, sent: Any) -> float:
     """PSNR (dB) of an 8-bit plane a receiver decoded against the one that was sent."""
     import numpy as np
@@ -97,6 +96,7 @@ def ssim(a: Any, b: Any) -> float:
     va, vb, cov = mean(a * a) - ma * ma, mean(b * b) - mb * mb, mean(a * b) - ma * mb
     return float(np.mean((2 * ma * mb + c1) * (2 * cov + c2)
                          / ((ma * ma + mb * mb + c1) * (va + vb + c2))))
+
 
 #: A session worker's threads by the names ``live.io.worker.name_os_threads`` shows
 #: the OS (first matching prefix). The worker's main thread runs its event loop.

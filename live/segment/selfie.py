@@ -160,11 +160,9 @@ class InterpreterPool:
         self._free: dict[tuple[str, int, tuple[int, int]], list[Loaded]] = {}
         self._lock = threading.Lock()
 
-    def take(self, variant: str, num_threads: int, size: tuple[int, int] | None = None
-             ) -> Loaded:
+    def take(self, variant: str, num_threads: int, size: tuple[int, int]) -> Loaded:
         """An interpreter of the model ``variant`` taking ``size`` (w, h) pictures
-        (default: the model file's own)."""
-        size = size or MODEL_SIZE[variant]
+        (the model file's own, or one ``reshaped`` for it)."""
         path = selfie_model_path(variant)
         key = (str(path), num_threads, size)
         with self._lock:
@@ -257,7 +255,7 @@ class SelfieSegmenter:
         """
         w, h = pyramid.size
         loaded = self._interpreter(variant, size)
-        mh, mw = loaded.size
+        mw, mh = size
         x0, y0, x1, y1 = crop
         fx, fy = w / grid[0], h / grid[1]  # frame pixels per cell
         k = 0
