@@ -20,9 +20,11 @@ Per setting:
   detail that PSNR averages away.
 Prints one JSON object as its last line.
 
-``vp8`` and ``h264`` are the server's settings (``VP8_OPTIONS``,
+``vp8`` and ``h264`` are the server's settings (``vp8_options``,
 ``H264_OPTIONS``); ``h264-superfast`` is the H.264 setting before 2026-11-30,
-``h264-ultrafast`` x264's fastest preset as it comes (no deblocking filter).
+``h264-ultrafast`` x264's fastest preset as it comes (no deblocking filter),
+``vp8-static250`` VP8 with the static threshold smaller frames get (at 720p
+and above the server's is 500 since 2026-11-30: ``vp8_options``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from bench import DATA, load_frames, psnr, report, ssim
 from bench.media_path import depacketized
 from live.config import Settings
 from live.frames import I420, Frame
+from live.io.rtc_media import VP8_OPTIONS
 from live.io.webrtc import encoder_frame
 from live.pipeline import FrameProcessor
 
@@ -51,6 +54,7 @@ SETTINGS: dict[str, tuple[str, dict[str, str] | None]] = {
     "h264": ("video/H264", None),
     "h264-superfast": ("video/H264", {"preset": "superfast"}),
     "h264-ultrafast": ("video/H264", {"preset": "ultrafast"}),
+    "vp8-static250": ("video/VP8", VP8_OPTIONS),
 }
 BLOCK = 10  # frames each setting encodes in its turn
 

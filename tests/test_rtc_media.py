@@ -156,7 +156,7 @@ def test_h264_answers_encode_at_the_fast_preset_with_deblocking():
     assert b"sliced_threads=1" in stream and b"bframes=0" in stream
 
 
-def vp8_controls(encoder_class: type) -> dict[str, str]:
+def vp8_controls(encoder_class: type, size: tuple[int, int] = (320, 240)) -> dict[str, str]:
     """The speed, denoiser and static-threshold controls libvpx was opened with, from FFmpeg's own
     debug log of each control it sets (VP8's bitstream does not carry them)."""
     import av.logging
@@ -164,7 +164,7 @@ def vp8_controls(encoder_class: type) -> dict[str, str]:
     av.logging.set_level(av.logging.DEBUG)
     try:
         with av.logging.Capture() as logs:
-            frame = encoder_frame(np.full((240, 320, 3), 90, np.uint8))
+            frame = encoder_frame(np.full((size[1], size[0], 3), 90, np.uint8))
             frame.pts, frame.time_base = 0, fractions.Fraction(1, 90000)
             assert encoder_class().encode(frame)[0], "no VP8 came out"
     finally:
@@ -190,6 +190,11 @@ def test_vp8_encodes_at_the_fast_speed_without_the_denoiser():
     assert vp8_controls(fast) == {"VP8E_SET_CPUUSED": rtc_media.VP8_OPTIONS["cpu-used"],
                                   "VP8E_SET_NOISE_SENSITIVITY": "0",
                                   "VP8E_SET_STATIC_THRESHOLD": "250"}
+    # from 720p up, where the encoder costs most, a higher static threshold
+    assert vp8_controls(fast, (1280, 720)) == {
+        "VP8E_SET_CPUUSED": rtc_media.VP8_OPTIONS["cpu-used"],
+        "VP8E_SET_NOISE_SENSITIVITY": "0", "VP8E_SET_STATIC_THRESHOLD": "500"}
+    assert vp8_controls(fast, (1024, 576))["VP8E_SET_STATIC_THRESHOLD"] == "250"
 
 
 def test_vp8_is_decoded_by_ffmpegs_own_decoder_into_the_same_pictures():

@@ -156,11 +156,26 @@ H264_OPTIONS = {"preset": "ultrafast", "x264-params": "deblock=0,0:partitions=i4
 #: still image background is coded as before (python -m bench.media_path
 #: --static-thresh 1,250 [--clip C] [--size S], 2026-11-30).
 VP8_OPTIONS = {"cpu-used": "-14", "noise-sensitivity": "0", "static-thresh": "250"}
+#: Over ``VP8_OPTIONS`` from 1280x720 up, where the encoder is the session's
+#: largest cost after the model: a static threshold of 500 (about 1.4 grey
+#: levels rms over a block) took 0.25-0.47 ms more off a 720p frame's encode
+#: on three of the four clips (0.08 on the fourth), for 0.2-1.0 dB of PSNR at
+#: 45-49 dB and SSIM within 0.0005 of 250's. At 640x480 it saved 0.03-0.11
+#: ms for 1.2-1.3 dB, so smaller frames keep 250. (bench.media_path
+#: --static-thresh 250,500 and bench.encoders --settings vp8,vp8-static250,
+#: 2026-11-30: README, "Scaling".)
+VP8_HD_OPTIONS = {"static-thresh": "500"}
+HD_PIXELS = 1280 * 720
+
+
+def vp8_options(width: int, height: int) -> dict[str, str]:
+    """libvpx's options for the video sent back at width x height (over aiortc's)."""
+    return {**VP8_OPTIONS, **(VP8_HD_OPTIONS if width * height >= HD_PIXELS else {})}
 
 
 def fast_codecs() -> None:
     """Every VP8 and H.264 encoder this process makes from now on uses
-    ``VP8_OPTIONS`` / ``H264_OPTIONS`` over aiortc's own, and every VP8 decoder
+    ``vp8_options`` / ``H264_OPTIONS`` over aiortc's own, and every VP8 decoder
     comes from ``ffmpeg_vp8_decoder``.
 
     aiortc builds its codecs through ``aiortc.codecs.get_encoder`` and
@@ -176,7 +191,7 @@ def fast_codecs() -> None:
     if aiortc.codecs.H264Encoder is H264Encoder:  # once per process
         aiortc.codecs.H264Encoder = with_options(H264Encoder, H264_OPTIONS)  # type: ignore
     if aiortc.codecs.Vp8Encoder is Vp8Encoder:
-        aiortc.codecs.Vp8Encoder = with_options(Vp8Encoder, VP8_OPTIONS)  # type: ignore
+        aiortc.codecs.Vp8Encoder = with_options(Vp8Encoder, vp8_options)  # type: ignore
     aiortc.codecs.Vp8Decoder = ffmpeg_vp8_decoder  # type: ignore[misc]
 
 
@@ -199,15 +214,18 @@ def ffmpeg_vp8_decoder() -> Any:
     return decoder
 
 
-def with_options(encoder: type, options: dict[str, str]) -> type:
-    """A subclass of aiortc's ``encoder`` whose codec opens with ``options`` too."""
+def with_options(encoder: type,
+                 options: dict[str, str] | Callable[[int, int], dict[str, str]]) -> type:
+    """A subclass of aiortc's ``encoder`` whose codec opens with ``options`` too
+    (or with ``options(width, height)``, for the size it opens at)."""
 
     class Tuned(encoder):  # type: ignore[valid-type, misc]
         @property
         def codec(self) -> Any:
             ctx = self.__dict__.get("_ctx")
             if ctx is not None and not ctx.is_open:
-                ctx.options = {**ctx.options, **options}
+                extra = options(ctx.width, ctx.height) if callable(options) else options
+                ctx.options = {**ctx.options, **extra}
             return ctx
 
         @codec.setter
