@@ -6,6 +6,7 @@ only its own sessions."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -18,6 +19,7 @@ from bench import cpu_by_role, thread_cpu
 from live.io.worker import name_os_threads
 
 from live.serve.client import ControlClient
+from live.serve.worker_main import run_loop
 from server_helpers import ClipTrack, load_clip, recv_frames, running_server, test_settings, \
     wait_until
 from test_server_webrtc import near, reference_regions
@@ -59,6 +61,17 @@ def test_threads_are_named_for_the_os_but_the_process_keeps_its_name():
         thread.join()
 
 
+def test_a_worker_loop_runs_on_uvloop_with_the_executor_threads_asyncio_names():
+    async def probe() -> tuple[str, str]:
+        loop = asyncio.get_running_loop()
+        name = await loop.run_in_executor(None, lambda: threading.current_thread().name)
+        return type(loop).__module__, name
+
+    module, name = run_loop(probe())
+    assert module.startswith("uvloop"), module
+    assert name.startswith("asyncio_"), name  # bench.capacity's "encoder" role
+
+
 @asynctest
 async def test_two_workers_run_and_steer_their_sessions_independently(clip_path):
     frames = load_clip(clip_path, 1, start=60)
@@ -73,6 +86,8 @@ async def test_two_workers_run_and_steer_their_sessions_independently(clip_path)
             pids = {session_a.worker.pid, session_b.worker.pid}
             assert len(pids) == 2 and os.getpid() not in pids, \
                 "the two sessions should run in two worker processes, not the server's"
+            # each worker's loop is uvloop's (a dependency off Windows; see run_loop)
+            assert all("uvloop" in Path(f"/proc/{pid}/maps").read_text() for pid in pids)
             # the operator's [webrtc] section reached the workers: their answers put
             # H.264 first (the client offers VP8 first) and carry the bitrate ceiling
             for client in (a, b):
