@@ -36,8 +36,8 @@ from live.serve import protocol
 log = logging.getLogger("live.serve.worker")
 
 STATS_INTERVAL_S = 1.0
-T = TypeVar("T")
 MAX_LINE_BYTES = 1 << 22
+T = TypeVar("T")
 
 
 class WorkerHost:
