@@ -137,7 +137,6 @@ class Loaded(NamedTuple):
     interpreter: Any
     input_index: int
     output_index: int
-    size: tuple[int, int]  # (h, w) of the model's input
     key: tuple[str, int, tuple[int, int]]  # (model file, threads, input w x h)
 
 
@@ -178,11 +177,11 @@ class InterpreterPool:
         interp.allocate_tensors()
         inp = interp.get_input_details()[0]
         out = interp.get_output_details()[0]
-        size = (int(inp["shape"][1]), int(inp["shape"][2]))
-        return Loaded(interp, inp["index"], out["index"], size, key)
+        return Loaded(interp, inp["index"], out["index"], key)
 
-    def give_back(self, loaded: dict[str, Loaded]) -> None:
-        """Return a dropped segmenter's interpreters (by variant) for the next one."""
+    def give_back(self, loaded: dict[tuple[str, tuple[int, int]], Loaded]) -> None:
+        """Return a dropped segmenter's interpreters (by variant and input size) for the
+        next one."""
         with self._lock:
             for entry in loaded.values():
                 self._free.setdefault(entry.key, []).append(entry)
@@ -237,7 +236,7 @@ class SelfieSegmenter:
         w, h = pyramid.size
         variant = pick_variant(self.settings.selfie_model, w, h)
         loaded = self._interpreter(variant)
-        mh, mw = loaded.size
+        mw, mh = MODEL_SIZE[variant]
         self.last_variant = variant
         alpha = self._run(loaded, pyramid.shrunk(mw, mh))
         return cv2.resize(alpha, grid, interpolation=cv2.INTER_LINEAR)
