@@ -1,14 +1,15 @@
 """The embedded default engine: MediaPipe selfie segmentation on LiteRT.
 
 Two tiny models (256x256 square, 144x256 landscape, ~250 KB each) that run in
-about 2 ms (landscape) and 4 ms (square) on two CPU cores. They were made for a
-person filling a selfie frame; on a whole 16:9 frame at 256x144 a person a
-third of the frame tall is ~50 model pixels, and the model loses limbs, or the
-person. So the engine looks where the people are: it tracks them
-(``PersonTracks``), runs the model on a crop around them at its full input size
-(the square model for a person, at a narrower input where they stand still
-enough and fit it whole, ``model_shapes``; the landscape one for a wide group)
-and pastes the result into an alpha of the frame's aspect (``output_grid``).
+about 1.2 ms (landscape) and 2.1 ms (square) on one CPU core, as
+``model_shapes.prepared`` rewrites them. They were made for a person filling
+a selfie frame; on a whole 16:9 frame at 256x144 a person a third of the
+frame tall is ~50 model pixels, and the model loses limbs, or the person.
+So the engine looks where the people are: it tracks them (``PersonTracks``),
+runs the model on a crop around them at its full input size (the square model
+for a person, at a narrower input where they stand still enough and fit it
+whole, ``model_shapes``; the landscape one for a wide group) and pastes the
+result into an alpha of the frame's aspect (``output_grid``).
 The whole frame is searched again every ``selfie_refresh_frames`` frames (put
 off while nothing moves outside the crop), when the people run into a side of
 the crop, and when nobody is tracked, so people coming in are found. Measured
@@ -36,7 +37,7 @@ from live.config import EngineSettings
 from live.frames import I420, Pyramid
 from live.io import worker
 from live.segment import Prompt, PromptError
-from live.segment.model_shapes import reshaped
+from live.segment.model_shapes import prepared
 from live.segment.tracks import Box, PersonTracks
 from live.subjects import THRESHOLD
 
@@ -161,7 +162,7 @@ class InterpreterPool:
 
     def take(self, variant: str, num_threads: int, size: tuple[int, int]) -> Loaded:
         """An interpreter of the model ``variant`` taking ``size`` (w, h) pictures
-        (the model file's own, or one ``reshaped`` for it)."""
+        (the model file's own, or a narrower one), as ``prepared`` rewrites it."""
         path = selfie_model_path(variant)
         key = (str(path), num_threads, size)
         with self._lock:
@@ -170,10 +171,7 @@ class InterpreterPool:
                 return free.pop()
         from ai_edge_litert.interpreter import Interpreter
 
-        if size == MODEL_SIZE[variant]:
-            interp = Interpreter(model_path=key[0], num_threads=num_threads)
-        else:
-            interp = Interpreter(model_content=reshaped(path, *size), num_threads=num_threads)
+        interp = Interpreter(model_content=prepared(path, *size), num_threads=num_threads)
         interp.allocate_tensors()
         inp = interp.get_input_details()[0]
         out = interp.get_output_details()[0]
@@ -335,7 +333,7 @@ class SelfieSegmenter:
 
         Every ``selfie_refresh_frames`` frames, unless the picture outside the crop
         has not changed since the last whole pass: nobody can have come in there
-        unseen, and the pass (2-3 ms, on top of the crop's) is put off, at most
+        unseen, and the pass (1-2 ms, on top of the crop's) is put off, at most
         ``REFRESH_PUT_OFF`` times over. A still camera with one person in the crop
         then pays for the crop alone; a moving camera or anyone moving outside
         the crop gets the refresh on time."""
