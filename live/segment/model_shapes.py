@@ -58,21 +58,16 @@ def prepared(path: Path, width: int, height: int) -> bytes:
     return bytes(builder.Output())
 
 
-def _op_names(model: Any) -> dict[int, str]:
-    """Each operator's builtin name, by its index in the graph (custom ones: CUSTOM)."""
-    from ai_edge_litert import schema_py_generated as schema
-
-    names = {code: name for name, code in vars(schema.BuiltinOperator).items()
-             if not name.startswith("_")}
-    out = {}
-    for i, op in enumerate(model.subgraphs[0].operators):
-        code = model.operatorCodes[op.opcodeIndex]
-        out[i] = names.get(max(code.builtinCode, code.deprecatedBuiltinCode), "")
-    return out
+def _builtin(code: Any) -> int:
+    """An operator code's builtin operator (codes under 127 are also kept in the
+    schema's older, deprecated field; a model may fill either)."""
+    return max(code.builtinCode, code.deprecatedBuiltinCode)
 
 
 def _reshape(model: Any, name: str, width: int, height: int) -> None:
     """Scale every feature map, global pool and resize to the new input, in place."""
+    from ai_edge_litert import schema_py_generated as schema
+
     graph = model.subgraphs[0]
     source = graph.tensors[graph.inputs[0]]
     fy, fx = height / int(source.shape[1]), width / int(source.shape[2])
@@ -82,10 +77,11 @@ def _reshape(model: Any, name: str, width: int, height: int) -> None:
             raise ValueError(f"{name}: {what} of {n} does not scale to {width}x{height}")
         return round(n * f)
 
+    names = {code: kind for kind, code in vars(schema.BuiltinOperator).items()
+             if not kind.startswith("_")}
     weights = set()
-    op_names = _op_names(model)
-    for i, op in enumerate(graph.operators):
-        kind = op_names[i]
+    for op in graph.operators:
+        kind = names.get(_builtin(model.operatorCodes[op.opcodeIndex]))
         if kind == "DEQUANTIZE":  # float16 weights made float32: shapes that stay
             weights.update(op.outputs)
         elif kind == "AVERAGE_POOL_2D":
@@ -145,10 +141,10 @@ def _upsample_in_xnnpack(model: Any, name: str) -> None:
 
     def opcode(builtin: int) -> int:
         for i, code in enumerate(model.operatorCodes):
-            if not code.customCode and max(code.builtinCode, code.deprecatedBuiltinCode) == builtin:
+            if not code.customCode and _builtin(code) == builtin:
                 return i
-        code = schema.OperatorCodeT()
-        code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, builtin, 1
+        code = schema.OperatorCodeT()  # (the deprecated field holds 127 for larger codes)
+        code.builtinCode, code.deprecatedBuiltinCode, code.version = builtin, min(builtin, 127), 1
         model.operatorCodes.append(code)
         return len(model.operatorCodes) - 1
 
