@@ -14,6 +14,12 @@ so the comparison isolates the matte stage:
 - ``obs``: the OBS background-removal plugin's recipe (see ``ObsRecipe``);
 - ``live``: our ``Matte`` with default settings.
 
+Beside them, a reference that is no recipe: ``truth_soft``, the ground truth
+feathered by a Gaussian of ``--truth-sigma`` px (of the sequence's frames). It is what a perfect matte
+with a soft edge scores: its flicker is the part of the metric that an edge
+of that softness moving with the person makes by itself, and its lag what
+the softness alone costs where the person moved.
+
 Metrics, on the full-resolution alpha (see each function): IoU, DAVIS
 boundary F, flicker (change where the ground truth did not change), lag
 (error where the ground truth did change) and dropouts (a person lost while
@@ -51,7 +57,9 @@ from live.segment.tracks import PersonTracks
 from live.subjects import SubjectSelector
 
 REPO = Path(__file__).resolve().parent.parent
-METHODS = ("raw", "ema50", "obs", "live")
+RECIPES = ("raw", "ema50", "obs", "live")  # post-processing of the engine's alpha
+METHODS = RECIPES + ("truth_soft",)  # and the reference, scored alike
+TRUTH_SIGMA = 1.5  # px: about live's own edge (5-95 % over 2.4-5.5 px on DAVIS)
 METRICS = ("iou", "boundary_f", "flicker", "lag", "dropouts")
 SUBJECTS = ("all", "main")
 FLAT_BGR = (64, 177, 0)  # green-screen colour: a halo or a ghost shows against it
@@ -257,6 +265,17 @@ def make_methods() -> dict[str, Callable[[], object]]:
     return {"raw": Raw, "ema50": Ema50, "obs": ObsRecipe, "live": Live}
 
 
+def truth_soft(gt: np.ndarray, sigma: float = TRUTH_SIGMA) -> np.ndarray:
+    """The ground truth feathered by a Gaussian of ``sigma`` px: a perfect soft matte.
+
+    The flicker metric counts a soft edge that moves with the person: the
+    pixels of its ramp that stay on one side of the truth's edge change. On
+    slow sequences that alone reaches half the raw engine's flicker, so it
+    says how far any soft matte can get below raw there.
+    """
+    return cv2.GaussianBlur(gt.astype(np.float32), (0, 0), sigma)
+
+
 # ---------------------------------------------------------------- data
 
 def find_sequences(data: Path, only: list[str] | None) -> list[Path]:
@@ -424,7 +443,8 @@ def plot_curves(out: Path, seq: str, series: dict[str, dict[str, list]]) -> None
 # ---------------------------------------------------------------- main
 
 def evaluate_sequence(seq: Path, segmenter, max_frames: int | None, out: Path | None,
-                      n_examples: int = 3, layout: str = "bgr") -> dict[str, dict]:
+                      n_examples: int = 3, layout: str = "bgr",
+                      truth_sigma: float = TRUTH_SIGMA) -> dict[str, dict]:
     """{subjects mode: {method: {metric: mean over the frames}}} for one sequence.
 
     The engine runs once; each subjects mode then selects from the same alphas."""
@@ -438,15 +458,17 @@ def evaluate_sequence(seq: Path, segmenter, max_frames: int | None, out: Path | 
         selector = SubjectSelector(subjects)  # the pipeline's step between segment and matte
         lows = [selector.apply(a) for a in engine_out]
         result[subjects] = evaluate_methods(
-            seq.name, frames, gts, lows, out if subjects == "all" else None, n_examples, inputs)
+            seq.name, frames, gts, lows, out if subjects == "all" else None, n_examples, inputs,
+            truth_sigma)
     return result
 
 
 def evaluate_methods(name: str, frames: list[np.ndarray], gts: list[np.ndarray],
                      lows: list[np.ndarray], out: Path | None, n_examples: int,
-                     inputs: list | None = None) -> dict:
-    """Every method on the same low-resolution alphas: {method: {metric: value}}.
-    ``inputs``: the frames as the methods get them (default ``frames``)."""
+                     inputs: list | None = None, truth_sigma: float = TRUTH_SIGMA) -> dict:
+    """Every recipe on the same low-resolution alphas, and the ``truth_soft``
+    reference: {method: {metric: value}}. ``inputs``: the frames as the recipes
+    get them (default ``frames``)."""
     example_at = set(np.linspace(len(frames) // 4, len(frames) - 1, n_examples).astype(int))
     series, outputs, table = {}, {}, {}
     for method_name, make in make_methods().items():
@@ -457,6 +479,10 @@ def evaluate_methods(name: str, frames: list[np.ndarray], gts: list[np.ndarray],
         table[method_name] = {m: mean_defined(series[method_name][m]) for m in METRICS
                               if m != "dropouts"}
         table[method_name]["dropouts"] = dropouts(outputs[method_name], frames)
+    soft = [truth_soft(g, truth_sigma) for g in gts]
+    series_soft = sequence_metrics(soft, gts)
+    table["truth_soft"] = {m: mean_defined(series_soft[m]) for m in METRICS if m != "dropouts"}
+    table["truth_soft"]["dropouts"] = dropouts(soft, frames)
     if out is not None:
         plot_curves(out, name, series)
         for i in sorted(example_at):
@@ -508,6 +534,9 @@ def measure(argv: list[str] | None = None) -> dict:
                         "is applied before every method alike)")
     parser.add_argument("--timing-frames", type=int, default=60,
                         help="1280x720 frames in each speed measurement")
+    parser.add_argument("--truth-sigma", type=float, default=TRUTH_SIGMA,
+                        help="px of the Gaussian that feathers the ground truth into the "
+                        "truth_soft reference")
     parser.add_argument("--layout", choices=("bgr", "i420"), default="bgr",
                         help="the frames as a camera or file gives them (bgr) or as a browser "
                         "peer's decoder does (i420)")
@@ -522,7 +551,8 @@ def measure(argv: list[str] | None = None) -> dict:
     rows = []
     for seq in seqs:
         for mode, table in evaluate_sequence(seq, segmenter, args.max_frames, args.out,
-                                             layout=args.layout).items():
+                                             layout=args.layout,
+                                             truth_sigma=args.truth_sigma).items():
             by_subjects[mode]["sequences"][seq.name] = table
             for method, r in table.items():
                 rows.append({"sequence": seq.name, "subjects": mode, "method": method, **r})
@@ -537,8 +567,12 @@ def measure(argv: list[str] | None = None) -> dict:
         # flicker is to halve on every sequence, not only on the mean
         res["live_flicker_vs_raw"] = {s: per_seq[s]["live"]["flicker"] / per_seq[s]["raw"]["flicker"]
                                       for s in per_seq}
+        # the same for a perfect soft matte: how low a soft edge can go on each sequence
+        res["truth_soft_flicker_vs_raw"] = {
+            s: per_seq[s]["truth_soft"]["flicker"] / per_seq[s]["raw"]["flicker"] for s in per_seq}
     primary = by_subjects[args.subjects]
     result = {"engine": args.engine, "subjects": args.subjects, "layout": args.layout,
+              "truth_sigma": args.truth_sigma,
               "sequences": primary["sequences"], "mean": primary["mean"],
               "by_subjects": by_subjects, "rows": rows,
               "clips_dropouts": clip_dropouts(args.data, segmenter, args.max_frames)}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench.quality import (METHODS, METRICS, SUBJECTS, ObsRecipe, boundary_f, dropouts, flicker,
-                           iou, lag, main)
+                           iou, lag, main, truth_soft)
 from utils import run_bench
 
 
@@ -70,6 +70,19 @@ def test_lag_measures_error_where_ground_truth_moved() -> None:
     half = np.where(changed, 0.5, perfect).astype(np.float32)
     assert lag(half, gt1, gt0) == pytest.approx(50.0)
     assert lag(perfect, gt0, gt0) is None
+
+
+def test_a_soft_edge_moving_with_the_truth_counts_as_flicker() -> None:
+    """The truth_soft reference: a perfect matte with a soft edge still 'flickers'
+    where its ramp moves over pixels that stay on one side of the edge, the more
+    so the softer it is; standing still it does not."""
+    gt0, gt1 = square(x0=20), square(x0=22)  # moved 2 px
+    assert flicker(gt1.astype(np.float32), gt0.astype(np.float32), gt1, gt0) == 0.0
+    still = flicker(truth_soft(gt0, 1.5), truth_soft(gt0, 1.5), gt0, gt0)
+    assert still == 0.0
+    moving = [flicker(truth_soft(gt1, s), truth_soft(gt0, s), gt1, gt0) for s in (0.7, 1.5, 3.0)]
+    assert 0.0 < moving[0] < moving[1] < moving[2]
+    assert iou(truth_soft(gt0, 1.5), gt0) > 0.99  # the edge stays where it is (not the corners)
 
 
 def person(x0: int, visible: float = 1.0) -> np.ndarray:
@@ -133,6 +146,11 @@ def test_benchmark_json_has_every_key(data_dir, tmp_path, capsys) -> None:
         assert set(per_mode) == set(SUBJECTS)
         assert all(isinstance(n, int) and n >= 0 for m in per_mode.values() for n in m.values())
     assert 0.3 < result["mean"]["live"]["iou"] <= 1.0
+    assert result["mean"]["truth_soft"]["iou"] > 0.95 and result["truth_sigma"] > 0
+    for mode in SUBJECTS:
+        ratios = result["by_subjects"][mode]
+        assert set(ratios["live_flicker_vs_raw"]) == {"davis-hike"}
+        assert 0 < ratios["truth_soft_flicker_vs_raw"]["davis-hike"] < 1
     assert result["matte_ms_p50"] > 0
     assert {"blur", "color", "image", "transparent"} <= set(result["composite_ms_p50"])
     assert all(v > 0 for v in result["matte_plus_composite_ms_p50"].values())
