@@ -2,7 +2,7 @@
 
 ``python -m bench.quality [--data DIR] [--engine selfie] [--out DIR]
 [--sequences a,b] [--max-frames N] [--subjects all|main] [--timing-frames N]
-[--layout bgr|i420]``
+[--layout bgr|i420] [--truth-sigma PX] [--matte NAME=VALUE ...]``
 
 Every ``davis-*`` folder under the data directory (``frames/*.jpg`` plus a
 ground-truth ``masks/*.png`` for every frame) is run through one segmenter;
@@ -12,7 +12,9 @@ so the comparison isolates the matte stage:
 - ``raw``: the engine's alpha, bilinearly upsampled;
 - ``ema50``: plain EMA with weight 0.5 on the new mask (Linux-Fake-Background-Webcam);
 - ``obs``: the OBS background-removal plugin's recipe (see ``ObsRecipe``);
-- ``live``: our ``Matte`` with default settings.
+- ``live``: our ``Matte`` with default settings (or those ``--matte`` sets:
+  ``--matte steady=0.5 --matte adaptive_motion=0.25`` measures a setting of the
+  schema without editing code).
 
 Beside them, a reference that is no recipe: ``truth_soft``, the ground truth
 feathered by a Gaussian of ``--truth-sigma`` px (of the sequence's frames). It is what a perfect matte
@@ -37,9 +39,11 @@ one JSON object; PNG plots go to ``--out``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import tempfile
 import time
+import typing
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -48,7 +52,7 @@ import numpy as np
 
 from bench import DATA, load_frames, report
 from bench.data import load_davis
-from live.config import EngineSettings, MatteSettings
+from live.config import EngineSettings, MatteSettings, SettingsError, Settings, parse_text
 from live.frames import I420, Pyramid
 from live.matte import Matte
 from live.segment.auto_prompt import mask_iou
@@ -249,10 +253,10 @@ class ObsRecipe:
 
 
 class Live:
-    """Our ``Matte`` at its default settings (the alpha of what it gives)."""
+    """Our ``Matte`` at its default settings, or at ``settings`` (the alpha of what it gives)."""
 
-    def __init__(self) -> None:
-        self.matte = Matte(MatteSettings())
+    def __init__(self, settings: MatteSettings | None = None) -> None:
+        self.matte = Matte(settings or MatteSettings())
 
     def reset(self) -> None:
         self.matte.reset()
@@ -261,8 +265,25 @@ class Live:
         return self.matte.apply(alpha_low, frame).alpha
 
 
-def make_methods() -> dict[str, Callable[[], object]]:
-    return {"raw": Raw, "ema50": Ema50, "obs": ObsRecipe, "live": Live}
+def make_methods(matte: MatteSettings | None = None) -> dict[str, Callable[[], object]]:
+    return {"raw": Raw, "ema50": Ema50, "obs": ObsRecipe, "live": lambda: Live(matte)}
+
+
+def matte_settings(pairs: list[str]) -> MatteSettings:
+    """The matte's settings with ``name=value`` pairs applied, checked by the settings
+    schema as the control panel's are (an unknown name or a value out of bounds is
+    refused with the setting's name)."""
+    hints = typing.get_type_hints(MatteSettings)
+    values: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep:
+            raise SettingsError(f"--matte takes NAME=VALUE, got {pair!r}")
+        if hints.get(name) is bool and text.lower() in ("true", "false"):
+            values[name] = text.lower() == "true"
+        else:
+            values[name] = parse_text(hints[name], text) if name in hints else text
+    return Settings().merged({"matte": values}).matte
 
 
 def truth_soft(gt: np.ndarray, sigma: float = TRUTH_SIGMA) -> np.ndarray:
@@ -327,6 +348,7 @@ def median_ms(fn: Callable[[int, object], object], n: int, warmup: int = 5,
 
 
 def stage_timings(data: Path, segmenter, tmp: Path, n_frames: int = 60,
+                  settings: MatteSettings | None = None,
                   rounds: int = 3) -> dict[str, object]:
     """Median ms of the matte, of the compositor per background mode, and of both
     back to back as the pipeline runs them (the 3 ms budget), at 1280x720.
@@ -348,7 +370,7 @@ def stage_timings(data: Path, segmenter, tmp: Path, n_frames: int = 60,
         segmenter.step(pyramid)
         return pyramid
 
-    matte = Matte(MatteSettings())
+    matte = Matte(settings or MatteSettings())
     alphas = [matte.apply(low, f).alpha for low, f in zip(lows, frames)]
     n = len(frames)
     image = tmp / "background.jpg"
@@ -444,7 +466,8 @@ def plot_curves(out: Path, seq: str, series: dict[str, dict[str, list]]) -> None
 
 def evaluate_sequence(seq: Path, segmenter, max_frames: int | None, out: Path | None,
                       n_examples: int = 3, layout: str = "bgr",
-                      truth_sigma: float = TRUTH_SIGMA) -> dict[str, dict]:
+                      truth_sigma: float = TRUTH_SIGMA,
+                      matte: MatteSettings | None = None) -> dict[str, dict]:
     """{subjects mode: {method: {metric: mean over the frames}}} for one sequence.
 
     The engine runs once; each subjects mode then selects from the same alphas."""
@@ -459,19 +482,20 @@ def evaluate_sequence(seq: Path, segmenter, max_frames: int | None, out: Path | 
         lows = [selector.apply(a) for a in engine_out]
         result[subjects] = evaluate_methods(
             seq.name, frames, gts, lows, out if subjects == "all" else None, n_examples, inputs,
-            truth_sigma)
+            truth_sigma, matte)
     return result
 
 
 def evaluate_methods(name: str, frames: list[np.ndarray], gts: list[np.ndarray],
                      lows: list[np.ndarray], out: Path | None, n_examples: int,
-                     inputs: list | None = None, truth_sigma: float = TRUTH_SIGMA) -> dict:
+                     inputs: list | None = None, truth_sigma: float = TRUTH_SIGMA,
+                     matte: MatteSettings | None = None) -> dict:
     """Every recipe on the same low-resolution alphas, and the ``truth_soft``
     reference: {method: {metric: value}}. ``inputs``: the frames as the recipes
     get them (default ``frames``)."""
     example_at = set(np.linspace(len(frames) // 4, len(frames) - 1, n_examples).astype(int))
     series, outputs, table = {}, {}, {}
-    for method_name, make in make_methods().items():
+    for method_name, make in make_methods(matte).items():
         method = make()
         method.reset()
         outputs[method_name] = [method.apply(low, f) for low, f in zip(lows, inputs or frames)]
@@ -491,7 +515,8 @@ def evaluate_methods(name: str, frames: list[np.ndarray], gts: list[np.ndarray],
     return table
 
 
-def clip_dropouts(data: Path, segmenter, max_frames: int | None) -> dict[str, dict]:
+def clip_dropouts(data: Path, segmenter, max_frames: int | None,
+                  matte: MatteSettings | None = None) -> dict[str, dict]:
     """{clip: {subjects mode: {"raw": n, "live": n}}}: dropouts on the footage without
     ground truth (every video in clips/), for the engine's output and for live's matte."""
     clips = sorted(p for p in (data / "clips").glob("*") if p.suffix in (".mp4", ".webm", ".mkv"))
@@ -504,7 +529,7 @@ def clip_dropouts(data: Path, segmenter, max_frames: int | None) -> dict[str, di
         for subjects in SUBJECTS:
             selector = SubjectSelector(subjects)
             lows = [selector.apply(a) for a in engine_out]
-            live = Live()
+            live = Live(matte)
             result[clip.name][subjects] = {
                 "raw": dropouts([Raw().apply(low, f) for low, f in zip(lows, frames)], frames),
                 "live": dropouts([live.apply(low, f) for low, f in zip(lows, frames)], frames)}
@@ -537,10 +562,14 @@ def measure(argv: list[str] | None = None) -> dict:
     parser.add_argument("--truth-sigma", type=float, default=TRUTH_SIGMA,
                         help="px of the Gaussian that feathers the ground truth into the "
                         "truth_soft reference")
+    parser.add_argument("--matte", action="append", default=[], metavar="NAME=VALUE",
+                        help="a matte setting for the live recipe (repeatable), e.g. "
+                        "steady=0.5; the others keep their defaults")
     parser.add_argument("--layout", choices=("bgr", "i420"), default="bgr",
                         help="the frames as a camera or file gives them (bgr) or as a browser "
                         "peer's decoder does (i420)")
     args = parser.parse_args(argv)
+    matte = matte_settings(args.matte)
 
     from live.segment import create_segmenter
 
@@ -552,7 +581,8 @@ def measure(argv: list[str] | None = None) -> dict:
     for seq in seqs:
         for mode, table in evaluate_sequence(seq, segmenter, args.max_frames, args.out,
                                              layout=args.layout,
-                                             truth_sigma=args.truth_sigma).items():
+                                             truth_sigma=args.truth_sigma,
+                                             matte=matte).items():
             by_subjects[mode]["sequences"][seq.name] = table
             for method, r in table.items():
                 rows.append({"sequence": seq.name, "subjects": mode, "method": method, **r})
@@ -573,11 +603,13 @@ def measure(argv: list[str] | None = None) -> dict:
     primary = by_subjects[args.subjects]
     result = {"engine": args.engine, "subjects": args.subjects, "layout": args.layout,
               "truth_sigma": args.truth_sigma,
+              "matte": {n: v for n, v in dataclasses.asdict(matte).items()
+                        if v != getattr(MatteSettings(), n)},  # what --matte changed
               "sequences": primary["sequences"], "mean": primary["mean"],
               "by_subjects": by_subjects, "rows": rows,
-              "clips_dropouts": clip_dropouts(args.data, segmenter, args.max_frames)}
+              "clips_dropouts": clip_dropouts(args.data, segmenter, args.max_frames, matte)}
     with tempfile.TemporaryDirectory() as tmp:
-        result.update(stage_timings(args.data, segmenter, Path(tmp), args.timing_frames))
+        result.update(stage_timings(args.data, segmenter, Path(tmp), args.timing_frames, matte))
     return result
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from bench.quality import (METHODS, METRICS, SUBJECTS, ObsRecipe, boundary_f, dropouts, flicker,
-                           iou, lag, main, truth_soft)
+                           iou, lag, main, matte_settings, truth_soft)
+from live.config import MatteSettings, SettingsError
 from utils import run_bench
 
 
@@ -127,6 +128,13 @@ def test_benchmark_json_has_every_key(data_dir, tmp_path, capsys) -> None:
                    "--out", str(tmp_path), "--timing-frames", "8"])
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(last) == json.loads(json.dumps(result))
+    held = main(["--data", str(data_dir), "--sequences", "hike", "--max-frames", "4",
+                 "--out", str(tmp_path / "held"), "--timing-frames", "8",
+                 "--matte", "smoothing=off"])
+    assert held["matte"] == {"smoothing": "off"} and result["matte"] == {}
+    # only the live recipe changes, and it does
+    assert held["mean"]["raw"] == result["mean"]["raw"]
+    assert held["mean"]["live"]["flicker"] != result["mean"]["live"]["flicker"]
     assert result["engine"] == "selfie"
     assert set(result["sequences"]) == {"davis-hike"}
     assert set(result["by_subjects"]) == set(SUBJECTS)
@@ -157,6 +165,18 @@ def test_benchmark_json_has_every_key(data_dir, tmp_path, capsys) -> None:
     pngs = {p.name for p in tmp_path.glob("*.png")}
     assert "davis-hike_curves.png" in pngs
     assert any(name.endswith("side_by_side.png") for name in pngs)
+
+
+def test_matte_settings_from_the_command_line_go_through_the_schema() -> None:
+    settings = matte_settings(["steady=0.5", "adaptive_persist_frames=12",
+                               "motion_compensation=false", "smoothing=ema"])
+    assert (settings.steady, settings.adaptive_persist_frames) == (0.5, 12)
+    assert settings.motion_compensation is False and settings.smoothing == "ema"
+    assert settings.feather == MatteSettings().feather  # the rest keep their defaults
+    for bad, why in (("steady=2", "between"), ("stedy=0.5", "unknown setting"),
+                     ("steady", "NAME=VALUE"), ("feather=big", "number")):
+        with pytest.raises(SettingsError, match=why):
+            matte_settings([bad])
 
 
 def test_a_failing_benchmark_still_ends_with_a_json_line(tmp_path, capsys) -> None:
