@@ -16,11 +16,19 @@ so the comparison isolates the matte stage:
   ``--matte steady=0.5 --matte adaptive_motion=0.25`` measures a setting of the
   schema without editing code).
 
-Beside them, a reference that is no recipe: ``truth_soft``, the ground truth
-feathered by a Gaussian of ``--truth-sigma`` px (of the sequence's frames). It is what a perfect matte
-with a soft edge scores: its flicker is the part of the metric that an edge
-of that softness moving with the person makes by itself, and its lag what
-the softness alone costs where the person moved.
+Beside them, two references that are no recipes, scored alike:
+
+- ``model`` (selfie engine only): the selfie model alone, on each whole
+  frame, no crops, no hold (the "raw selfie model" of issue 10's table, and
+  the engine's output before it learnt to crop). The engine's own work makes
+  ``raw`` steadier than this on most sequences, so ``live_flicker_vs_model``
+  says how much steadier the user's matte is than the bare model, and
+  ``live_flicker_vs_raw`` how much the matte stage alone adds to the engine;
+- ``truth_soft``: the ground truth feathered by a Gaussian of
+  ``--truth-sigma`` px (of the sequence's frames): what a perfect matte with
+  a soft edge scores. Its flicker is the part of the metric that an edge of
+  that softness moving with the person makes by itself, its lag what the
+  softness alone costs where the person moved.
 
 Metrics, on the full-resolution alpha (see each function): IoU, DAVIS
 boundary F, flicker (change where the ground truth did not change), lag
@@ -62,7 +70,7 @@ from live.subjects import SubjectSelector
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = ("raw", "ema50", "obs", "live")  # post-processing of the engine's alpha
-METHODS = RECIPES + ("truth_soft",)  # and the reference, scored alike
+METHODS = RECIPES + ("model", "truth_soft")  # and the references, scored alike
 TRUTH_SIGMA = 1.5  # px: about live's own edge (5-95 % over 2.4-5.5 px on DAVIS)
 METRICS = ("iou", "boundary_f", "flicker", "lag", "dropouts")
 SUBJECTS = ("all", "main")
@@ -466,53 +474,80 @@ def plot_curves(out: Path, seq: str, series: dict[str, dict[str, list]]) -> None
 
 def evaluate_sequence(seq: Path, segmenter, max_frames: int | None, out: Path | None,
                       n_examples: int = 3, layout: str = "bgr",
-                      truth_sigma: float = TRUTH_SIGMA,
-                      matte: MatteSettings | None = None) -> dict[str, dict]:
+                      truth_sigma: float = TRUTH_SIGMA, matte: MatteSettings | None = None,
+                      bare=None) -> dict[str, dict]:
     """{subjects mode: {method: {metric: mean over the frames}}} for one sequence.
 
-    The engine runs once; each subjects mode then selects from the same alphas."""
+    The engine runs once; each subjects mode then selects from the same alphas.
+    ``bare``: the selfie model alone (``bare_model``), for the ``model`` reference."""
     clip = load_davis(seq, max_frames)
     frames, gts = clip.frames, clip.masks
     inputs = [I420.from_bgr(f) for f in frames] if layout == "i420" else frames
     segmenter.reset()
     engine_out = [segmenter.step(f) for f in inputs]
+    bare_out = None
+    if bare is not None:
+        bare.reset()
+        bare_out = [bare.step(f) for f in inputs]
+    soft = [truth_soft(g, truth_sigma) for g in gts]
     result = {}
     for subjects in SUBJECTS:
         selector = SubjectSelector(subjects)  # the pipeline's step between segment and matte
         lows = [selector.apply(a) for a in engine_out]
+        references = {"truth_soft": soft}
+        if bare_out is not None:
+            selector = SubjectSelector(subjects)
+            references["model"] = [Raw().apply(selector.apply(a), f)
+                                   for a, f in zip(bare_out, inputs)]
         result[subjects] = evaluate_methods(
             seq.name, frames, gts, lows, out if subjects == "all" else None, n_examples, inputs,
-            truth_sigma, matte)
+            matte, references)
     return result
+
+
+def score(alphas: list[np.ndarray], gts: list[np.ndarray], frames: list[np.ndarray]
+          ) -> tuple[dict[str, list], dict[str, float]]:
+    """Per-frame series and their means (dropouts: a count) for one method."""
+    series = sequence_metrics(alphas, gts)
+    table = {m: mean_defined(series[m]) for m in METRICS if m != "dropouts"}
+    table["dropouts"] = dropouts(alphas, frames)
+    return series, table
 
 
 def evaluate_methods(name: str, frames: list[np.ndarray], gts: list[np.ndarray],
                      lows: list[np.ndarray], out: Path | None, n_examples: int,
-                     inputs: list | None = None, truth_sigma: float = TRUTH_SIGMA,
-                     matte: MatteSettings | None = None) -> dict:
-    """Every recipe on the same low-resolution alphas, and the ``truth_soft``
-    reference: {method: {metric: value}}. ``inputs``: the frames as the recipes
-    get them (default ``frames``)."""
+                     inputs: list | None = None, matte: MatteSettings | None = None,
+                     references: dict[str, list[np.ndarray]] | None = None) -> dict:
+    """Every recipe on the same low-resolution alphas, and the ``references`` (full-
+    resolution alphas made otherwise), scored alike: {method: {metric: value}}.
+    ``inputs``: the frames as the recipes get them (default ``frames``)."""
     example_at = set(np.linspace(len(frames) // 4, len(frames) - 1, n_examples).astype(int))
     series, outputs, table = {}, {}, {}
     for method_name, make in make_methods(matte).items():
         method = make()
         method.reset()
         outputs[method_name] = [method.apply(low, f) for low, f in zip(lows, inputs or frames)]
-        series[method_name] = sequence_metrics(outputs[method_name], gts)
-        table[method_name] = {m: mean_defined(series[method_name][m]) for m in METRICS
-                              if m != "dropouts"}
-        table[method_name]["dropouts"] = dropouts(outputs[method_name], frames)
-    soft = [truth_soft(g, truth_sigma) for g in gts]
-    series_soft = sequence_metrics(soft, gts)
-    table["truth_soft"] = {m: mean_defined(series_soft[m]) for m in METRICS if m != "dropouts"}
-    table["truth_soft"]["dropouts"] = dropouts(soft, frames)
+        series[method_name], table[method_name] = score(outputs[method_name], gts, frames)
+    for ref_name, alphas in (references or {}).items():
+        table[ref_name] = score(alphas, gts, frames)[1]
     if out is not None:
         plot_curves(out, name, series)
         for i in sorted(example_at):
             tile = side_by_side(frames[i], gts[i], {n: o[i] for n, o in outputs.items()})
             cv2.imwrite(str(out / f"{name}_{i:05d}_side_by_side.png"), tile)
     return table
+
+
+def bare_model(segmenter):
+    """The selfie model alone, on each whole frame (no crops, no hold): the ``model``
+    reference. None for other engines."""
+    from live.segment import create_segmenter
+    from live.segment.selfie import SelfieSegmenter
+
+    if not isinstance(segmenter, SelfieSegmenter):
+        return None
+    return create_segmenter(dataclasses.replace(segmenter.settings, selfie_crop=False,
+                                                selfie_hold_frames=0))
 
 
 def clip_dropouts(data: Path, segmenter, max_frames: int | None,
@@ -576,13 +611,14 @@ def measure(argv: list[str] | None = None) -> dict:
     seqs = find_sequences(args.data, args.sequences.split(",") if args.sequences else None)
     args.out.mkdir(parents=True, exist_ok=True)
     segmenter = create_segmenter(EngineSettings(name=args.engine))
+    bare = bare_model(segmenter)
     by_subjects: dict[str, dict] = {mode: {"sequences": {}} for mode in SUBJECTS}
     rows = []
     for seq in seqs:
         for mode, table in evaluate_sequence(seq, segmenter, args.max_frames, args.out,
                                              layout=args.layout,
                                              truth_sigma=args.truth_sigma,
-                                             matte=matte).items():
+                                             matte=matte, bare=bare).items():
             by_subjects[mode]["sequences"][seq.name] = table
             for method, r in table.items():
                 rows.append({"sequence": seq.name, "subjects": mode, "method": method, **r})
@@ -593,10 +629,14 @@ def measure(argv: list[str] | None = None) -> dict:
     for mode, res in by_subjects.items():
         per_seq = res["sequences"]
         res["mean"] = {method: {m: float(np.mean([per_seq[s][method][m] for s in per_seq]))
-                                for m in METRICS} for method in METHODS}
+                                for m in METRICS}
+                       for method in METHODS if method in next(iter(per_seq.values()))}
         # flicker is to halve on every sequence, not only on the mean
         res["live_flicker_vs_raw"] = {s: per_seq[s]["live"]["flicker"] / per_seq[s]["raw"]["flicker"]
                                       for s in per_seq}
+        if bare is not None:  # against the bare model: what the user gains over it
+            res["live_flicker_vs_model"] = {
+                s: per_seq[s]["live"]["flicker"] / per_seq[s]["model"]["flicker"] for s in per_seq}
         # the same for a perfect soft matte: how low a soft edge can go on each sequence
         res["truth_soft_flicker_vs_raw"] = {
             s: per_seq[s]["truth_soft"]["flicker"] / per_seq[s]["raw"]["flicker"] for s in per_seq}

@@ -159,6 +159,9 @@ def test_benchmark_json_has_every_key(data_dir, tmp_path, capsys) -> None:
         ratios = result["by_subjects"][mode]
         assert set(ratios["live_flicker_vs_raw"]) == {"davis-hike"}
         assert 0 < ratios["truth_soft_flicker_vs_raw"]["davis-hike"] < 1
+        assert ratios["live_flicker_vs_model"]["davis-hike"] > 0
+    # the bare model is no cropping engine: on the hiker, small in the frame, it finds less
+    assert result["mean"]["model"]["iou"] < result["mean"]["raw"]["iou"]
     assert result["matte_ms_p50"] > 0
     assert {"blur", "color", "image", "transparent"} <= set(result["composite_ms_p50"])
     assert all(v > 0 for v in result["matte_plus_composite_ms_p50"].values())
