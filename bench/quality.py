@@ -495,7 +495,7 @@ def evaluate_sequence(seq: Path, segmenter, max_frames: int | None, out: Path | 
         selector = SubjectSelector(subjects)  # the pipeline's step between segment and matte
         lows = [selector.apply(a) for a in engine_out]
         references = {"truth_soft": soft}
-        if bare_out is not None:
+        if bare_out is not None:  # a selector of its own: it follows its input's people
             selector = SubjectSelector(subjects)
             references["model"] = [Raw().apply(selector.apply(a), f)
                                    for a, f in zip(bare_out, inputs)]
@@ -631,7 +631,8 @@ def measure(argv: list[str] | None = None) -> dict:
         res["mean"] = {method: {m: float(np.mean([per_seq[s][method][m] for s in per_seq]))
                                 for m in METRICS}
                        for method in METHODS if method in next(iter(per_seq.values()))}
-        # flicker is to halve on every sequence, not only on the mean
+        # flicker is to halve on every sequence, not only on the mean: against the
+        # engine's output (what the matte stage alone does) and against the bare model
         res["live_flicker_vs_raw"] = {s: per_seq[s]["live"]["flicker"] / per_seq[s]["raw"]["flicker"]
                                       for s in per_seq}
         if bare is not None:  # against the bare model: what the user gains over it
