@@ -604,7 +604,10 @@ def measure(argv: list[str] | None = None) -> dict:
                         help="the frames as a camera or file gives them (bgr) or as a browser "
                         "peer's decoder does (i420)")
     args = parser.parse_args(argv)
-    matte = matte_settings(args.matte)
+    try:
+        matte = matte_settings(args.matte)
+    except SettingsError as exc:  # a typo on the command line: its message, no traceback
+        raise SystemExit(f"--matte: {exc}") from None
 
     from live.segment import create_segmenter
 
@@ -628,9 +631,9 @@ def measure(argv: list[str] | None = None) -> dict:
                 file=sys.stderr)
     for mode, res in by_subjects.items():
         per_seq = res["sequences"]
+        scored = [m for m in METHODS if m in next(iter(per_seq.values()))]  # no model: sam2
         res["mean"] = {method: {m: float(np.mean([per_seq[s][method][m] for s in per_seq]))
-                                for m in METRICS}
-                       for method in METHODS if method in next(iter(per_seq.values()))}
+                                for m in METRICS} for method in scored}
         # flicker is to halve on every sequence, not only on the mean: against the
         # engine's output (what the matte stage alone does) and against the bare model
         res["live_flicker_vs_raw"] = {s: per_seq[s]["live"]["flicker"] / per_seq[s]["raw"]["flicker"]
@@ -642,10 +645,11 @@ def measure(argv: list[str] | None = None) -> dict:
         res["truth_soft_flicker_vs_raw"] = {
             s: per_seq[s]["truth_soft"]["flicker"] / per_seq[s]["raw"]["flicker"] for s in per_seq}
     primary = by_subjects[args.subjects]
+    defaults = dataclasses.asdict(MatteSettings())
     result = {"engine": args.engine, "subjects": args.subjects, "layout": args.layout,
               "truth_sigma": args.truth_sigma,
-              "matte": {n: v for n, v in dataclasses.asdict(matte).items()
-                        if v != getattr(MatteSettings(), n)},  # what --matte changed
+              "matte": {n: v for n, v in dataclasses.asdict(matte).items()  # what --matte
+                        if v != defaults[n]},  # changed
               "sequences": primary["sequences"], "mean": primary["mean"],
               "by_subjects": by_subjects, "rows": rows,
               "clips_dropouts": clip_dropouts(args.data, segmenter, args.max_frames, matte)}
